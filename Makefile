@@ -1,0 +1,36 @@
+# The two commands of the README:
+#   make demo   set up, then run the main job on the embedded default data
+#   make test   set up (system packages included), then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup system-deps demo test lint bench clean
+
+$(BIN)/cimcoder: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/cimcoder
+
+# PostgreSQL (real server for the store and OMOP tests) and Chromium (review page tests).
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: setup
+	$(BIN)/cimcoder run configs/codiesp-fr/quickstart.yaml
+
+test: setup system-deps
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy terminologies inference serving
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

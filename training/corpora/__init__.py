@@ -1,0 +1,1 @@
+"""Coded stays: one schema, loaders, shipped data sets, splits."""
