@@ -1,7 +1,274 @@
-"""End-to-end job: pretrain -> train -> calibrate -> evaluate -> register (placeholder)."""
+"""The end-to-end job, on top of every area: train -> calibrate -> evaluate -> register.
+
+`cimcoder train CONFIG` fits one model (the PLM-ICD transformer or a baseline, by the
+config's `model.name`) and tracks it in MLflow. `cimcoder run CONFIG` is the main job of
+the README: it also builds the offline encoder when the config needs it, calibrates the
+decision policy, evaluates, registers the model (alias `champion` when it beats the
+holder) and, with `--baselines`, trains and evaluates the baselines through the same
+harness and prints the comparison table. `cimcoder compare RUN...` prints that table for
+runs already trained.
+
+This module sits above the areas (it may import all of them); the areas never import it.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cimcoder.errors import CimcoderError
+
+logger = logging.getLogger(__name__)
+
+TRANSFORMER_MODELS = frozenset({"plm_icd"})
+DEFAULT_PRETRAIN_CONFIG = Path("configs/pretrain/mini.yaml")
+COMPARE_COLUMNS = (
+    ("map", "MAP"),
+    ("micro_f1", "micro-F1"),
+    ("macro_f1", "macro-F1"),
+    ("p@5", "P@5"),
+    ("recall_frequent", "R frequent"),
+    ("recall_rare", "R rare"),
+    ("recall_unseen", "R unseen"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `run` sub-command."""
+    """Add `train`, `run` and `compare`."""
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a model (transformer or baseline) from a YAML config",
+        description="Train the model of CONFIG (configs/<dataset>/<model>.yaml) with dotted "
+        "overrides such as training.lr=3e-5, tracked in MLflow. Resumes an interrupted run "
+        "from its last checkpoint.",
+    )
+    _add_config_args(p)
+    p.add_argument("--no-resume", action="store_true", help="start over, ignoring checkpoints")
+    p.set_defaults(handler=_train_command)
+
+    p = subparsers.add_parser(
+        "run",
+        help="main job: [pretrain] -> train -> calibrate -> evaluate -> register",
+        description="The whole job on one config: builds the offline French encoder if the "
+        "config uses it and it is missing, trains, fits the decision policy, evaluates with "
+        "the automation report, and registers the model in MLflow (alias champion when it "
+        "beats the current holder).",
+    )
+    _add_config_args(p)
+    p.add_argument("--no-resume", action="store_true", help="start over, ignoring checkpoints")
+    p.add_argument(
+        "--target-precision",
+        type=float,
+        default=0.95,
+        help="precision the DIM requires of auto-coded codes (default 0.95)",
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        default=[],
+        metavar="CONFIG",
+        help="baseline configs to train and evaluate on the same splits, for the comparison",
+    )
+    p.add_argument("--no-register", action="store_true", help="do not register in MLflow")
+    p.add_argument("--model-name", default="cimcoder", help="registered model name")
+    p.set_defaults(handler=_run_command)
+
+    p = subparsers.add_parser(
+        "compare",
+        help="compare evaluated runs on one data set (MAP, F1, P@5, recall by band)",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--data", default="codiesp-fr/dev", help="data set (default codiesp-fr/dev)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(handler=_compare_command)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG", help="YAML run config")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides (training.lr=3e-5)"
+    )
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def train_run(
+    config_path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    resume: bool = True,
+    tracker: Any = None,
+) -> Path:
+    """Train the config's model (transformer or baseline) and return its run folder."""
+    from cimcoder.training import load_config
+
+    config = load_config(config_path, list(overrides))
+    if config.model.name in TRANSFORMER_MODELS:
+        ensure_encoder(config.model.encoder)
+        from cimcoder.eval.metrics import mean_average_precision
+        from cimcoder.training import train
+
+        run_dir = train(
+            config, validation_metric=mean_average_precision, tracker=tracker, resume=resume
+        )
+    else:
+        from cimcoder.training.baselines import fit_baseline
+
+        run_dir = fit_baseline(config, tracker=tracker)
+    return Path(run_dir)
+
+
+def ensure_encoder(encoder: str) -> None:
+    """Pretrain the offline default encoder when a config points at it and it is missing.
+
+    Any other encoder (camembert-bio, DrBERT... in a local folder) is the user's to provide.
+    """
+    from cimcoder.training.config import DEFAULT_ENCODER
+
+    path = Path(encoder)
+    if (path / "config.json").is_file():
+        return
+    if Path(encoder) != Path(DEFAULT_ENCODER):
+        raise CimcoderError(
+            f"encoder {encoder!r} not found: give a local folder holding a Hugging Face "
+            "checkpoint (config.json, weights, tokenizer), or build the offline default "
+            "with `cimcoder pretrain`"
+        )
+    logger.info("offline encoder %s is missing: pretraining it first", encoder)
+    from cimcoder.training.pretrain import pretrain_from_file
+
+    pretrain_from_file(DEFAULT_PRETRAIN_CONFIG, output=path)
+
+
+def _start_tracker(config_path: str | Path, overrides: Sequence[str]) -> Any:
+    from cimcoder.training import load_config
+    from cimcoder.training.tracking import RunTracker
+
+    config = load_config(config_path, list(overrides))
+    return RunTracker.start(
+        config.experiment_name,
+        config.run_name,
+        config.tracking.tracking_uri,
+        tags={"cimcoder.config": str(config_path), "cimcoder.model": config.model.name},
+    )
+
+
+def _tracked(config_path: str | Path, overrides: Sequence[str], fn: Any) -> Any:
+    tracker = _start_tracker(config_path, overrides)
+    try:
+        result = fn(tracker)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    if tracker.fell_back:
+        logger.warning("the run was kept in the local MLflow store at %s", tracker.tracking_uri)
+    return result
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    run_dir = _tracked(
+        args.config,
+        args.overrides,
+        lambda tracker: train_run(
+            args.config, args.overrides, resume=not args.no_resume, tracker=tracker
+        ),
+    )
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _evaluate_model(run_dir: Path, data: str, tracker: Any) -> dict[str, Any]:
+    from cimcoder.eval.runner import evaluate_run
+
+    return evaluate_run(run_dir, data=data, tracker=tracker)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from cimcoder.training import load_config
+
+    config = load_config(args.config, list(args.overrides))
+    dev = config.data.dev or "codiesp-fr/dev"
+
+    def job(tracker: Any) -> tuple[Path, dict[str, Any], Any]:
+        from cimcoder.eval.runner import calibrate_run
+
+        run_dir = train_run(
+            args.config, args.overrides, resume=not args.no_resume, tracker=tracker
+        )
+        calibrate_run(run_dir, target_precision=args.target_precision, tracker=tracker)
+        report = _evaluate_model(run_dir, dev, tracker)
+        registered = None
+        if not args.no_register:
+            from cimcoder.training.tracking import register_run_model
+
+            registered = register_run_model(run_dir, tracker, name=args.model_name)
+        return run_dir, report, registered
+
+    run_dir, report, registered = _tracked(args.config, args.overrides, job)
+    rows = {str(run_dir): report}
+    for baseline in args.baselines:
+
+        def baseline_job(tracker: Any, cfg: str = baseline) -> tuple[Path, dict[str, Any]]:
+            b_dir = train_run(cfg, tracker=tracker)
+            return b_dir, _evaluate_model(b_dir, dev, tracker)
+
+        b_dir, b_report = _tracked(baseline, [], baseline_job)
+        rows[str(b_dir)] = b_report
+
+    print(f"\nrun folder: {run_dir}")
+    print(format_comparison(rows, dev))
+    _print_automation(report)
+    if registered is not None:
+        state = f"alias @{registered.alias}" if registered.promoted else "not promoted"
+        print(f"registered: {registered.model_uri} ({state})")
+    return 0
+
+
+def _compare_command(args: argparse.Namespace) -> int:
+    rows = {run: _evaluate_model(Path(run), args.data, None) for run in args.runs}
+    if args.json:
+        print(json.dumps({run: comparison_row(r) for run, r in rows.items()}, indent=2))
+    else:
+        print(format_comparison(rows, args.data))
+    return 0
+
+
+# --------------------------------------------------------------------------- output
+
+
+def comparison_row(report: dict[str, Any]) -> dict[str, float | None]:
+    """The comparison figures of one evaluation report (see `cimcoder.eval.runner`)."""
+    metrics = report.get("metrics", {})
+    bands = report.get("bands", {})
+    row: dict[str, float | None] = {}
+    for key, _ in COMPARE_COLUMNS:
+        if key.startswith("recall_"):
+            band = bands.get(key.removeprefix("recall_"), {})
+            row[key] = band.get("recall") if isinstance(band, dict) else None
+        else:
+            value = metrics.get(key)
+            row[key] = float(value) if isinstance(value, int | float) else None
+    return row
+
+
+def format_comparison(rows: dict[str, dict[str, Any]], data: str) -> str:
+    header = "| model | " + " | ".join(title for _, title in COMPARE_COLUMNS) + " |"
+    lines = [f"Comparison on {data}", header, "|" + "---|" * (len(COMPARE_COLUMNS) + 1)]
+    for run, report in rows.items():
+        row = comparison_row(report)
+        cells = ["—" if row[k] is None else f"{row[k]:.3f}" for k, _ in COMPARE_COLUMNS]
+        lines.append(f"| {Path(run).name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _print_automation(report: dict[str, Any]) -> None:
+    auto = report.get("automation")
+    if not isinstance(auto, dict):
+        return
+    print(json.dumps({"automation": auto.get("headline", auto)}, indent=2, ensure_ascii=False))

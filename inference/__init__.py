@@ -1,1 +1,31 @@
-"""cimcoder.inference"""
+"""cimcoder.inference: the predictor (run folder or MLflow model -> PMSI coding suggestions).
+
+Names are resolved lazily so `import cimcoder.inference` loads neither torch nor mlflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Predictor": "cimcoder.inference.predictor",
+    "StayInput": "cimcoder.inference.predictor",
+    "PredictorError": "cimcoder.inference.predictor",
+    "ModelMismatchError": "cimcoder.inference.predictor",
+    "EmptyReportError": "cimcoder.inference.predictor",
+    "DEFAULT_MODEL_URI": "cimcoder.inference.predictor",
+    "StayPrediction": "cimcoder.inference.schemas",
+    "CodePrediction": "cimcoder.inference.schemas",
+    "Evidence": "cimcoder.inference.schemas",
+    "ModelInfo": "cimcoder.inference.schemas",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cimcoder.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

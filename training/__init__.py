@@ -1,1 +1,36 @@
-"""cimcoder.training"""
+"""cimcoder.training: models, label spaces, configs and the training loop.
+
+Heavy modules (torch, transformers) are imported lazily: `import cimcoder.training`
+only defines names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "load_scorer": "cimcoder.training.registry",
+    "register_model": "cimcoder.training.registry",
+    "get_model": "cimcoder.training.registry",
+    "registered_models": "cimcoder.training.registry",
+    "build_model": "cimcoder.training.registry",
+    "Scorer": "cimcoder.training.registry",
+    "LabelSpace": "cimcoder.training.labels",
+    "RunConfig": "cimcoder.training.config",
+    "PretrainConfig": "cimcoder.training.config",
+    "load_config": "cimcoder.training.config",
+    "dump_config": "cimcoder.training.config",
+    "read_run_config": "cimcoder.training.config",
+    "train": "cimcoder.training.trainer",
+    "pretrain": "cimcoder.training.pretrain",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cimcoder.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

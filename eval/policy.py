@@ -1,0 +1,429 @@
+"""Per-code decision policy: auto-code, send to review, or reject.
+
+For each code, on calibrated probabilities ``p``:
+
+- **auto** when ``p >= auto threshold``;
+- **review** when ``review threshold <= p < auto threshold``;
+- **reject** below the review threshold.
+
+The auto threshold is the *lowest* threshold at which the auto-coded precision's one-sided
+lower confidence bound (Wilson or Clopper-Pearson, 95% by default) still reaches the target
+precision the DIM sets: a point estimate of 95% on 40 codes is not a promise of 95%.
+The review threshold keeps ``target_recall`` of the true codes out of "reject".
+
+A code whose own fitting data cannot support a threshold inherits one fitted on the pooled
+data of its 3-character category, then its chapter, then all remaining codes ("global"); the
+level each code uses is recorded. An inherited auto threshold is withdrawn from a code whose
+own data show a precision significantly *below* the target (upper bound < target).
+
+The policy is saved as ``policy.json`` next to the model and applied unchanged at inference.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from cimcoder.eval.calibration import CalibrationMethod, Calibrator
+from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, node_name
+from scipy.stats import beta as beta_dist
+from scipy.stats import norm
+
+from cimcoder.errors import CimcoderError
+
+logger = logging.getLogger(__name__)
+
+POLICY_FILE = "policy.json"
+POLICY_FORMAT = 1
+AUTO, REVIEW, REJECT = "auto", "review", "reject"
+BoundMethod = Literal["wilson", "clopper-pearson"]
+
+
+class PolicyError(CimcoderError):
+    """A decision policy cannot be fitted, read, or applied to this model."""
+
+
+class PolicyMismatchError(PolicyError):
+    """The policy was fitted for another label space than the model's."""
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def lower_bound(
+    successes: np.ndarray | int, trials: np.ndarray | int, *, confidence: float = 0.95,
+    method: BoundMethod = "wilson",
+) -> np.ndarray:
+    """One-sided lower confidence bound of a binomial proportion (0 where trials == 0)."""
+    k = np.asarray(successes, dtype=float)
+    n = np.asarray(trials, dtype=float)
+    out = np.zeros(np.broadcast(k, n).shape)
+    ok = n > 0
+    k, n = np.broadcast_to(k, out.shape)[ok], np.broadcast_to(n, out.shape)[ok]
+    if method == "wilson":
+        z = norm.ppf(confidence)
+        phat = k / n
+        den = 1 + z * z / n
+        centre = phat + z * z / (2 * n)
+        half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
+        out[ok] = np.clip((centre - half) / den, 0.0, 1.0)
+    elif method == "clopper-pearson":
+        alpha = 1 - confidence
+        lb = np.where(k > 0, beta_dist.ppf(alpha, np.maximum(k, 1e-12), n - k + 1), 0.0)
+        out[ok] = np.nan_to_num(lb)
+    else:
+        raise PolicyError(f"unknown bound method {method!r}")
+    return out
+
+
+def upper_bound(
+    successes: np.ndarray | int, trials: np.ndarray | int, *, confidence: float = 0.95,
+    method: BoundMethod = "wilson",
+) -> np.ndarray:
+    """One-sided upper confidence bound (1 where trials == 0), by symmetry of the lower one."""
+    k = np.asarray(successes, dtype=float)
+    n = np.asarray(trials, dtype=float)
+    return 1.0 - lower_bound(n - k, n, confidence=confidence, method=method)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def auto_threshold(
+    y: np.ndarray, p: np.ndarray, target_precision: float, *, confidence: float = 0.95,
+    method: BoundMethod = "wilson",
+) -> tuple[float, int, int] | None:
+    """Lowest threshold whose auto-coded set has precision lower bound >= target.
+
+    `y`, `p`: flat gold flags and calibrated probabilities of the (stay, code) pairs of a
+    node. Returns (threshold, auto-coded pairs, of which correct) or None when no
+    threshold is supported by the data.
+    """
+    yv = np.asarray(y, dtype=bool).ravel()
+    pv = np.asarray(p, dtype=float).ravel()
+    if not yv.any():
+        return None
+    order = np.argsort(-pv, kind="stable")
+    ps, ys = pv[order], yv[order]
+    tp = np.cumsum(ys)
+    n = np.arange(1, ps.size + 1)
+    # A threshold keeps every tie of its value: only the last index of each run counts.
+    last_of_run = np.ones(ps.size, dtype=bool)
+    last_of_run[:-1] = ps[:-1] != ps[1:]
+    cand = np.flatnonzero(last_of_run & (ps > 0))
+    if cand.size == 0:
+        return None
+    lb = lower_bound(tp[cand], n[cand], confidence=confidence, method=method)
+    good = cand[lb >= target_precision]
+    if good.size == 0:
+        return None
+    i = int(good.max())
+    return float(ps[i]), int(n[i]), int(tp[i])
+
+
+def review_threshold(y: np.ndarray, p: np.ndarray, target_recall: float) -> float | None:
+    """Highest threshold keeping at least `target_recall` of the true pairs (None: no positives)."""
+    yv = np.asarray(y, dtype=bool).ravel()
+    pos = np.sort(np.asarray(p, dtype=float).ravel()[yv])[::-1]
+    if pos.size == 0:
+        return None
+    k = max(1, math.ceil(target_recall * pos.size - 1e-9))
+    return float(pos[min(k, pos.size) - 1])
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass
+class CodePolicy:
+    """Thresholds of one code and where they come from."""
+
+    auto: float | None  # None: never auto-coded
+    review: float
+    auto_level: str  # node key, e.g. "code:I50.0", "category:I50", "chapter:IX", "global"
+    review_level: str
+    vetoed: bool = False  # inherited auto threshold withdrawn: own data below target
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "auto": self.auto,
+            "review": self.review,
+            "auto_level": self.auto_level,
+            "review_level": self.review_level,
+            "vetoed": self.vetoed,
+        }
+
+
+@dataclass
+class DecisionPolicy:
+    """Calibration + per-code thresholds, fitted once and applied unchanged at inference."""
+
+    labels: list[str]
+    calibrator: Calibrator
+    codes: dict[str, CodePolicy]
+    target_precision: float = 0.95
+    target_recall: float = 0.95
+    confidence: float = 0.95
+    bound: BoundMethod = "wilson"
+    min_positives: int = 20
+    terminology: Literal["cim10", "cim11"] = "cim10"
+    fitted_on: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    content_hash: str = ""
+
+    # ------------------------------------------------------------------ fit
+
+    @classmethod
+    def fit(
+        cls,
+        y_true: np.ndarray,
+        scores: np.ndarray,
+        labels: Sequence[str],
+        *,
+        target_precision: float = 0.95,
+        target_recall: float = 0.95,
+        confidence: float = 0.95,
+        bound: BoundMethod = "wilson",
+        calibration: CalibrationMethod = "isotonic",
+        min_positives: int = 20,
+        terminology: Literal["cim10", "cim11"] = "cim10",
+        fitted_on: dict[str, Any] | None = None,
+        calibrator: Calibrator | None = None,
+    ) -> DecisionPolicy:
+        """Fit calibration (unless given) then thresholds on held-out gold and raw scores."""
+        if not 0.5 <= target_precision < 1.0:
+            raise PolicyError(f"target precision must be in [0.5, 1), got {target_precision}")
+        if not 0.0 < target_recall <= 1.0:
+            raise PolicyError(f"target recall must be in (0, 1], got {target_recall}")
+        if not 0.5 <= confidence < 1.0:
+            raise PolicyError(f"confidence must be in [0.5, 1), got {confidence}")
+        labels = list(labels)
+        y = np.asarray(y_true, dtype=bool)
+        s = np.asarray(scores, dtype=float)
+        if y.shape != s.shape or y.ndim != 2 or y.shape[1] != len(labels):
+            raise PolicyError(f"gold {y.shape}, scores {s.shape}, {len(labels)} labels do not match")
+        if not y.any():
+            raise PolicyError("the fitting data hold no gold code of the label space")
+        cal = calibrator or Calibrator.fit(
+            y, s, labels, method=calibration, min_positives=min_positives, terminology=terminology
+        )
+        p = cal.apply(s, labels)
+        hierarchy = Hierarchy(terminology)
+
+        def fit_auto(cols: np.ndarray) -> tuple[float | None] | None:
+            found = auto_threshold(y[:, cols], p[:, cols], target_precision,
+                                   confidence=confidence, method=bound)
+            return None if found is None else (found[0],)
+
+        def never(cols: np.ndarray) -> tuple[float | None]:
+            return (None,)
+
+        auto_nodes, auto_of = fit_by_level(labels, hierarchy, fit_auto, never)
+
+        def fit_review(cols: np.ndarray) -> float | None:
+            yy = y[:, cols]
+            if int(yy.sum()) < min_positives:
+                return None
+            return review_threshold(yy, p[:, cols], target_recall)
+
+        def review_fallback(cols: np.ndarray) -> float:
+            t = review_threshold(y[:, cols], p[:, cols], target_recall)
+            if t is None:  # no positive at all among the leftover codes: use every positive
+                t = review_threshold(y, p, target_recall)
+            return float(t if t is not None else 0.0)
+
+        review_nodes, review_of = fit_by_level(labels, hierarchy, fit_review, review_fallback)
+
+        codes: dict[str, CodePolicy] = {}
+        for j, code in enumerate(labels):
+            a_key, r_key = auto_of[code], review_of[code]
+            auto = auto_nodes[a_key][0]
+            vetoed = False
+            if auto is not None and not a_key.startswith("code:"):
+                sel = p[:, j] >= auto
+                n_auto = int(sel.sum())
+                if n_auto:
+                    ub = upper_bound(int(y[sel, j].sum()), n_auto, confidence=confidence, method=bound)
+                    if float(ub) < target_precision:
+                        auto, vetoed = None, True
+            review = float(review_nodes[r_key])
+            if auto is not None:
+                review = min(review, auto)
+            codes[code] = CodePolicy(auto, review, a_key, r_key, vetoed)
+
+        policy = cls(
+            labels=labels,
+            calibrator=cal,
+            codes=codes,
+            target_precision=target_precision,
+            target_recall=target_recall,
+            confidence=confidence,
+            bound=bound,
+            min_positives=min_positives,
+            terminology=terminology,
+            fitted_on=dict(fitted_on or {}),
+            created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        )
+        policy.content_hash = policy._hash()
+        logger.info("decision policy fitted: %s", policy.level_counts())
+        return policy
+
+    # ------------------------------------------------------------------ apply
+
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """Raise PolicyMismatchError unless `labels` is exactly the policy's label list."""
+        labels = list(labels)
+        if labels == self.labels:
+            return
+        missing = [c for c in self.labels if c not in set(labels)]
+        extra = [c for c in labels if c not in set(self.labels)]
+        detail = (
+            f"the model has {len(labels)} codes, the policy {len(self.labels)}; "
+            f"{len(extra)} codes unknown to the policy (e.g. {extra[:3]}), "
+            f"{len(missing)} policy codes missing from the model (e.g. {missing[:3]})"
+            if missing or extra
+            else "same codes in another order"
+        )
+        raise PolicyMismatchError(
+            f"decision policy {self.version['hash'][:12]} was fitted for another label space: "
+            f"{detail}. Re-run `cimcoder calibrate` for this model."
+        )
+
+    def calibrate(self, scores: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """Calibrated probabilities [n, L] of raw model scores."""
+        self.check_labels(labels)
+        return self.calibrator.apply(scores, self.labels)
+
+    def thresholds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(auto, review) thresholds in label order; never-auto codes have +inf."""
+        auto = np.array([np.inf if self.codes[c].auto is None else self.codes[c].auto for c in self.labels])
+        review = np.array([self.codes[c].review for c in self.labels])
+        return auto, review
+
+    def decide(self, probs: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """Array [n, L] of "auto" / "review" / "reject" from calibrated probabilities."""
+        self.check_labels(labels)
+        p = np.asarray(probs, dtype=float)
+        if p.ndim != 2 or p.shape[1] != len(self.labels):
+            raise PolicyError(f"probabilities {p.shape} do not match {len(self.labels)} labels")
+        auto, review = self.thresholds()
+        out = np.full(p.shape, REJECT, dtype="<U6")
+        out[p >= review] = REVIEW
+        out[p >= auto] = AUTO
+        return out
+
+    def level_counts(self) -> dict[str, dict[str, int]]:
+        """Codes per level of the hierarchy their auto and review thresholds come from."""
+        auto = dict.fromkeys(LEVELS, 0)
+        review = dict.fromkeys(LEVELS, 0)
+        never = vetoed = 0
+        for cp in self.codes.values():
+            auto[cp.auto_level.split(":")[0]] += 1
+            review[cp.review_level.split(":")[0]] += 1
+            never += cp.auto is None
+            vetoed += cp.vetoed
+        return {"auto": auto, "review": review, "never_auto": {"codes": never, "vetoed": vetoed}}
+
+    def node_of(self, code: str, level: str) -> str:
+        return node_name(level, code, Hierarchy(self.terminology))
+
+    # ------------------------------------------------------------------ persistence
+
+    @property
+    def version(self) -> dict[str, str]:
+        return {"hash": self.content_hash or self._hash(), "created_at": self.created_at}
+
+    def _content(self) -> dict[str, Any]:
+        return {
+            "format": POLICY_FORMAT,
+            "terminology": self.terminology,
+            "target_precision": self.target_precision,
+            "target_recall": self.target_recall,
+            "confidence": self.confidence,
+            "bound": self.bound,
+            "min_positives": self.min_positives,
+            "fitted_on": self.fitted_on,
+            "labels": self.labels,
+            "calibration": self.calibrator.to_dict(),
+            "codes": {c: self.codes[c].to_dict() for c in self.labels},
+        }
+
+    def _hash(self) -> str:
+        blob = json.dumps(self._content(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        content = self._content()
+        return {"version": self.version, **content, "levels": self.level_counts()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the policy; a folder gets `policy.json` inside it."""
+        out = Path(path)
+        if out.is_dir():
+            out = out / POLICY_FILE
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+        tmp.replace(out)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, labels: Sequence[str] | None = None) -> DecisionPolicy:
+        """Read a policy (file or run folder); with `labels`, refuse another label space."""
+        src = Path(path)
+        if src.is_dir():
+            src = src / POLICY_FILE
+        if not src.is_file():
+            raise PolicyError(f"no decision policy at {src}; run `cimcoder calibrate` first")
+        try:
+            data = json.loads(src.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"{src} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
+            raise PolicyError(f"{src}: unsupported policy format {data.get('format')!r}"
+                              if isinstance(data, dict) else f"{src}: not a policy object")
+        try:
+            label_list = [str(c) for c in data["labels"]]
+            codes = {}
+            for c in label_list:
+                d = data["codes"][c]
+                codes[c] = CodePolicy(
+                    auto=None if d["auto"] is None else float(d["auto"]),
+                    review=float(d["review"]),
+                    auto_level=str(d["auto_level"]),
+                    review_level=str(d["review_level"]),
+                    vetoed=bool(d.get("vetoed", False)),
+                )
+            policy = cls(
+                labels=label_list,
+                calibrator=Calibrator.from_dict(data["calibration"]),
+                codes=codes,
+                target_precision=float(data["target_precision"]),
+                target_recall=float(data["target_recall"]),
+                confidence=float(data["confidence"]),
+                bound=data["bound"],
+                min_positives=int(data["min_positives"]),
+                terminology=data.get("terminology", "cim10"),
+                fitted_on=dict(data.get("fitted_on") or {}),
+                created_at=str(data["version"]["created_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"{src}: malformed policy ({exc!r})") from None
+        policy.content_hash = policy._hash()
+        stored = data["version"].get("hash")
+        if stored != policy.content_hash:
+            raise PolicyError(
+                f"{src}: content does not match its version hash (edited by hand?); "
+                "re-run `cimcoder calibrate`"
+            )
+        if labels is not None:
+            policy.check_labels(labels)
+        return policy

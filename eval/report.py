@@ -1,0 +1,641 @@
+"""The automation report: how many diagnoses cimcoder codes on its own, and how well.
+
+`build_report(...)` computes the JSON report from gold codes, raw scores and a decision
+policy; `render_html(report)` turns it into one self-contained French HTML page (inline SVG,
+no script, no external resource); `write_report(report, folder)` writes both, and logs them
+to MLflow when a tracker is given.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from cimcoder.eval import metrics as M
+from cimcoder.eval.calibration import reliability
+from cimcoder.eval.hierarchy import Hierarchy
+from cimcoder.eval.policy import AUTO, REJECT, REVIEW, DecisionPolicy, lower_bound
+
+logger = logging.getLogger(__name__)
+
+NATIONAL_GOAL = 0.90
+REPORT_JSON = "automation_report.json"
+REPORT_HTML = "automation_report.html"
+MAX_LISTED_ERRORS = 200
+BAND_ORDER = ("frequent", "rare", "unseen")
+BAND_FR = {"frequent": "fréquents", "rare": "rares", "unseen": "jamais vus", "?": "inconnus"}
+
+
+class Tracker(Protocol):
+    """What the report needs of `cimcoder.training.tracking.RunTracker`."""
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None: ...
+
+
+# --------------------------------------------------------------------------- computing
+
+
+def _share(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den > 0 else None
+
+
+def automation_curve(
+    y: np.ndarray, probs: np.ndarray, *, n_gold: float | None = None, n_points: int = 60
+) -> list[dict[str, float]]:
+    """Auto-coded share against auto precision, sweeping one threshold over the pairs.
+
+    Each point: `threshold`, `precision` of the pairs at or above it, `share` = correct
+    auto-coded codes / all true codes (`n_gold`, default the in-space gold count).
+    """
+    yv = np.asarray(y, dtype=bool).ravel()
+    pv = np.asarray(probs, dtype=float).ravel()
+    total = float(yv.sum() if n_gold is None else n_gold)
+    if total <= 0 or pv.size == 0:
+        return []
+    order = np.argsort(-pv, kind="stable")
+    ps, tp = pv[order], np.cumsum(yv[order])
+    # Thresholds at quantiles of the positive pairs' probabilities, plus the top ones.
+    pos = np.sort(pv[yv])[::-1] if yv.any() else ps[:1]
+    qs = np.unique(np.r_[np.quantile(pos, np.linspace(0, 1, n_points)), ps[: min(5, ps.size)]])
+    points = []
+    for t in sorted(qs, reverse=True):
+        k = int(np.searchsorted(-ps, -t, side="right"))  # pairs with p >= t
+        if k == 0:
+            continue
+        points.append({"threshold": float(t), "precision": float(tp[k - 1] / k),
+                       "share": float(tp[k - 1] / total), "n_auto": k})
+    return points
+
+
+def _operating_point(
+    y: np.ndarray, d: np.ndarray, *, n_gold: float | None = None, confidence: float = 0.95
+) -> dict[str, Any]:
+    auto = d == AUTO
+    n_auto = int(auto.sum())
+    n_right = int((y & auto).sum())
+    total = float(y.sum() if n_gold is None else n_gold)
+    return {
+        "n_true_codes": int(total),
+        "n_auto": n_auto,
+        "n_auto_correct": n_right,
+        "n_auto_errors": n_auto - n_right,
+        "auto_precision": _share(n_right, n_auto),
+        "auto_precision_lower_bound": float(lower_bound(n_right, n_auto, confidence=confidence))
+        if n_auto else None,
+        "automation_rate": _share(n_right, total),
+        "n_review": int((d == REVIEW).sum()),
+        "n_true_in_review": int((y & (d == REVIEW)).sum()),
+        "n_true_rejected": int((y & (d == REJECT)).sum()),
+    }
+
+
+def build_report(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    labels: Sequence[str],
+    policy: DecisionPolicy,
+    *,
+    stay_ids: Sequence[str],
+    n_gold: Sequence[int] | None = None,
+    principal: Sequence[str | None] | None = None,
+    bands: Mapping[str, str] | None = None,
+    code_titles: Mapping[str, str] | Callable[[str], str | None] | None = None,
+    dataset: str = "",
+    run: str = "",
+    target_sweep: Sequence[Mapping[str, Any]] | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The automation report (a JSON-ready dict) of one scored data set under `policy`.
+
+    `y_true`: gold codes inside the label space; `n_gold`: per-stay count of all gold
+    codes, including those outside the label space (they count as not auto-coded).
+    """
+    labels = list(labels)
+    y = np.asarray(y_true, dtype=bool)
+    s = np.asarray(scores, dtype=float)
+    if y.shape != s.shape or y.shape[1] != len(labels) or y.shape[0] != len(stay_ids):
+        raise M.MetricInputError(
+            f"gold {y.shape}, scores {s.shape}, {len(labels)} labels, {len(stay_ids)} stays"
+        )
+    probs = policy.calibrate(s, labels)
+    d = policy.decide(probs, labels)
+    hierarchy = Hierarchy(policy.terminology)
+    g = np.asarray(n_gold, dtype=float) if n_gold is not None else y.sum(axis=1).astype(float)
+    title_of: Callable[[str], str | None]
+    if code_titles is None:
+        title_of = lambda c: None  # noqa: E731
+    elif isinstance(code_titles, Mapping):
+        title_of = code_titles.get
+    else:
+        title_of = code_titles
+
+    # -- headline
+    op = _operating_point(y, d, n_gold=float(g.sum()), confidence=policy.confidence)
+    auto, review = d == AUTO, d == REVIEW
+    review_per_stay = review.sum(axis=1)
+    missed_per_stay = g - (y & auto).sum(axis=1)  # true codes a coder must still add/confirm
+    errors_per_stay = (~y & auto).sum(axis=1)
+    no_review = review_per_stay == 0
+    fully_right = no_review & (errors_per_stay == 0) & (missed_per_stay == 0)
+    headline = {
+        "goal": NATIONAL_GOAL,
+        "target_precision": policy.target_precision,
+        **op,
+        "automation_rate_in_space": _share(op["n_auto_correct"], y.sum()),
+        "n_stays": int(y.shape[0]),
+        "n_codes_outside_label_space": int(g.sum() - y.sum()),
+        "stays_without_review": int(no_review.sum()),
+        "share_stays_without_review": _share(no_review.sum(), y.shape[0]),
+        "stays_fully_auto_coded": int(fully_right.sum()),
+        "share_stays_fully_auto_coded": _share(fully_right.sum(), y.shape[0]),
+        "review_per_stay_mean": float(review_per_stay.mean()) if y.shape[0] else 0.0,
+        "review_per_stay_median": float(np.median(review_per_stay)) if y.shape[0] else 0.0,
+        "recall_kept_out_of_reject": _share(y.sum() - op["n_true_rejected"], y.sum()),
+        "meets_target": bool(op["auto_precision"] is not None
+                             and op["auto_precision"] >= policy.target_precision - 0.02),
+    }
+
+    # -- auto-coded errors, most confident first
+    rows, cols = np.nonzero(~y & auto)
+    order = np.argsort(-probs[rows, cols], kind="stable")
+    auto_errors = [
+        {
+            "stay_id": str(stay_ids[int(rows[i])]),
+            "code": labels[int(cols[i])],
+            "label": title_of(labels[int(cols[i])]),
+            "score": float(probs[rows[i], cols[i]]),
+            "raw_score": float(s[rows[i], cols[i]]),
+        }
+        for i in order[:MAX_LISTED_ERRORS]
+    ]
+
+    # -- groups: chapters and bands
+    chapters = [hierarchy.chapter(c) for c in labels]
+    band_of = [str((bands or {}).get(c, "?")) for c in labels] if bands else ["?"] * len(labels)
+
+    def group_block(groups: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in sorted(set(groups), key=_roman_key):
+            idx = np.array([j for j, gk in enumerate(groups) if gk == key], dtype=int)
+            if not y[:, idx].any() and not auto[:, idx].any():
+                continue
+            out[key] = {
+                "n_codes": len(idx),
+                "operating_point": _operating_point(y[:, idx], d[:, idx],
+                                                    confidence=policy.confidence),
+                "curve": automation_curve(y[:, idx], probs[:, idx], n_points=25),
+            }
+        return out
+
+    by_chapter = group_block(chapters)
+    for key, block in by_chapter.items():
+        block["title"] = hierarchy.chapter_title(key)
+    by_band = group_block(band_of) if bands else {}
+
+    # -- metrics
+    cy, cs, cats = M.collapse_to_groups(y, probs, labels, hierarchy.category)
+    _, cauto, _ = M.collapse_to_groups(y, auto.astype(float), labels, hierarchy.category)
+    metrics: dict[str, Any] = {
+        "auto": M.summarize(y, probs, auto, n_gold=g),
+        "auto_or_review": M.summarize(y, probs, auto | review, n_gold=g),
+        "category_level_auto": M.summarize(cy, cs, cauto >= 1.0),
+        "by_chapter": M.breakdown(y, probs, labels, dict(zip(labels, chapters, strict=True)), auto),
+        "by_band": M.breakdown(y, probs, labels, dict(zip(labels, band_of, strict=True)), auto)
+        if bands else {},
+    }
+    metrics["n_categories"] = len(cats)
+    if principal is not None:
+        acc, n_dp = M.principal_diagnosis_accuracy(s, labels, principal)
+        metrics["principal_diagnosis_accuracy"] = acc if n_dp else None
+        metrics["n_stays_with_principal"] = n_dp
+
+    rel_before = reliability(y, s)
+    rel_after = reliability(y, probs)
+    return {
+        "report": "cimcoder automation report",
+        "format": 1,
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "dataset": dataset,
+        "run": run,
+        "policy": {
+            "version": policy.version,
+            "target_precision": policy.target_precision,
+            "target_recall": policy.target_recall,
+            "confidence": policy.confidence,
+            "bound": policy.bound,
+            "calibration": policy.calibrator.method,
+            "fitted_on": policy.fitted_on,
+            "levels": policy.level_counts(),
+        },
+        "headline": headline,
+        "target_sweep": [dict(r) for r in (target_sweep or [])],
+        "auto_errors": auto_errors,
+        "n_auto_errors_listed": len(auto_errors),
+        "automation_curve": {
+            "overall": automation_curve(y, probs, n_gold=float(g.sum())),
+            "by_chapter": by_chapter,
+            "by_band": by_band,
+        },
+        "reliability": {"before": rel_before, "after": rel_after},
+        "metrics": metrics,
+        "notes": list(notes),
+    }
+
+
+def _roman_key(key: str) -> tuple[int, str]:
+    values = {"I": 1, "V": 5, "X": 10, "L": 50}
+    if key and all(ch in values for ch in key):
+        total = 0
+        for a, b in zip(key, [*key[1:], ""], strict=True):
+            v = values[a]
+            total += -v if b and values[b] > v else v
+        return total, key
+    if key in BAND_ORDER:
+        return BAND_ORDER.index(key), key
+    return (int(key), key) if key.isdigit() else (999, key)
+
+
+# --------------------------------------------------------------------------- HTML
+
+_PALETTE = ("#1f5fa8", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d")
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{100 * x:.{digits}f} %".replace(".", ",")
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}".replace(".", ",")
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def svg_line_chart(
+    series: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    x_range: tuple[float, float] = (0.0, 1.0),
+    y_range: tuple[float, float] = (0.0, 1.0),
+    vlines: Sequence[tuple[float, str]] = (),
+    hlines: Sequence[tuple[float, str]] = (),
+    markers: Sequence[tuple[float, float, str]] = (),
+    diagonal: bool = False,
+    css_id: str = "",
+    width: int = 560,
+    height: int = 360,
+) -> str:
+    """A small line chart as inline SVG (axes in percent)."""
+    ml, mr, mt, mb = 58, 150, 30, 46
+    pw, ph = width - ml - mr, height - mt - mb
+    (x0, x1), (y0, y1) = x_range, y_range
+
+    def X(v: float) -> float:
+        return ml + (min(max(v, x0), x1) - x0) / (x1 - x0) * pw
+
+    def Y(v: float) -> float:
+        return mt + ph - (min(max(v, y0), y1) - y0) / (y1 - y0) * ph
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="{_e(css_id)}" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="{_e(title)}">',
+        f"<title>{_e(title)}</title>",
+        f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#999"/>',
+    ]
+    for i in range(6):
+        fx = x0 + (x1 - x0) * i / 5
+        fy = y0 + (y1 - y0) * i / 5
+        parts.append(f'<line x1="{X(fx):.1f}" y1="{mt}" x2="{X(fx):.1f}" y2="{mt + ph}" stroke="#e3e3e3"/>')
+        parts.append(f'<line x1="{ml}" y1="{Y(fy):.1f}" x2="{ml + pw}" y2="{Y(fy):.1f}" stroke="#e3e3e3"/>')
+        parts.append(f'<text x="{X(fx):.1f}" y="{mt + ph + 16}" font-size="11" text-anchor="middle">'
+                     f"{round(100 * fx)}</text>")
+        parts.append(f'<text x="{ml - 6}" y="{Y(fy) + 4:.1f}" font-size="11" text-anchor="end">'
+                     f"{round(100 * fy)}</text>")
+    parts.append(f'<text x="{ml + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">'
+                 f"{_e(x_label)}</text>")
+    parts.append(f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" font-size="12" '
+                 f'text-anchor="middle">{_e(y_label)}</text>')
+    if diagonal:
+        parts.append(f'<line x1="{X(x0):.1f}" y1="{Y(y0):.1f}" x2="{X(x1):.1f}" y2="{Y(y1):.1f}" '
+                     'stroke="#888" stroke-dasharray="4 3"/>')
+    for v, label in vlines:
+        parts.append(f'<line x1="{X(v):.1f}" y1="{mt}" x2="{X(v):.1f}" y2="{mt + ph}" '
+                     'stroke="#b00" stroke-dasharray="5 3"/>')
+        parts.append(f'<text x="{X(v) + 3:.1f}" y="{mt + 12}" font-size="11" fill="#b00">{_e(label)}</text>')
+    for v, label in hlines:
+        parts.append(f'<line x1="{ml}" y1="{Y(v):.1f}" x2="{ml + pw}" y2="{Y(v):.1f}" '
+                     'stroke="#555" stroke-dasharray="2 3"/>')
+        parts.append(f'<text x="{ml + 4}" y="{Y(v) - 4:.1f}" font-size="11" fill="#555">{_e(label)}</text>')
+    for i, (name, pts) in enumerate(series):
+        color = _PALETTE[i % len(_PALETTE)]
+        clean = [(a, b) for a, b in pts if a is not None and b is not None]
+        if clean:
+            path = " ".join(f"{X(a):.1f},{Y(b):.1f}" for a, b in clean)
+            parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="2" '
+                         f'points="{path}"/>')
+        ly = mt + 14 + 18 * i
+        parts.append(f'<line x1="{ml + pw + 10}" y1="{ly - 4}" x2="{ml + pw + 30}" y2="{ly - 4}" '
+                     f'stroke="{color}" stroke-width="3"/>')
+        parts.append(f'<text x="{ml + pw + 34}" y="{ly}" font-size="11">{_e(name)}</text>')
+    for a, b, label in markers:
+        parts.append(f'<circle cx="{X(a):.1f}" cy="{Y(b):.1f}" r="6" fill="#b00" stroke="white"/>')
+        parts.append(f'<text x="{X(a) - 8:.1f}" y="{Y(b) - 10:.1f}" font-size="11" text-anchor="end" '
+                     f'font-weight="bold" fill="#b00">{_e(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_bar_chart(
+    rows: Sequence[tuple[str, float | None]], *, title: str, goal: float | None = None,
+    css_id: str = "", width: int = 560,
+) -> str:
+    """Horizontal bars of shares (0-1), one per row, with an optional goal line."""
+    ml, mr, bh, gap, mt = 250, 50, 16, 6, 24
+    height = mt + len(rows) * (bh + gap) + 24
+    pw = width - ml - mr
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="{_e(css_id)}" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="{_e(title)}"><title>{_e(title)}</title>'
+    ]
+    for i, (name, v) in enumerate(rows):
+        y = mt + i * (bh + gap)
+        parts.append(f'<text x="{ml - 6}" y="{y + bh - 4}" font-size="11" text-anchor="end">{_e(name)}</text>')
+        w = 0.0 if v is None else max(0.0, min(1.0, v)) * pw
+        parts.append(f'<rect class="bar" x="{ml}" y="{y}" width="{w:.1f}" height="{bh}" fill="#1f5fa8"/>')
+        parts.append(f'<text x="{ml + w + 4:.1f}" y="{y + bh - 4}" font-size="11">{_e(_pct(v, 0))}</text>')
+    if goal is not None:
+        gx = ml + goal * pw
+        parts.append(f'<line x1="{gx:.1f}" y1="{mt - 6}" x2="{gx:.1f}" y2="{height - 20}" '
+                     'stroke="#b00" stroke-dasharray="5 3"/>')
+        parts.append(f'<text x="{gx:.1f}" y="{mt - 10}" font-size="11" fill="#b00" '
+                     f'text-anchor="middle">objectif {_e(_pct(goal, 0))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;margin:0;color:#1b1b1b;background:#fff}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 48px}
+h1{font-size:26px;margin:0 0 4px} h2{font-size:20px;margin:36px 0 8px;border-bottom:2px solid #1f5fa8;padding-bottom:4px}
+h3{font-size:16px;margin:20px 0 6px}
+.meta{color:#555;font-size:13px}
+.cards{display:grid;grid-template-columns:repeat(4,1fr);gap:14px;margin:20px 0}
+.card{border:1px solid #d0d7de;border-radius:8px;padding:14px 16px;background:#f6f8fa}
+.card .value{font-size:30px;font-weight:700;color:#1f5fa8}
+.card .label{font-size:13px;color:#333;margin-top:4px}
+.card.warn .value{color:#b05a00} .card.ok .value{color:#1b7f3b}
+.verdict{font-size:16px;padding:12px 16px;border-left:5px solid #1f5fa8;background:#eef4fb;margin:12px 0}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}
+th{background:#f0f3f6} td.l,th.l{text-align:left}
+.grid2{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+.note{font-size:13px;color:#444}
+svg.chart{max-width:100%;height:auto}
+@media print{.cards{grid-template-columns:repeat(2,1fr)}}
+"""
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """One self-contained HTML page (French): no script, no external resource."""
+    h = report["headline"]
+    pol = report["policy"]
+    rate = h.get("automation_rate")
+    prec = h.get("auto_precision")
+    goal = h.get("goal", NATIONAL_GOAL)
+    target = pol["target_precision"]
+    out: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="fr"><head><meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'; img-src data:\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>cimcoder : rapport d'automatisation – {_e(report.get('dataset'))}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+        "<h1>Rapport d'automatisation du codage</h1>",
+        f'<p class="meta">Jeu de données : <b>{_e(report.get("dataset"))}</b> · modèle : '
+        f'{_e(report.get("run"))} · politique {_e(pol["version"]["hash"][:12])} '
+        f'({_e(pol["version"]["created_at"])}) · généré le {_e(report.get("created_at"))}</p>',
+    ]
+    verdict = (
+        f"Au seuil de précision fixé par le DIM ({_pct(target, 0)}), cimcoder code seul "
+        f"<b>{_pct(rate)}</b> des diagnostics attendus, avec une précision mesurée de "
+        f"<b>{_pct(prec)}</b>. L'objectif national est de {_pct(goal, 0)} : "
+        + ("<b>atteint</b>." if rate is not None and rate >= goal
+           else f"il manque <b>{_num(100 * (goal - (rate or 0.0)), 1)} points</b>.")
+    )
+    out.append(f'<p class="verdict" id="verdict">{verdict}</p>')
+
+    def card(value: str, label: str, css: str = "", cid: str = "") -> str:
+        return (f'<div class="card {css}" id="{cid}"><div class="value">{value}</div>'
+                f'<div class="label">{label}</div></div>')
+
+    prec_ok = prec is not None and prec >= target - 0.02
+    out.append('<div class="cards">')
+    out.append(card(_pct(rate), f"des codes vrais auto-codés (objectif {_pct(goal, 0)})",
+                    "ok" if rate is not None and rate >= goal else "warn", "kpi-automation"))
+    out.append(card(_pct(prec), f"précision des codes auto-codés (cible {_pct(target, 0)}, "
+                    f"borne basse {_pct(h.get('auto_precision_lower_bound'))})",
+                    "ok" if prec_ok else "warn", "kpi-precision"))
+    out.append(card(_pct(h.get("share_stays_fully_auto_coded")),
+                    f"des séjours entièrement auto-codés sans erreur ({h['stays_fully_auto_coded']} "
+                    f"sur {h['n_stays']})", "", "kpi-stays"))
+    out.append(card(_num(h.get("review_per_stay_mean"), 1),
+                    f"codes à revoir par séjour en moyenne (médiane {_num(h.get('review_per_stay_median'), 0)})",
+                    "", "kpi-workload"))
+    out.append("</div>")
+    out.append(
+        '<table id="headline-table"><tr><th class="l">Indicateur</th><th>Valeur</th></tr>'
+        f'<tr><td class="l">Codes vrais (tous, y compris hors du champ du modèle)</td><td>{h["n_true_codes"]}</td></tr>'
+        f'<tr><td class="l">… dont hors du champ du modèle (jamais proposables)</td><td>{h["n_codes_outside_label_space"]}</td></tr>'
+        f'<tr><td class="l">Codes auto-codés</td><td>{h["n_auto"]}</td></tr>'
+        f'<tr><td class="l">… corrects / erronés</td><td>{h["n_auto_correct"]} / {h["n_auto_errors"]}</td></tr>'
+        f'<tr><td class="l">Propositions envoyées en revue</td><td>{h["n_review"]} '
+        f'(dont {h["n_true_in_review"]} vraies)</td></tr>'
+        f'<tr><td class="l">Codes vrais rejetés (à ajouter par le codeur)</td><td>{h["n_true_rejected"]}</td></tr>'
+        f'<tr><td class="l">Codes vrais gardés hors rejet (cible {_pct(pol["target_recall"], 0)})</td>'
+        f'<td>{_pct(h.get("recall_kept_out_of_reject"))}</td></tr>'
+        f'<tr><td class="l">Séjours sans aucune revue</td><td>{h["stays_without_review"]} '
+        f'({_pct(h.get("share_stays_without_review"))})</td></tr></table>'
+    )
+
+    sweep = report.get("target_sweep") or []
+    if sweep:
+        out.append("<h2>Cible du DIM contre précision mesurée</h2>")
+        out.append('<p class="note">Seuils ajustés sur une partie des séjours, mesurés sur une autre '
+                   "partie jamais vue pendant l'ajustement.</p>")
+        out.append('<table id="target-sweep"><tr><th>Précision cible</th><th>Précision mesurée</th>'
+                   "<th>Écart (points)</th><th>Codes vrais auto-codés</th></tr>")
+        for r in sweep:
+            gap = None if r.get("measured_precision") is None else 100 * (r["measured_precision"] - r["target_precision"])
+            out.append(f"<tr><td>{_pct(r['target_precision'], 0)}</td><td>{_pct(r.get('measured_precision'))}</td>"
+                       f"<td>{_num(gap, 1)}</td><td>{_pct(r.get('automation_rate'))}</td></tr>")
+        out.append("</table>")
+
+    # automation curve
+    curves = report["automation_curve"]
+    series = [("Tous les codes", [(p["precision"], p["share"]) for p in curves["overall"]])]
+    for band in BAND_ORDER:
+        block = curves["by_band"].get(band)
+        if block:
+            series.append((f"Codes {BAND_FR[band]}", [(p["precision"], p["share"]) for p in block["curve"]]))
+    out.append("<h2>Courbe d'automatisation</h2>")
+    out.append('<p class="note">Part des codes vrais auto-codés selon la précision exigée '
+               "(un seul seuil balayé sur les probabilités calibrées). Le point rouge est la "
+               "politique appliquée.</p>")
+    out.append(svg_line_chart(
+        series, title="Part auto-codée selon la précision", x_label="Précision des codes auto-codés (%)",
+        y_label="Codes vrais auto-codés (%)", x_range=(0.5, 1.0),
+        vlines=[(target, f"cible {_pct(target, 0)}")], hlines=[(goal, f"objectif {_pct(goal, 0)}")],
+        markers=[(prec, rate, "politique")] if prec is not None and rate is not None else [],
+        css_id="automation-curve", width=720,
+    ))
+
+    # per chapter
+    chap = curves["by_chapter"]
+    if chap:
+        out.append("<h2>Par chapitre de la CIM-10</h2>")
+        bars = [(f"{k} {v.get('title', '')}"[:44], v["operating_point"]["automation_rate"])
+                for k, v in chap.items()]
+        out.append(svg_bar_chart(bars, title="Part auto-codée par chapitre", goal=goal,
+                                 css_id="chapter-bars", width=720))
+        out.append('<table id="chapter-table"><tr><th class="l">Chapitre</th><th>Codes</th>'
+                   "<th>Codes vrais</th><th>Auto-codés</th><th>Précision auto</th>"
+                   "<th>Part auto-codée</th><th>Rejetés vrais</th></tr>")
+        for k, v in chap.items():
+            op = v["operating_point"]
+            out.append(f'<tr><td class="l">{_e(k)} – {_e(v.get("title"))}</td><td>{v["n_codes"]}</td>'
+                       f"<td>{op['n_true_codes']}</td><td>{op['n_auto']}</td>"
+                       f"<td>{_pct(op['auto_precision'])}</td><td>{_pct(op['automation_rate'])}</td>"
+                       f"<td>{op['n_true_rejected']}</td></tr>")
+        out.append("</table>")
+    if curves["by_band"]:
+        out.append("<h2>Par fréquence d'apprentissage</h2>")
+        out.append('<table id="band-table"><tr><th class="l">Codes</th><th>Codes</th><th>Codes vrais</th>'
+                   "<th>Auto-codés</th><th>Précision auto</th><th>Part auto-codée</th></tr>")
+        for k, v in curves["by_band"].items():
+            op = v["operating_point"]
+            out.append(f'<tr><td class="l">{_e(BAND_FR.get(k, k))}</td><td>{v["n_codes"]}</td>'
+                       f"<td>{op['n_true_codes']}</td><td>{op['n_auto']}</td>"
+                       f"<td>{_pct(op['auto_precision'])}</td><td>{_pct(op['automation_rate'])}</td></tr>")
+        out.append("</table>")
+        out.append('<p class="note">fréquents : vus dans au moins 10 séjours d\'apprentissage ; '
+                   "rares : 1 à 9 ; jamais vus : aucun.</p>")
+
+    # reliability
+    rel = report["reliability"]
+    out.append("<h2>Calibration des scores</h2>")
+    out.append(f'<p class="note">Erreur de calibration attendue (ECE) : {_num(rel["before"]["ece"], 4)} '
+               f'avant, <b>{_num(rel["after"]["ece"], 4)}</b> après calibration '
+               f'({_e(pol["calibration"])}).</p>')
+
+    def rel_pts(block: Mapping[str, Any]) -> list[tuple[float, float]]:
+        return [(b["mean_predicted"], b["observed"]) for b in block["bins"] if b["count"]]
+
+    out.append(svg_line_chart(
+        [("Scores bruts", rel_pts(rel["before"])), ("Calibrés", rel_pts(rel["after"]))],
+        title="Diagramme de fiabilité", x_label="Probabilité annoncée (%)",
+        y_label="Fréquence observée (%)", diagonal=True, css_id="reliability", width=560,
+    ))
+
+    # metrics
+    met = report["metrics"]
+    out.append("<h2>Métriques</h2>")
+    out.append('<table id="metrics-table"><tr><th class="l">Décisions</th><th>Précision micro</th>'
+               "<th>Rappel micro</th><th>F1 micro</th><th>F1 macro</th><th>MAP</th><th>P@5</th>"
+               "<th>R@5</th><th>AUC micro</th></tr>")
+    for key, name in (("auto", "auto-codés"), ("auto_or_review", "auto-codés + revue"),
+                      ("category_level_auto", "auto-codés, catégorie (3 caractères)")):
+        m = met[key]
+        out.append(f'<tr><td class="l">{name}</td><td>{_pct(m["micro_precision"])}</td>'
+                   f"<td>{_pct(m['micro_recall'])}</td><td>{_pct(m['micro_f1'])}</td>"
+                   f"<td>{_pct(m['macro_f1'])}</td><td>{_num(m['map'], 3)}</td>"
+                   f"<td>{_num(m['p@5'], 3)}</td><td>{_num(m['r@5'], 3)}</td>"
+                   f"<td>{_num(m['micro_auc'], 3)}</td></tr>")
+    out.append("</table>")
+    if "principal_diagnosis_accuracy" in met:
+        out.append(f'<p class="note">Diagnostic principal classé en tête : '
+                   f'{_pct(met["principal_diagnosis_accuracy"])} des {met["n_stays_with_principal"]} '
+                   "séjours dont le DP est connu.</p>")
+
+    # errors
+    errors = report["auto_errors"]
+    out.append("<h2>Erreurs d'auto-codage</h2>")
+    n_err = h["n_auto_errors"]
+    out.append(f'<p class="note">{n_err} code(s) auto-codé(s) à tort'
+               + (f", les {len(errors)} plus confiants listés" if n_err > len(errors) else "")
+               + ".</p>")
+    if errors:
+        out.append('<table id="errors-table"><tr><th class="l">Séjour</th><th class="l">Code</th>'
+                   '<th class="l">Libellé</th><th>Probabilité</th></tr>')
+        for r in errors:
+            out.append(f'<tr><td class="l">{_e(r["stay_id"])}</td><td class="l">{_e(r["code"])}</td>'
+                       f'<td class="l">{_e(r.get("label") or "")}</td><td>{_pct(r["score"])}</td></tr>')
+        out.append("</table>")
+
+    levels = pol["levels"]["auto"]
+    out.append("<h2>Méthode</h2>")
+    out.append(
+        '<p class="note">Un code est <b>auto-codé</b> quand sa probabilité calibrée atteint son seuil '
+        "automatique ; il part <b>en revue</b> entre les deux seuils, il est <b>rejeté</b> en dessous. "
+        "Le seuil automatique est le plus bas dont la borne inférieure de confiance "
+        f"({_e(pol['bound'])}, unilatérale {_pct(pol['confidence'], 0)}) de la précision atteint la "
+        "cible ; un code sans assez de données hérite du seuil de sa catégorie, de son chapitre "
+        f"ou du seuil global (codes au seuil propre : {levels['code']}, catégorie : "
+        f"{levels['category']}, chapitre : {levels['chapter']}, global : {levels['global']}). "
+        f"Politique ajustée sur : {_e(json.dumps(pol.get('fitted_on') or {}, ensure_ascii=False))}.</p>"
+    )
+    for note in report.get("notes") or []:
+        out.append(f'<p class="note">{_e(note)}</p>')
+    out.append("</main></body></html>")
+    return "\n".join(out)
+
+
+def write_report(
+    report: Mapping[str, Any], folder: str | Path, *, tracker: Tracker | None = None,
+    artifact_path: str | None = None,
+) -> tuple[Path, Path]:
+    """Write `automation_report.json` and `.html` into `folder`; log them when tracked."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / REPORT_JSON
+    html_path = out / REPORT_HTML
+    json_path.write_text(json.dumps(report, ensure_ascii=False, indent=1, allow_nan=False,
+                                    default=_json_default), encoding="utf-8")
+    html_path.write_text(render_html(report), encoding="utf-8")
+    if tracker is not None:
+        h = report["headline"]
+        flat = {f"auto.{k}": v for k, v in h.items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and v is not None}
+        flat.update({f"eval.{k}": v for k, v in report["metrics"]["auto"].items()
+                     if isinstance(v, int | float) and v is not None})
+        tracker.log_metrics(flat)
+        tracker.log_artifacts(out, artifact_path)
+    logger.info("automation report written to %s", out)
+    return json_path, html_path
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

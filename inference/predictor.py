@@ -1,0 +1,423 @@
+"""The predictor: a trained run folder (or MLflow model) turned into PMSI coding suggestions.
+
+`Predictor.load(uri_or_path)` loads the scorer (`cimcoder.training.load_scorer`), its
+decision policy (`policy.json`, `cimcoder.eval.policy.DecisionPolicy`) and the terminology
+of its label space, and refuses a mismatch between them. `predict(items)` batches the
+reports (the scorer chunks each one), then decodes every stay to ranked codes with their
+calibrated score, decision, proposed PMSI role, restriction flags, CIM-11 equivalents and
+evidence spans (`StayPrediction`, the `cimcoder predict` line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cimcoder.inference.schemas import (
+    CodePrediction,
+    Decision,
+    Evidence,
+    InputInfo,
+    ModelInfo,
+    StayPrediction,
+)
+
+from cimcoder.errors import CimcoderError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_URI = "models:/cimcoder@champion"
+POLICY_FILE = "policy.json"
+LABELS_FILE = "labels.json"
+# Ranking metrics need the head of the ranking even when rejected (the `predict` contract).
+MIN_CANDIDATES = 30
+EVIDENCE_TOP_K = 3
+DOCUMENT_SEPARATOR = "\n\n"  # as cimcoder.training.corpora.Stay.text
+
+FLAG_NOT_DP = "interdit en DP"
+FLAG_NOT_DR = "interdit en DR"
+FLAG_NOT_CODABLE = "non codable : catégorie non vide, coder un code plus précis"
+FLAG_EXTERNAL_CAUSE = "cause externe : en DAS uniquement"
+FLAG_DELETED = "code supprimé de l'édition"
+FLAG_UNKNOWN = "absent de la terminologie"
+
+
+class PredictorError(CimcoderError):
+    """The model cannot be loaded or used as asked."""
+
+
+class ModelMismatchError(PredictorError):
+    """Label space, decision policy and terminology of a model do not agree."""
+
+
+class EmptyReportError(PredictorError):
+    """A report (or every document of a stay) has no text."""
+
+
+@dataclass(frozen=True)
+class StayInput:
+    """What the predictor scores: an optional id and the stay's text."""
+
+    id: str | None
+    text: str
+
+    @classmethod
+    def from_documents(cls, id: str | None, texts: Sequence[str]) -> StayInput:
+        """A stay of several documents: their texts joined with a blank line (as `Stay.text`)."""
+        return cls(id, DOCUMENT_SEPARATOR.join(t for t in texts if t.strip()))
+
+
+def _as_input(item: Any) -> StayInput:
+    if isinstance(item, StayInput):
+        return item
+    if isinstance(item, str):
+        return StayInput(None, item)
+    text = getattr(item, "text", None)  # cimcoder.training.corpora.Stay
+    if isinstance(text, str):
+        return StayInput(getattr(item, "id", None), text)
+    raise TypeError(f"cannot score a {type(item).__name__}: give str, StayInput or Stay")
+
+
+def _fingerprint(run_dir: Path) -> str:
+    """Short content hash of the model files: changes whenever the model does."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(run_dir)
+        if rel.parts[0] in {"checkpoints", "mlruns"} or rel.name == POLICY_FILE:
+            continue
+        digest.update(str(rel).encode())
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with path.open("rb") as fh:  # head and tail: cheap on multi-GB weights, still exact enough
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), 2)
+                digest.update(fh.read())
+    return digest.hexdigest()[:12]
+
+
+def resolve_run_dir(uri_or_path: str | Path) -> tuple[Path, str]:
+    """The local run folder of a path or an MLflow URI, and a printable source name."""
+    text = str(uri_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path.resolve(), str(path)
+    if "://" in text or text.startswith(("models:/", "runs:/")):
+        from cimcoder.inference.mlflow_model import load_run_dir_from_uri
+
+        try:
+            return Path(load_run_dir_from_uri(text)), text
+        except CimcoderError:
+            raise
+        except Exception as exc:  # MLflow's own errors (no registry, unknown alias, ...)
+            raise PredictorError(f"cannot load model {text}: {exc}") from exc
+    if path.exists():
+        raise PredictorError(f"{path} is a file: give a run folder (runs/<exp>/<run>) or a URI")
+    raise PredictorError(
+        f"model not found: {text} is neither a run folder nor an MLflow URI (models:/NAME@ALIAS)"
+    )
+
+
+class Predictor:
+    """A scorer with its policy and terminology; thread-safe for concurrent `predict` calls."""
+
+    def __init__(
+        self,
+        scorer: Any,
+        *,
+        policy: Any = None,
+        name: str = "model",
+        version: str = "unknown",
+        source: str | None = None,
+        architecture: str | None = None,
+        terminology: Any = None,
+        crosswalk: Any = None,
+        min_candidates: int = MIN_CANDIDATES,
+        evidence_top_k: int = EVIDENCE_TOP_K,
+    ) -> None:
+        self.scorer = scorer
+        self.policy = policy
+        self.label_space = scorer.label_space
+        self.labels: list[str] = list(scorer.labels)
+        self.name = name
+        self.version = version
+        self.source = source or name
+        self.architecture = architecture or getattr(scorer, "model_name", type(scorer).__name__)
+        self.min_candidates = min_candidates
+        self.evidence_top_k = evidence_top_k
+        if terminology is None:
+            from cimcoder.terminologies import load_terminology
+
+            terminology = load_terminology(self.label_space.terminology)
+        self.terminology = terminology
+        self._crosswalk = crosswalk
+        self._check_consistency()
+        self._concepts = [self.terminology.get(code) for code in self.labels]
+        self._allowed_dp = np.array(
+            [
+                c is not None
+                and (c.restrictions is None or c.restrictions.allowed_dp)
+                and not c.deleted
+                for c in self._concepts
+            ]
+        )
+        self._cim11_cache: dict[str, list[str]] = {}
+
+    # -- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, uri_or_path: str | Path = DEFAULT_MODEL_URI) -> Predictor:
+        """Load a run folder or an MLflow model URI (default `models:/cimcoder@champion`)."""
+        from cimcoder.training import load_scorer
+
+        run_dir, source = resolve_run_dir(uri_or_path)
+        if not (run_dir / LABELS_FILE).is_file():
+            raise PredictorError(f"{run_dir} is not a model run folder: no {LABELS_FILE}")
+        scorer = load_scorer(run_dir)
+        policy = None
+        policy_path = run_dir / POLICY_FILE
+        if policy_path.is_file():
+            from cimcoder.eval.policy import DecisionPolicy
+
+            policy = DecisionPolicy.load(policy_path, labels=scorer.labels)
+        else:
+            logger.warning(
+                "%s has no %s: scores are not calibrated and every code is 'review' "
+                "(run `cimcoder calibrate`)",
+                run_dir,
+                POLICY_FILE,
+            )
+        predictor = cls(
+            scorer,
+            policy=policy,
+            name=run_dir.name,
+            version=_fingerprint(run_dir),
+            source=source,
+        )
+        logger.info(
+            "loaded model %s (%s, %d codes, %s)",
+            predictor.name,
+            predictor.architecture,
+            len(predictor.labels),
+            "calibrated" if policy is not None else "no policy",
+        )
+        return predictor
+
+    def _check_consistency(self) -> None:
+        ls = self.label_space
+        if list(ls.codes) != self.labels:
+            raise ModelMismatchError("the scorer's labels differ from its label space (labels.json)")
+        if ls.terminology != self.terminology.name:
+            raise ModelMismatchError(
+                f"the model scores {ls.terminology} codes but the terminology is "
+                f"{self.terminology.name}"
+            )
+        if ls.edition and ls.edition != self.terminology.edition:
+            raise ModelMismatchError(
+                f"the model was trained on {ls.edition} but the installed terminology is "
+                f"{self.terminology.edition}: retrain, or install the model's edition"
+            )
+        unknown = [code for code in self.labels if code not in self.terminology]
+        if unknown:
+            raise ModelMismatchError(
+                f"{len(unknown)} label(s) of the model are not in {self.terminology.edition}: "
+                f"{', '.join(unknown[:10])}"
+            )
+        if self.policy is None:
+            return
+        for attr, expected in (("terminology", ls.terminology), ("edition", ls.edition)):
+            value = getattr(self.policy, attr, None)
+            if isinstance(value, str) and expected and value != expected:
+                raise ModelMismatchError(
+                    f"policy.json was calibrated for {attr} {value!r} but the model has "
+                    f"{expected!r}: run `cimcoder calibrate` again"
+                )
+        check_labels = getattr(self.policy, "check_labels", None)
+        if check_labels is not None:
+            check_labels(self.labels)  # raises PolicyMismatchError (a CimcoderError)
+
+    # -- description -------------------------------------------------------------------------
+
+    @property
+    def thresholds_version(self) -> str | None:
+        if self.policy is None:
+            return None
+        version = getattr(self.policy, "version", None)
+        if isinstance(version, dict):  # DecisionPolicy: {"hash": sha256, "created_at": ...}
+            version = str(version.get("hash", ""))[:12] or None
+        return str(version) if version else "unversioned"
+
+    def model_info(self, input_info: InputInfo | None = None) -> ModelInfo:
+        return ModelInfo(
+            name=self.name,
+            version=self.version,
+            source=self.source,
+            architecture=str(self.architecture),
+            terminology=self.label_space.terminology,
+            edition=self.label_space.edition or self.terminology.edition,
+            labels=len(self.labels),
+            thresholds_version=self.thresholds_version,
+            calibrated=self.policy is not None,
+            note=None
+            if self.policy is not None
+            else "no policy.json: raw scores, every code needs review (run `cimcoder calibrate`)",
+            input=input_info,
+        )
+
+    def cim11_for(self, code: str) -> list[str]:
+        """CIM-11 equivalents of a code of the model's terminology (itself for CIM-11)."""
+        if self.label_space.terminology == "cim11":
+            return [code]
+        cached = self._cim11_cache.get(code)
+        if cached is None:
+            crosswalk = self._get_crosswalk()
+            targets = crosswalk.to_cim11(code) if crosswalk is not None else []
+            cached = list(dict.fromkeys(t.code for t in targets))
+            self._cim11_cache[code] = cached
+        return list(cached)
+
+    def _get_crosswalk(self) -> Any:
+        if self._crosswalk is None:
+            try:
+                from cimcoder.terminologies import load_crosswalk
+            except ImportError:
+                # Only while the terminology package is incomplete (development checkouts).
+                logger.warning("no CIM-10 -> CIM-11 crosswalk installed: 'cim11' left empty")
+                self._crosswalk = False
+                return None
+            self._crosswalk = load_crosswalk()
+        return self._crosswalk or None
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def _read_extent(self, text: str) -> int:
+        """Characters of `text` inside the scorer's chunk budget (all for a bag-of-words model)."""
+        chunk = getattr(self.scorer, "chunk", None)
+        if chunk is None:
+            return len(text)
+        doc = chunk([text])[0]
+        if not getattr(doc, "truncated", False):
+            return len(text)
+        ends = [end for offs in doc.offsets for (_, end) in offs if end > 0]
+        return max(ends) if ends else 0
+
+    def scores(self, texts: Sequence[str], batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Raw and calibrated scores, [n, L] each."""
+        raw = np.asarray(self.scorer.predict_scores(list(texts), batch_size=batch_size))
+        if raw.shape != (len(texts), len(self.labels)):
+            raise PredictorError(f"the scorer returned scores of shape {raw.shape}")
+        if self.policy is None:
+            return raw, raw
+        return raw, np.asarray(self.policy.calibrate(raw, self.labels))
+
+    def predict(self, items: Sequence[Any], batch_size: int = 8) -> list[StayPrediction]:
+        """Score reports or stays (str, `StayInput` or `Stay`); one answer per item, in order."""
+        if isinstance(items, str | StayInput):
+            raise TypeError("predict takes a list; use predict_one for a single report")
+        inputs = [_as_input(item) for item in items]
+        for i, item in enumerate(inputs):
+            if not item.text.strip():
+                who = f"report {item.id!r}" if item.id is not None else f"report #{i + 1}"
+                raise EmptyReportError(f"{who} is empty: nothing to code")
+        if not inputs:
+            return []
+        raw, probs = self.scores([item.text for item in inputs], batch_size=batch_size)
+        if self.policy is not None:
+            decisions = np.asarray(self.policy.decide(probs, self.labels))
+        else:
+            decisions = np.full(probs.shape, "review", dtype=object)
+        return [
+            self._decode(item, raw[i], probs[i], decisions[i]) for i, item in enumerate(inputs)
+        ]
+
+    def predict_one(self, item: Any) -> StayPrediction:
+        return self.predict([item])[0]
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def _decode(
+        self, item: StayInput, raw: np.ndarray, probs: np.ndarray, decisions: np.ndarray
+    ) -> StayPrediction:
+        # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
+        # the ties, so the ranking keeps all the model's information.
+        order = np.lexsort((-raw, -probs))
+        keep = np.zeros(len(order), dtype=bool)
+        keep[order[: self.min_candidates]] = True
+        keep |= decisions != "reject"
+        ranked = [int(j) for j in order if keep[j]]
+
+        suggested = [j for j in ranked if decisions[j] != "reject"]
+        dp_pool = suggested or ranked
+        dp = next((j for j in dp_pool if self._allowed_dp[j]), None)
+
+        spans: dict[str, list[tuple[int, int]]] = {}
+        if suggested:
+            wanted = [self.labels[j] for j in suggested]
+            spans = self.scorer.explain(item.text, wanted, top_k=self.evidence_top_k)
+
+        codes = []
+        for j in ranked:
+            code = self.labels[j]
+            concept = self._concepts[j]
+            evidence = [
+                Evidence(start=s, end=e, text=item.text[s:e])
+                for s, e in spans.get(code, [])
+                if 0 <= s < e <= len(item.text)
+            ]
+            codes.append(
+                CodePrediction(
+                    code=code,
+                    label=concept.label if concept is not None else None,
+                    score=round(float(np.clip(probs[j], 0.0, 1.0)), 6),
+                    decision=_decision(decisions[j]),
+                    role="DP" if j == dp else "DAS",
+                    cim11=self.cim11_for(code),
+                    evidence=evidence,
+                    flags=self._flags(concept),
+                )
+            )
+        read = self._read_extent(item.text)
+        info = InputInfo(chars=len(item.text), chars_read=read, truncated=read < len(item.text))
+        if info.truncated:
+            logger.warning(
+                "stay %s: %d of %d characters read (chunk budget)", item.id, read, len(item.text)
+            )
+        return StayPrediction(id=item.id, codes=codes, model=self.model_info(info))
+
+    @staticmethod
+    def _flags(concept: Any) -> list[str]:
+        if concept is None:
+            return [FLAG_UNKNOWN]
+        flags = []
+        if concept.deleted:
+            flags.append(FLAG_DELETED)
+        r = concept.restrictions
+        if r is not None:
+            if not r.codable:
+                flags.append(FLAG_NOT_CODABLE)
+            elif r.external_cause:
+                flags.append(FLAG_EXTERNAL_CAUSE)
+            else:
+                if not r.allowed_dp:
+                    flags.append(FLAG_NOT_DP)
+                if not r.allowed_dr:
+                    flags.append(FLAG_NOT_DR)
+        return flags
+
+
+def _decision(value: Any) -> Decision:
+    text = str(value)
+    if text not in ("auto", "review", "reject"):
+        raise PredictorError(f"the decision policy returned an unknown decision {text!r}")
+    return text  # type: ignore[return-value]
+
+
+def prediction_json(prediction: StayPrediction) -> str:
+    """One `cimcoder predict` line (no trailing newline), UTF-8 text kept readable."""
+    return json.dumps(prediction.model_dump(mode="json"), ensure_ascii=False)

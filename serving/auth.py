@@ -1,0 +1,185 @@
+"""Authentication of the cimcoder service.
+
+Three ways to present a credential, all checked in constant time against
+`Settings.api_keys`:
+
+- `X-API-Key: <key>` header (hospital systems),
+- `Authorization: Bearer <key>` header,
+- the signed session cookie set by the review page's login form (DIM coders): the login
+  form checks a principal name and its key with `authenticate`, then calls
+  `set_session_cookie`; the cookie holds only the principal name, signed and time-stamped
+  with `Settings.session_secret` (itsdangerous), `HttpOnly` and `SameSite=Strict`.
+
+Authentication is on unless `CIMCODER_AUTH_DISABLED=true`; the principal is then "local".
+
+Use the `Annotated` aliases in route signatures:
+
+    @router.get("/things")
+    def things(user: CurrentUser) -> ...:      # key, bearer or session cookie
+    def code(client: ApiClient) -> ...:        # key or bearer only (machine API)
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Annotated
+
+from cimcoder.serving.settings import Settings
+from fastapi import Depends, HTTPException, Request, Response, status
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+logger = logging.getLogger(__name__)
+
+SESSION_COOKIE = "cimcoder_session"
+LOCAL_PRINCIPAL = "local"
+_SESSION_SALT = "cimcoder.review.session"
+_AUTH_HELP = (
+    "authentication required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>' "
+    "(keys are configured with CIMCODER_API_KEYS)"
+)
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the running app was created with."""
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def principal_for_key(settings: Settings, presented: str) -> str | None:
+    """The principal whose key is `presented`, or None. Every key is compared (constant time)."""
+    found: str | None = None
+    candidate = presented.encode("utf-8", "surrogateescape")
+    for entry in settings.api_key_entries():
+        if hmac.compare_digest(candidate, entry.key.encode("utf-8")) and found is None:
+            found = entry.principal
+    return found
+
+
+def authenticate(settings: Settings, principal: str, key: str) -> str | None:
+    """Check a login form's (principal, key) pair; return the principal, or None."""
+    owner = principal_for_key(settings, key)
+    if owner is None:
+        return None
+    if not hmac.compare_digest(owner.encode("utf-8"), principal.strip().encode("utf-8")):
+        return None
+    return owner
+
+
+def _serializer(settings: Settings) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings.resolved_session_secret(), salt=_SESSION_SALT)
+
+
+def set_session_cookie(response: Response, settings: Settings, principal: str) -> None:
+    """Log `principal` in: attach the signed session cookie to `response`."""
+    token = _serializer(settings).dumps({"u": principal})
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_max_age_s,
+        httponly=True,
+        samesite="strict",
+        secure=settings.cookie_secure,
+        path="/",
+    )
+
+
+def clear_session_cookie(response: Response) -> None:
+    """Log out: expire the session cookie."""
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+
+
+def principal_from_cookie(settings: Settings, token: str) -> str | None:
+    """The principal of a valid, unexpired session cookie whose key is still configured."""
+    try:
+        data = _serializer(settings).loads(token, max_age=settings.session_max_age_s)
+    except SignatureExpired:
+        return None
+    except BadSignature:
+        logger.info("rejected a session cookie with a bad signature")
+        return None
+    principal = data.get("u") if isinstance(data, dict) else None
+    if not isinstance(principal, str):
+        return None
+    # A principal whose key was removed from the configuration loses its sessions too.
+    if principal not in {entry.principal for entry in settings.api_key_entries()}:
+        return None
+    return principal
+
+
+def _header_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": 'Bearer realm="cimcoder"'},
+    )
+
+
+def optional_user(request: Request) -> str | None:
+    """The principal of the request (key, bearer or cookie), or None when anonymous.
+
+    For pages that redirect to a login form instead of answering 401. A wrong key still
+    counts as anonymous here.
+    """
+    settings = get_settings(request)
+    if settings.auth_disabled:
+        return LOCAL_PRINCIPAL
+    key = _header_key(request)
+    if key is not None:
+        return principal_for_key(settings, key)
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        return principal_from_cookie(settings, token)
+    return None
+
+
+def require_api_client(request: Request) -> str:
+    """Dependency: the principal of an `X-API-Key` / bearer request; 401 otherwise."""
+    settings = get_settings(request)
+    if settings.auth_disabled:
+        return LOCAL_PRINCIPAL
+    key = _header_key(request)
+    if key is None:
+        raise _unauthorized(_AUTH_HELP)
+    principal = principal_for_key(settings, key)
+    if principal is None:
+        raise _unauthorized("invalid API key")
+    return principal
+
+
+def require_user(request: Request) -> str:
+    """Dependency: the principal from a key, a bearer token or the session cookie; 401 otherwise."""
+    settings = get_settings(request)
+    if settings.auth_disabled:
+        return LOCAL_PRINCIPAL
+    key = _header_key(request)
+    if key is not None:
+        principal = principal_for_key(settings, key)
+        if principal is None:
+            raise _unauthorized("invalid API key")
+        return principal
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        principal = principal_from_cookie(settings, token)
+        if principal is None:
+            raise _unauthorized("session expired or invalid: log in again")
+        return principal
+    raise _unauthorized(_AUTH_HELP)
+
+
+ApiClient = Annotated[str, Depends(require_api_client)]
+CurrentUser = Annotated[str, Depends(require_user)]
+OptionalUser = Annotated[str | None, Depends(optional_user)]

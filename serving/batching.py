@@ -1,0 +1,134 @@
+"""Micro-batching of concurrent requests: one model call for the requests of a few ms.
+
+Requests are queued; a single worker takes the first, waits up to `max_wait_s` for
+others until `max_size` stays are gathered, then runs one predict call in a worker thread
+(the model's forward releases the GIL, the event loop keeps serving). A failing batch is
+retried request by request, so one bad request never fails its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass
+class _Job(Generic[In, Out]):
+    items: list[In]
+    future: asyncio.Future[list[Out]]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher(Generic[In, Out]):
+    """Collects `submit` calls into batches for `predict_fn(items) -> outputs` (same order)."""
+
+    def __init__(
+        self,
+        predict_fn: Callable[[list[In]], Sequence[Out]],
+        *,
+        max_size: int = 16,
+        max_wait_s: float = 0.005,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._predict = predict_fn
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Job[In, Out]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run(), name="cimcoder-microbatcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._worker = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if not job.future.done():
+                    job.future.set_exception(RuntimeError("the service is shutting down"))
+
+    async def submit(self, items: Sequence[In]) -> list[Out]:
+        """Score `items` with whatever else is queued; returns their outputs in order."""
+        if self._queue is None or not self.running:
+            raise RuntimeError("the micro-batcher is not running")
+        future: asyncio.Future[list[Out]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(list(items), future))
+        return await future
+
+    async def _gather(self, first: _Job[In, Out]) -> list[_Job[In, Out]]:
+        assert self._queue is not None
+        jobs = [first]
+        size = len(first.items)
+        deadline = time.perf_counter() + self.max_wait_s
+        while size < self.max_size:
+            remaining = deadline - time.perf_counter()
+            try:
+                job = (
+                    self._queue.get_nowait()
+                    if remaining <= 0
+                    else await asyncio.wait_for(self._queue.get(), remaining)
+                )
+            except (TimeoutError, asyncio.QueueEmpty):
+                break
+            jobs.append(job)
+            size += len(job.items)
+        return jobs
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            first = await self._queue.get()
+            jobs = [job for job in await self._gather(first) if not job.future.done()]
+            if not jobs:
+                continue  # every caller already timed out
+            await self._process(jobs)
+
+    async def _process(self, jobs: list[_Job[In, Out]]) -> None:
+        items = [item for job in jobs for item in job.items]
+        if self._on_batch is not None:
+            self._on_batch(len(items))
+        try:
+            outputs = await asyncio.to_thread(self._predict, items)
+        except Exception as exc:
+            if len(jobs) > 1:
+                for job in jobs:
+                    if not job.future.done():
+                        await self._process([job])
+                return
+            if not jobs[0].future.done():
+                jobs[0].future.set_exception(exc)
+            return
+        if len(outputs) != len(items):  # a broken predictor must not mix answers up
+            error = RuntimeError(f"predictor returned {len(outputs)} answers for {len(items)}")
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        start = 0
+        for job in jobs:
+            part = list(outputs[start : start + len(job.items)])
+            start += len(job.items)
+            if not job.future.done():
+                job.future.set_result(part)

@@ -1,0 +1,168 @@
+"""`cimcoder review ...`: fill the review queue from `cimcoder predict`, export what the
+coders validated (to retrain), export the audit trail, print the monitoring report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from cimcoder.serving.review.store import ReviewError
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `review` command group."""
+    review = subparsers.add_parser(
+        "review",
+        help="DIM review store: import predictions, export validated stays and the audit trail",
+        description="DIM review workflow: the queue the review page (/review) works on.",
+    )
+    commands = review.add_subparsers(dest="review_command", metavar="ACTION", required=True)
+
+    def with_db(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument(
+            "--database-url",
+            help="SQLAlchemy URL of the review store (default: CIMCODER_DATABASE_URL, else "
+            "the SQLite file of `cimcoder serve`)",
+        )
+        return parser
+
+    imp = with_db(commands.add_parser("import", help="queue the stays of a predictions JSONL"))
+    imp.add_argument("--predictions", required=True, type=Path, help="`cimcoder predict` output")
+    imp.add_argument(
+        "--texts",
+        required=True,
+        help="the scored texts: folder of .txt, JSONL/Parquet with id and text, or a data set "
+        "name (codiesp-fr/dev)",
+    )
+    imp.add_argument("--unit", help="unité médicale to record for stays that do not name one")
+    imp.add_argument("--qc-rate", type=float, help="set the QC sample rate first (0-1)")
+    imp.set_defaults(handler=_import)
+
+    exp = with_db(commands.add_parser("export", help="validated stays as corpora JSONL"))
+    exp.add_argument("--output", required=True, type=Path, help="JSONL file to write")
+    exp.set_defaults(handler=_export)
+
+    aud = with_db(commands.add_parser("audit", help="export the audit trail (CSV or JSONL)"))
+    aud.add_argument("--output", required=True, type=Path, help=".csv or .jsonl file")
+    aud.add_argument("--format", choices=("csv", "jsonl"), help="default: from the extension")
+    aud.set_defaults(handler=_audit)
+
+    mon = with_db(commands.add_parser("monitoring", help="print the monitoring report (JSON)"))
+    mon.add_argument(
+        "--labels", type=Path, help="model run folder or labels.json (code-frequency drift)"
+    )
+    mon.set_defaults(handler=_monitoring)
+
+    scr = with_db(
+        commands.add_parser(
+            "scripted",
+            help="validate queued stays with the gold codes of a coded data set (end-to-end runs)",
+        )
+    )
+    scr.add_argument("--gold", required=True, help="coded data set: path or name (codiesp-fr/dev)")
+    scr.add_argument("--coder", default="codeur-script", help="name recorded in the audit trail")
+    scr.set_defaults(handler=_scripted)
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from cimcoder.serving.review.store import ReviewStore
+
+    url = args.database_url
+    if not url:
+        from cimcoder.serving.settings import Settings
+        from pydantic import ValidationError
+
+        try:
+            url = Settings().resolved_database_url()
+        except ValidationError as exc:
+            raise ReviewError(f"invalid CIMCODER_* settings: {exc.errors()[0]['msg']}") from None
+    try:
+        return ReviewStore(url)
+    except Exception as exc:  # SQLAlchemy/driver errors: a bad URL or unreachable server
+        raise ReviewError(f"cannot open the review store: {type(exc).__name__}: {exc}") from None
+
+
+def _import(args: argparse.Namespace) -> int:
+    from cimcoder.serving.review.ingest import read_predictions, read_texts
+    from cimcoder.serving.review.workflow import enqueue, set_qc_rate
+
+    texts = read_texts(args.texts)
+    predictions = list(read_predictions(args.predictions))
+    missing = [p.id for p in predictions if p.id not in texts]
+    if missing:
+        raise ReviewError(
+            f"{len(missing)} prediction(s) have no text in {args.texts} (e.g. {missing[:5]}): "
+            "give the same input as `cimcoder predict --input`"
+        )
+    store = _store(args)
+    default_rate = 0.05 if args.qc_rate is None else args.qc_rate
+    created = unchanged = auto = sampled = 0
+    with store.session() as session:
+        if args.qc_rate is not None:
+            set_qc_rate(session, args.qc_rate, "cli", default_rate)
+        for prediction in predictions:
+            stay = texts[str(prediction.id)]
+            if args.unit and not stay.unit:
+                stay = stay.model_copy(update={"unit": args.unit})
+            result = enqueue(session, stay, prediction, default_qc_rate=default_rate, actor="cli")
+            created += int(result.created)
+            unchanged += int(not result.created)
+            auto += int(result.auto_coded)
+            sampled += int(result.qc_sampled)
+    print(
+        f"queued {created} stay(s) ({unchanged} already there); auto-coded {auto}, "
+        f"of which {sampled} sampled for quality control"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cimcoder.serving.review.export import export_validated
+
+    count = export_validated(_store(args), args.output)
+    print(f"wrote {count} validated stay(s) to {args.output}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from cimcoder.serving.review.audit import export_audit
+
+    count = export_audit(_store(args), args.output, args.format)
+    print(f"wrote {count} audit event(s) to {args.output}")
+    return 0
+
+
+def _monitoring(args: argparse.Namespace) -> int:
+    from cimcoder.serving.review.monitoring import compute, load_train_counts
+
+    labels = None
+    if args.labels is not None:
+        try:
+            labels = load_train_counts(args.labels)
+        except (OSError, ValueError) as exc:
+            raise ReviewError(f"cannot read train counts from {args.labels}: {exc}") from None
+    print(json.dumps(compute(_store(args), labels=labels), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _scripted(args: argparse.Namespace) -> int:
+    from cimcoder.serving.review.scripted import review_with_gold
+
+    try:
+        from cimcoder.training.corpora import load_dataset  # type: ignore[attr-defined]
+    except ImportError:
+        raise ReviewError("the corpora loaders are not available") from None
+    corpus = load_dataset(args.gold)
+    gold = {s.id: [(d.code, d.role) for d in s.diagnoses] for s in corpus.stays}
+    summary = review_with_gold(_store(args), gold, args.coder)
+    print(
+        f"validated {summary.reviewed} stay(s): {summary.accepted} suggestion(s) accepted, "
+        f"{summary.rejected} rejected, {summary.added} missed code(s) added "
+        f"({summary.codes_not_addable} gold code(s) outside the terminology, "
+        f"{summary.skipped_no_gold} stay(s) without gold left in the queue)"
+    )
+    return 0

@@ -1,0 +1,77 @@
+"""Export of validated stays in the corpora schema, so that `cimcoder train` retrains on them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from cimcoder.serving.review.store import Review, ReviewStay, ReviewStore, StayStatus
+from cimcoder.training.corpora.schema import Diagnosis, Document, Stay, StayContext
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+logger = logging.getLogger(__name__)
+
+
+def to_corpus_stay(stay: ReviewStay, review: Review) -> Stay:
+    """The coded stay as the corpora schema has it: DP first, then the DAS in coding order."""
+    diagnoses = [
+        Diagnosis(code=rc.final_code, role="DP" if rc.final_code == review.dp_code else "DAS")
+        for rc in review.codes
+        if rc.final_code is not None
+    ]
+    diagnoses.sort(key=lambda d: d.role != "DP")
+    return Stay(
+        id=stay.id,
+        patient_id=stay.patient_id,
+        documents=[
+            Document(text=d.text, doc_type=d.doc_type, date=d.doc_date) for d in stay.documents
+        ],
+        diagnoses=diagnoses,
+        terminology=stay.terminology,  # type: ignore[arg-type]
+        edition=stay.terminology_edition,
+        context=StayContext(unit=stay.unit) if stay.unit else None,
+    )
+
+
+def iter_validated_stays(store: ReviewStore, batch: int = 200) -> Iterator[Stay]:
+    """Validated stays with their last saved coding, in id order, read in batches."""
+    last = ""
+    while True:
+        with store.session() as session:
+            stays = session.scalars(
+                select(ReviewStay)
+                .where(ReviewStay.status == StayStatus.VALIDATED, ReviewStay.id > last)
+                .order_by(ReviewStay.id)
+                .limit(batch)
+                .options(selectinload(ReviewStay.documents))
+            ).all()
+            if not stays:
+                return
+            reviews = {
+                r.stay_id: r
+                for r in session.scalars(
+                    select(Review)
+                    .where(Review.stay_id.in_([s.id for s in stays]))
+                    .order_by(Review.new_version)
+                    .options(selectinload(Review.codes))
+                )
+            }
+            out = [to_corpus_stay(s, reviews[s.id]) for s in stays if s.id in reviews]
+            last = stays[-1].id
+        yield from out
+
+
+def export_validated(store: ReviewStore, path: Path) -> int:
+    """Write validated stays as JSONL (one corpora `Stay` a line); returns how many."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as out:
+        for stay in iter_validated_stays(store):
+            out.write(stay.model_dump_json(exclude_none=True) + "\n")
+            count += 1
+    tmp.replace(path)
+    logger.info("exported %d validated stays", count)
+    return count

@@ -1,0 +1,367 @@
+"""HTTP routes of the DIM review workflow: the JSON API (`/v1/review/...`, `/v1/monitoring`)
+and the French review pages (`/review/...`), behind the service's authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from cimcoder.serving.auth import (
+    CurrentUser,
+    OptionalUser,
+    authenticate,
+    clear_session_cookie,
+    set_session_cookie,
+)
+from cimcoder.serving.review import audit, export, monitoring, workflow
+from cimcoder.serving.review.schemas import (
+    EnqueueRequest,
+    EnqueueResult,
+    QcSettingsIn,
+    ReviewIn,
+    ReviewResult,
+)
+from cimcoder.serving.review.store import (
+    STATUS_LABELS,
+    ReviewConflict,
+    ReviewStore,
+    StayStatus,
+    UnknownStay,
+    open_store,
+)
+from cimcoder.serving.settings import Settings
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.templating import Jinja2Templates
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+STATIC_DIR = HERE / "static"
+STATIC_FILES = {"review.css": "text/css", "review.js": "text/javascript"}
+_store_lock = threading.Lock()
+
+router = APIRouter(tags=["review"])
+
+
+# -- wiring -----------------------------------------------------------------------------
+
+
+def _settings(app: FastAPI) -> Settings:
+    return app.state.settings  # type: ignore[no-any-return]
+
+
+def store_for_app(app: FastAPI) -> ReviewStore:
+    """The app's review store, opened (and migrated to head) on first use."""
+    store: ReviewStore | None = getattr(app.state, "review_store", None)
+    if store is None:
+        with _store_lock:
+            store = getattr(app.state, "review_store", None)
+            if store is None:
+                store = open_store(_settings(app).resolved_database_url())
+                app.state.review_store = store
+    return store
+
+
+def init_app(app: FastAPI, settings: Settings) -> None:
+    """Called by `create_app`: open the store (Alembic upgrade head) at start-up."""
+    app.state.review_store = None
+    previous = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
+        await asyncio.to_thread(store_for_app, app_)
+        async with previous(app_) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan
+
+
+def get_store(request: Request) -> ReviewStore:
+    return store_for_app(request.app)
+
+
+StoreDep = Annotated[ReviewStore, Depends(get_store)]
+
+
+def _templates() -> Jinja2Templates:
+    return Jinja2Templates(directory=str(HERE / "templates"))
+
+
+def _qc_default(request: Request) -> float:
+    return float(_settings(request.app).review_qc_sample_rate)
+
+
+def _not_found(exc: UnknownStay) -> HTTPException:
+    return HTTPException(404, str(exc))
+
+
+# -- JSON API ---------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/review/stays",
+    response_model=EnqueueResult,
+    status_code=201,
+    summary="Put a scored stay in the review queue",
+)
+def post_stay(body: EnqueueRequest, request: Request, user: CurrentUser, store: StoreDep) -> Any:
+    try:
+        with store.session() as session:
+            result = workflow.enqueue(
+                session,
+                body.stay,
+                body.prediction,
+                default_qc_rate=_qc_default(request),
+                actor=user,
+            )
+    except ReviewConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    return EnqueueResult(**result.__dict__)
+
+
+@router.get("/v1/review/stays", summary="The review queue, filtered")
+def get_stays(
+    user: CurrentUser,
+    store: StoreDep,
+    status: Annotated[str | None, Query(description="Comma-separated statuses.")] = None,
+    unit: Annotated[str | None, Query(max_length=128)] = None,
+    date_from: datetime.date | None = None,
+    date_to: datetime.date | None = None,
+    qc: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    flt = workflow.QueueFilter(status, unit, date_from, date_to, qc, limit, offset)
+    with store.session() as session:
+        return workflow.list_stays(session, flt)
+
+
+@router.get("/v1/review/stays/{stay_id}", summary="One stay: text, suggestions, coding")
+def get_stay(stay_id: str, user: CurrentUser, store: StoreDep) -> dict[str, Any]:
+    try:
+        with store.session() as session:
+            return workflow.stay_view(session, stay_id)
+    except UnknownStay as exc:
+        raise _not_found(exc) from None
+
+
+@router.post(
+    "/v1/review/stays/{stay_id}/decisions",
+    response_model=ReviewResult,
+    summary="Save a coder's decisions (idempotent by decision_id; 409 on a stale version)",
+    responses={409: {"description": "The stay changed since it was opened: reload and merge."}},
+)
+def post_decisions(stay_id: str, body: ReviewIn, user: CurrentUser, store: StoreDep) -> Any:
+    try:
+        return workflow.save_review(store, stay_id, body, user)
+    except UnknownStay as exc:
+        raise _not_found(exc) from None
+    except ReviewConflict as exc:
+        raise HTTPException(409, {"detail": str(exc), "current": exc.current}) from None
+
+
+@router.get("/v1/review/settings", summary="DIM settings of the review workflow")
+def get_review_settings(request: Request, user: CurrentUser, store: StoreDep) -> dict[str, Any]:
+    with store.session() as session:
+        return {"qc_rate": workflow.qc_rate(session, _qc_default(request))}
+
+
+@router.put("/v1/review/settings", summary="Set the quality-control sample rate")
+def put_review_settings(
+    body: QcSettingsIn, request: Request, user: CurrentUser, store: StoreDep
+) -> dict[str, Any]:
+    with store.session() as session:
+        rate = workflow.set_qc_rate(session, body.qc_rate, user, _qc_default(request))
+    return {"qc_rate": rate}
+
+
+@router.get("/v1/review/export", summary="Validated stays as corpora-schema JSONL")
+def get_export(user: CurrentUser, store: StoreDep) -> StreamingResponse:
+    lines = (stay.model_dump_json() + "\n" for stay in export.iter_validated_stays(store))
+    return StreamingResponse(
+        lines,
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": 'attachment; filename="review-validated.jsonl"'},
+    )
+
+
+@router.get("/v1/review/audit", summary="The audit trail (JSONL or CSV)")
+def get_audit(
+    user: CurrentUser,
+    store: StoreDep,
+    format: Literal["jsonl", "csv"] = "jsonl",
+    stay_id: Annotated[str | None, Query(max_length=128)] = None,
+) -> StreamingResponse:
+    events = audit.iter_events(store, stay_id=stay_id)
+    media = "text/csv" if format == "csv" else "application/x-ndjson"
+    return StreamingResponse(
+        audit.format_events(events, format),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="review-audit.{format}"'},
+    )
+
+
+@router.get("/v1/monitoring", summary="Auto-coding rate, QC precision, corrections, drift")
+def get_monitoring(request: Request, user: CurrentUser, store: StoreDep) -> dict[str, Any]:
+    return monitoring.compute(store, labels=monitoring.labels_for_app(request.app))
+
+
+# -- pages ------------------------------------------------------------------------------
+
+
+def _login_redirect(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/review/login?next={quote(target)}", status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only local review paths: never an open redirect to another site.
+    if target and target.startswith("/review") and not target.startswith("//"):
+        return target
+    return "/review"
+
+
+def _page(request: Request, name: str, user: str | None, **context: Any) -> HTMLResponse:
+    return _templates().TemplateResponse(
+        request,
+        name,
+        {"user": user, "status_labels": {s.value: STATUS_LABELS[s] for s in StayStatus}}
+        | context,
+    )
+
+
+@router.get("/review/login", response_class=HTMLResponse, include_in_schema=False)
+def login_page(request: Request, next: str | None = None) -> HTMLResponse:
+    return _page(request, "login.html", None, next=_safe_next(next), error=None)
+
+
+@router.post("/review/login", response_class=HTMLResponse, include_in_schema=False)
+def login(
+    request: Request,
+    username: Annotated[str, Form(max_length=128)],
+    key: Annotated[str, Form(max_length=512)],
+    next: Annotated[str | None, Form()] = None,
+) -> Any:
+    settings = _settings(request.app)
+    principal = "local" if settings.auth_disabled else authenticate(settings, username, key)
+    if principal is None:
+        logger.info("failed review login")
+        response = _page(
+            request,
+            "login.html",
+            None,
+            next=_safe_next(next),
+            error="Identifiant ou clé incorrects.",
+        )
+        response.status_code = 401
+        return response
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    if not settings.auth_disabled:
+        set_session_cookie(response, settings, principal)
+    return response
+
+
+@router.post("/review/logout", include_in_schema=False)
+def logout() -> RedirectResponse:
+    response = RedirectResponse("/review/login", status_code=303)
+    clear_session_cookie(response)
+    return response
+
+
+@router.get("/review", response_class=HTMLResponse, include_in_schema=False)
+def queue_page(
+    request: Request,
+    user: OptionalUser,
+    store: StoreDep,
+    status: str | None = None,
+    unit: str | None = None,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    vue: Literal["a_revoir", "controle", "auto", "valides", "tous"] = "a_revoir",
+) -> Any:
+    if user is None:
+        return _login_redirect(request)
+    views = {
+        "a_revoir": ("to_code,in_review", None),
+        "controle": (None, True),
+        "auto": ("auto_coded", None),
+        "valides": ("validated", None),
+        "tous": (None, None),
+    }
+    view_status, view_qc = views[vue]
+    try:
+        start = datetime.date.fromisoformat(date_from) if date_from else None
+        end = datetime.date.fromisoformat(date_to) if date_to else None
+    except ValueError:
+        start = end = None
+    flt = workflow.QueueFilter(
+        status=status or view_status,
+        unit=unit or None,
+        date_from=start,
+        date_to=end,
+        qc=view_qc,
+        limit=500,
+    )
+    with store.session() as session:
+        queue = workflow.list_stays(session, flt)
+        counts = workflow.status_counts(session)
+        all_units = workflow.units(session)
+        rate = workflow.qc_rate(session, _qc_default(request))
+    return _page(
+        request,
+        "queue.html",
+        user,
+        queue=queue,
+        counts=counts,
+        units=all_units,
+        vue=vue,
+        filters={
+            "status": status or "",
+            "unit": unit or "",
+            "date_from": date_from or "",
+            "date_to": date_to or "",
+        },
+        qc_rate=rate,
+    )
+
+
+@router.get("/review/stays/{stay_id}", response_class=HTMLResponse, include_in_schema=False)
+def stay_page(request: Request, stay_id: str, user: OptionalUser, store: StoreDep) -> Any:
+    if user is None:
+        return _login_redirect(request)
+    try:
+        with store.session() as session:
+            view = workflow.stay_view(session, stay_id)
+    except UnknownStay as exc:
+        raise _not_found(exc) from None
+    # Embedded as JSON for the page script; "</" is escaped so a report cannot close the tag.
+    payload = json.dumps(view, ensure_ascii=False).replace("</", "<\\/")
+    return _page(request, "stay.html", user, stay=view, payload=payload)
+
+
+@router.get("/review/monitoring", response_class=HTMLResponse, include_in_schema=False)
+def monitoring_page(request: Request, user: OptionalUser, store: StoreDep) -> Any:
+    if user is None:
+        return _login_redirect(request)
+    report = monitoring.compute(store, labels=monitoring.labels_for_app(request.app))
+    with store.session() as session:
+        rate = workflow.qc_rate(session, _qc_default(request))
+    return _page(request, "monitoring.html", user, report=report, qc_rate=rate)
+
+
+@router.get("/review/static/{name}", include_in_schema=False)
+def static_file(name: str) -> FileResponse:
+    media = STATIC_FILES.get(name)
+    if media is None:
+        raise HTTPException(404, "not found")
+    return FileResponse(STATIC_DIR / name, media_type=media)

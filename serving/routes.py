@@ -1,0 +1,232 @@
+"""HTTP routes, one router per resource: coding, the code system, operations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from cimcoder.inference.schemas import StayPrediction
+from cimcoder.serving.auth import ApiClient, CurrentUser, get_settings, require_api_client
+from cimcoder.serving.batching import MicroBatcher
+from cimcoder.serving.metrics import ServiceMetrics
+from cimcoder.serving.schemas import (
+    BatchRequest,
+    BatchResponse,
+    CodeConcept,
+    CodeRequest,
+    ErrorResponse,
+    Health,
+    Ready,
+    SearchResponse,
+    SearchResult,
+)
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from cimcoder import __version__
+
+logger = logging.getLogger(__name__)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
+    413: {"model": ErrorResponse, "description": "Request body over the size limit."},
+    422: {"model": ErrorResponse, "description": "Invalid request (field errors listed)."},
+    503: {"model": ErrorResponse, "description": "No model loaded yet."},
+    504: {"model": ErrorResponse, "description": "Scoring took longer than the timeout."},
+}
+
+
+def get_predictor(request: Request) -> Any:
+    """The loaded predictor; 503 while there is none."""
+    predictor = request.app.state.predictor
+    if predictor is None:
+        raise HTTPException(503, "no model is loaded: the service is starting or has no model")
+    return predictor
+
+
+def get_batcher(request: Request) -> MicroBatcher[Any, StayPrediction]:
+    batcher = request.app.state.batcher
+    if batcher is None or not batcher.running:
+        raise HTTPException(503, "the model is not ready yet")
+    return batcher  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+PredictorDep = Annotated[Any, Depends(get_predictor)]
+BatcherDep = Annotated[MicroBatcher[Any, StayPrediction], Depends(get_batcher)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+
+
+def _to_input(item: CodeRequest) -> Any:
+    from cimcoder.inference.predictor import StayInput
+
+    return StayInput.from_documents(item.id, item.texts())
+
+
+async def _score(
+    request: Request, batcher: MicroBatcher[Any, StayPrediction], items: list[CodeRequest]
+) -> list[StayPrediction]:
+    settings = get_settings(request)
+    metrics = get_metrics(request)
+    inputs = [_to_input(item) for item in items]
+    try:
+        results = await asyncio.wait_for(batcher.submit(inputs), settings.request_timeout_s)
+    except TimeoutError:
+        raise HTTPException(
+            504, f"scoring took longer than {settings.request_timeout_s:g} s: try again or "
+            "send fewer or shorter reports"
+        ) from None
+    metrics.stays.inc(len(results))
+    metrics.count_decisions(code.decision for result in results for code in result.codes)
+    return results
+
+
+# --- coding -------------------------------------------------------------------------------
+
+coding_router = APIRouter(prefix="/v1/code", tags=["coding"], responses=_ERRORS)
+
+
+@coding_router.post(
+    "",
+    response_model=StayPrediction,
+    summary="Code one report or one stay",
+    description="Ranked CIM-10 FR (or CIM-11) codes with calibrated score, decision, proposed "
+    "PMSI role, restriction flags, CIM-11 equivalents and evidence spans (char offsets in "
+    "the stay's text: documents joined with a blank line).",
+)
+async def code_one(
+    request: Request, body: CodeRequest, client: ApiClient, batcher: BatcherDep
+) -> StayPrediction:
+    return (await _score(request, batcher, [body]))[0]
+
+
+@coding_router.post(
+    "/batch", response_model=BatchResponse, summary="Code several reports or stays"
+)
+async def code_batch(
+    request: Request, body: BatchRequest, client: ApiClient, batcher: BatcherDep
+) -> BatchResponse:
+    limit = get_settings(request).max_batch_items
+    if len(body.items) > limit:
+        raise HTTPException(
+            413, f"too many items in one batch: {len(body.items)} > {limit} (split the batch)"
+        )
+    return BatchResponse(results=await _score(request, batcher, body.items))
+
+
+# --- code system ------------------------------------------------------------------------
+
+codes_router = APIRouter(
+    prefix="/v1/codes",
+    tags=["codes"],
+    responses={
+        401: _ERRORS[401],
+        404: {"model": ErrorResponse, "description": "Unknown code, with suggestions."},
+        422: _ERRORS[422],
+    },
+    dependencies=[Depends(require_api_client)],
+)
+
+
+def _terminology(request: Request) -> Any:
+    predictor = request.app.state.predictor
+    if predictor is not None:
+        return predictor.terminology
+    from cimcoder.terminologies import load_terminology
+
+    return load_terminology("cim10")
+
+
+def _cim11_for(request: Request, code: str, terminology_name: str) -> list[str]:
+    predictor = request.app.state.predictor
+    if predictor is not None:
+        return list(predictor.cim11_for(code))
+    if terminology_name == "cim11":
+        return [code]
+    from cimcoder.terminologies import load_crosswalk
+
+    return [target.code for target in load_crosswalk().to_cim11(code)]
+
+
+@codes_router.get("/search", response_model=SearchResponse, summary="Search codes by words")
+async def search_codes(
+    request: Request,
+    q: Annotated[str, Query(min_length=1, max_length=200, description="Words of a label.")],
+    limit: Annotated[int, Query(ge=1, le=100, description="Most results.")] = 10,
+) -> SearchResponse:
+    if not q.strip():
+        raise HTTPException(422, "the query 'q' is empty")
+    terminology = await run_in_threadpool(_terminology, request)
+    hits = await run_in_threadpool(terminology.search, q, limit)
+    return SearchResponse(
+        query=q,
+        terminology=terminology.name,
+        edition=terminology.edition,
+        results=[SearchResult(code=h.code, label=h.label, score=round(h.score, 4)) for h in hits],
+    )
+
+
+@codes_router.get("/{code}", response_model=CodeConcept, summary="Look a code up")
+async def get_code(request: Request, code: str) -> CodeConcept:
+    terminology = await run_in_threadpool(_terminology, request)
+    concept = await run_in_threadpool(terminology.__getitem__, code)  # 404 via handler
+    predictor = request.app.state.predictor
+    label_space = predictor.label_space if predictor is not None else None
+    in_model = label_space is not None and concept.code in label_space
+    restrictions = concept.restrictions.to_dict() if concept.restrictions is not None else None
+    return CodeConcept(
+        code=concept.code,
+        label=concept.label,
+        long_label=concept.long_label,
+        kind=concept.kind,
+        parent=concept.parent,
+        chapter=concept.chapter,
+        block=concept.block,
+        terminology=terminology.name,
+        edition=terminology.edition,
+        restrictions=restrictions,
+        cim11=await run_in_threadpool(_cim11_for, request, concept.code, terminology.name),
+        in_model=in_model,
+        train_count=label_space.count(concept.code) if label_space is not None else None,
+    )
+
+
+# --- operations -----------------------------------------------------------------------------
+
+ops_router = APIRouter(tags=["operations"])
+
+
+@ops_router.get("/health", response_model=Health, summary="Liveness")
+async def health() -> Health:
+    return Health(status="ok", version=__version__)
+
+
+@ops_router.get(
+    "/ready",
+    response_model=Ready,
+    summary="Readiness: the model is loaded",
+    responses={503: {"model": Ready, "description": "Not ready."}},
+)
+async def ready(request: Request, response: Response) -> Ready:
+    predictor = request.app.state.predictor
+    batcher = request.app.state.batcher
+    if predictor is None or batcher is None or not batcher.running:
+        response.status_code = 503
+        return Ready(ready=False, detail="no model loaded")
+    return Ready(ready=True, model=predictor.model_info().model_dump(exclude_none=True))
+
+
+@ops_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics_endpoint(request: Request, metrics: MetricsDep) -> Response:
+    if not get_settings(request).metrics_public:
+        require_api_client(request)
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["CurrentUser", "codes_router", "coding_router", "ops_router"]

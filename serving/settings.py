@@ -1,0 +1,232 @@
+"""Settings of the cimcoder service: one `BaseSettings`, read from `CIMCODER_*` variables.
+
+Nothing is read at import time: build `Settings()` where the app is created. Secrets that
+look like placeholders ("changeme", "secret", ...) are refused, so a copy-pasted example
+config never reaches production.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_URI = "models:/cimcoder@champion"
+MIN_SECRET_LENGTH = 16
+
+# Lower-cased values (or fragments) that only ever appear in examples and docs.
+_PLACEHOLDERS = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "secret",
+    "password",
+    "motdepasse",
+    "example",
+    "exemple",
+    "placeholder",
+    "your-key",
+    "yourkey",
+    "xxxx",
+    "todo",
+    "dummy",
+)
+
+
+def _is_placeholder(value: str) -> bool:
+    low = value.strip().lower()
+    if not low or (low.startswith("<") and low.endswith(">")):
+        return True
+    if len(set(low)) <= 2:  # "aaaaaaaaaaaaaaaa", "0000000000000000"
+        return True
+    return any(fragment in low for fragment in _PLACEHOLDERS)
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "cimcoder"
+
+
+class ApiKey:
+    """One accepted API key and the principal (coder or client name) it authenticates."""
+
+    __slots__ = ("key", "principal")
+
+    def __init__(self, principal: str, key: str) -> None:
+        self.principal = principal
+        self.key = key
+
+    def __repr__(self) -> str:  # never print the key itself
+        return f"ApiKey(principal={self.principal!r}, key=***)"
+
+
+class Settings(BaseSettings):
+    """Configuration of `cimcoder serve` (env prefix `CIMCODER_`, or a `.env` file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CIMCODER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+    )
+
+    model: str | None = Field(
+        default=DEFAULT_MODEL_URI,
+        description="Run folder or MLflow model URI loaded at start-up. None (or an empty "
+        "variable) starts the service without a model: coding endpoints answer 503.",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted API keys, each 'principal:key' (the principal names the coder or "
+        "client in the review log) or a bare key. Env: JSON list or comma-separated.",
+    )
+    auth_disabled: bool = Field(
+        default=False,
+        description="Explicit local opt-out of authentication (development on loopback only).",
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Folder for local state (the SQLite review database by default).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the review store; default sqlite:///<data_dir>/review.db.",
+    )
+    max_request_bytes: int = Field(
+        default=2_000_000, gt=0, description="Largest accepted request body, bytes (else 413)."
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest wait for a coding answer, seconds (else 504)."
+    )
+    batch_max_size: int = Field(
+        default=16, ge=1, description="Most reports scored in one micro-batch."
+    )
+    batch_max_wait_ms: float = Field(
+        default=5.0, ge=0, description="How long the first request of a batch waits for others."
+    )
+    predict_batch_size: int = Field(
+        default=8, ge=1, description="Batch size passed to the scorer (chunks per forward)."
+    )
+    max_batch_items: int = Field(
+        default=64, ge=1, description="Most stays accepted in one POST /v1/code/batch."
+    )
+    review_qc_sample_rate: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of auto-coded stays sent to the DIM review queue for quality control.",
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key signing the review page's session cookie (>= 16 chars). When unset, a "
+        "random one is drawn at start-up and sessions end with the process.",
+    )
+    session_max_age_s: int = Field(
+        default=8 * 3600, gt=0, description="Lifetime of a review session cookie, seconds."
+    )
+    cookie_secure: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure (set true behind HTTPS).",
+    )
+    metrics_public: bool = Field(
+        default=True, description="Serve /metrics without authentication (for Prometheus)."
+    )
+
+    _random_secret: str | None = PrivateAttr(default=None)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _empty_model_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "null"}:
+            return None
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"CIMCODER_API_KEYS is not a valid JSON list: {exc}") from None
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for i, entry in enumerate(value):
+            key = entry.split(":", 1)[1] if ":" in entry else entry
+            if len(key) < MIN_SECRET_LENGTH or _is_placeholder(key):
+                raise ValueError(
+                    f"API key #{i + 1} is too short or a placeholder: use >= {MIN_SECRET_LENGTH} "
+                    "random characters (e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'`)"
+                )
+            if key in seen:
+                raise ValueError(f"API key #{i + 1} is listed twice")
+            seen.add(key)
+        return value
+
+    @field_validator("session_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        if not raw.strip():
+            return None
+        if len(raw) < MIN_SECRET_LENGTH or _is_placeholder(raw):
+            raise ValueError(
+                f"CIMCODER_SESSION_SECRET is too short or a placeholder: use >= "
+                f"{MIN_SECRET_LENGTH} random characters"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _auth_is_configured(self) -> Settings:
+        if not self.auth_disabled and not self.api_keys:
+            logger.warning(
+                "authentication is on but no API key is configured (CIMCODER_API_KEYS): every "
+                "authenticated request will be refused"
+            )
+        return self
+
+    # -- derived values -------------------------------------------------------------------
+
+    def api_key_entries(self) -> list[ApiKey]:
+        """Accepted keys with their principals; a bare key is named 'client-<n>'."""
+        out = []
+        for i, entry in enumerate(self.api_keys):
+            if ":" in entry:
+                principal, key = entry.split(":", 1)
+                principal = principal.strip() or f"client-{i + 1}"
+            else:
+                principal, key = f"client-{i + 1}", entry
+            out.append(ApiKey(principal, key))
+        return out
+
+    def resolved_database_url(self) -> str:
+        """`database_url`, or the SQLite file under `data_dir` (folder created on demand)."""
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.data_dir / 'review.db').resolve()}"
+
+    def resolved_session_secret(self) -> str:
+        """The configured session secret, or a random one drawn once per Settings object."""
+        if self.session_secret is not None:
+            return self.session_secret.get_secret_value()
+        if self._random_secret is None:
+            self._random_secret = secrets.token_urlsafe(32)
+            logger.info("no CIMCODER_SESSION_SECRET: review sessions end when the process stops")
+        return self._random_secret

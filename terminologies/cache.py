@@ -1,0 +1,86 @@
+"""On-disk cache of built terminologies (pickle in the user's cache directory).
+
+Keyed by the edition, the hash of the source file and the hash of this package's code,
+so a new ATIH file or a new cimcoder never reads a stale entry. Set
+`CIMCODER_CACHE_DIR` to move it, `CIMCODER_NO_CACHE=1` to turn it off. The cache only
+holds what this package wrote in the user's own directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_CODE_FILES = (
+    "cache.py",
+    "chapters.py",
+    "cim10.py",
+    "cim11.py",
+    "codes.py",
+    "crosswalk.py",
+    "model.py",
+    "search.py",
+)
+
+
+def cache_dir() -> Path | None:
+    if os.environ.get("CIMCODER_NO_CACHE", "").strip() not in ("", "0"):
+        return None
+    explicit = os.environ.get("CIMCODER_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cimcoder" / "terminologies"
+
+
+def file_digest(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _code_digest() -> str:
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in _CODE_FILES:
+        path = here / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cached(kind: str, key_parts: Iterable[str], build: Callable[[], T]) -> T:
+    """`build()`, or its pickled result from an earlier process with the same key."""
+    directory = cache_dir()
+    if directory is None:
+        return build()
+    key = hashlib.sha256("\0".join([kind, _code_digest(), *key_parts]).encode()).hexdigest()[:24]
+    path = directory / f"{kind}-{key}.pickle"
+    if path.is_file():
+        try:
+            with path.open("rb") as handle:
+                value: T = pickle.load(handle)
+            logger.debug("loaded %s from cache %s", kind, path)
+            return value
+        except Exception as exc:  # a truncated or foreign file: rebuild it
+            logger.warning("ignoring unreadable terminology cache %s (%s)", path, exc)
+    value = build()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{kind}-", delete=False) as handle:
+            pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(handle.name, path)
+    except OSError as exc:
+        logger.warning("cannot write the terminology cache in %s (%s)", directory, exc)
+    return value

@@ -1,0 +1,36 @@
+"""Shared fixtures.
+
+`postgres_url`: a real PostgreSQL server started for the test session (see tests/pg.py),
+with one empty database; skipped only where no server binaries are installed.
+`postgres_server`: the server itself, to create more databases (`create_database(name)`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pg import PostgresServer, find_bin_dir, wait_ready  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    if find_bin_dir() is None:
+        pytest.skip(
+            "PostgreSQL server binaries not found (install postgresql, e.g. "
+            "`make system-deps`, or set CIMCODER_PG_BIN)"
+        )
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    url = postgres_server.create_database("cimcoder_test")
+    wait_ready(url)
+    return url

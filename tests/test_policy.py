@@ -1,0 +1,156 @@
+"""Decision policy: lower-bound rule, held-out precision, inheritance, persistence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from cimcoder.eval.policy import (
+    AUTO,
+    REJECT,
+    REVIEW,
+    DecisionPolicy,
+    PolicyError,
+    PolicyMismatchError,
+    auto_threshold,
+    lower_bound,
+    review_threshold,
+)
+from test_eval_synthetic import FREQUENT, RARE, synthetic_scores
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[DecisionPolicy, np.ndarray, np.ndarray, list[str]]:
+    y, s, labels = synthetic_scores(3000, seed=0)
+    policy = DecisionPolicy.fit(y, s, labels, target_precision=0.95,
+                                fitted_on={"data": "synthetic", "half": "A"})
+    y_new, s_new, _ = synthetic_scores(3000, seed=1)
+    return policy, y_new, s_new, labels
+
+
+def test_wilson_and_clopper_pearson_bounds() -> None:
+    # 19 right out of 20 auto-coded: 95% point estimate, yet far from a 95% guarantee.
+    assert float(lower_bound(19, 20)) == pytest.approx(0.8040, abs=1e-3)
+    assert float(lower_bound(19, 20, method="clopper-pearson")) == pytest.approx(0.7839, abs=1e-3)
+    assert float(lower_bound(0, 0)) == 0.0
+    # Even a perfect record needs enough cases: 40/40 does not certify 95%, 80/80 does.
+    assert float(lower_bound(40, 40)) < 0.95 < float(lower_bound(80, 80))
+
+
+def test_auto_threshold_uses_the_lower_bound_not_the_point_estimate() -> None:
+    # 80 pairs at 0.9, all right; 4 wrong at 0.55; 60 right at 0.5; negatives at 0.1.
+    p = np.r_[np.full(80, 0.9), np.full(4, 0.55), np.full(60, 0.5), np.full(200, 0.1)]
+    y = np.r_[np.ones(80), np.zeros(4), np.ones(60), np.zeros(200)].astype(bool)
+    # Down to 0.5 the point estimate is 140/144 = 97.2%, but its lower bound is 94.0% < 95%:
+    assert float(lower_bound(140, 144)) < 0.95
+    assert auto_threshold(y, p, 0.95) == (0.9, 80, 80)
+    # With a 93% target the bound is reached at 0.5 (the lowest threshold is taken).
+    assert auto_threshold(y, p, 0.93) == (0.5, 144, 140)
+    # Too few examples: nothing can be promised.
+    assert auto_threshold(y[:30], p[:30], 0.95) is None
+
+
+def test_review_threshold_keeps_the_target_recall() -> None:
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    y = np.ones(10, dtype=bool)
+    assert review_threshold(y, p, 0.8) == 0.2  # keeps 8 of 10 (0.9 ... 0.2)
+    assert review_threshold(y, p, 1.0) == 0.05
+    assert review_threshold(np.zeros(3, dtype=bool), p[:3], 0.9) is None
+
+
+def test_held_out_auto_precision_lands_near_the_target(fitted) -> None:
+    policy, y_new, s_new, labels = fitted
+    d = policy.decide(policy.calibrate(s_new, labels), labels)
+    auto = d == AUTO
+    precision = (y_new & auto).sum() / auto.sum()
+    assert abs(precision - 0.95) <= 0.02
+    # and automates a real share of the codes, with the review band keeping recall
+    assert (y_new & auto).sum() / y_new.sum() > 0.5
+    assert (y_new & (d == REJECT)).sum() / y_new.sum() < 0.08
+    assert set(np.unique(d)) == {AUTO, REVIEW, REJECT}
+
+
+def test_higher_target_means_higher_measured_precision_and_less_automation() -> None:
+    y, s, labels = synthetic_scores(2000, seed=5)
+    y_new, s_new, _ = synthetic_scores(2000, seed=6)
+    measured = []
+    for target in (0.85, 0.95, 0.98):
+        pol = DecisionPolicy.fit(y, s, labels, target_precision=target)
+        auto = pol.decide(pol.calibrate(s_new, labels), labels) == AUTO
+        measured.append(((y_new & auto).sum() / auto.sum(), auto.sum()))
+    assert measured[0][0] < measured[1][0] < measured[2][0]
+    assert measured[0][1] > measured[1][1] > measured[2][1]
+
+
+def test_rare_codes_inherit_from_category_chapter_or_global(fitted) -> None:
+    policy, *_ = fitted
+    for code in FREQUENT:
+        assert policy.codes[code].auto_level == f"code:{code}"
+    levels = {policy.codes[c].auto_level for c in RARE}
+    # ~60 positives per digestive code cannot certify 95% alone; chapter XI pools them.
+    assert levels <= {"category:" + c[:3] for c in RARE} | {"chapter:XI", "global"}
+    assert "chapter:XI" in levels
+    counts = policy.level_counts()
+    assert counts["auto"]["code"] == len(FREQUENT)
+    assert sum(counts["auto"].values()) == len(RARE) + len(FREQUENT)
+    for cp in policy.codes.values():
+        assert cp.auto is None or cp.review <= cp.auto
+
+
+def test_code_with_bad_own_precision_is_vetoed() -> None:
+    y, s, labels = synthetic_scores(3000, seed=7)
+    # K30.0 is scored high whatever the text says: its own auto precision is poor. A pooled
+    # calibration does not see it, so the inherited chapter threshold must be withdrawn.
+    j = labels.index("K30.0")
+    rng = np.random.default_rng(0)
+    s[:, j] = np.where(rng.random(len(s)) < 0.005, 0.99, s[:, j])
+    policy = DecisionPolicy.fit(y, s, labels, calibration="platt")
+    assert policy.codes["K30.0"].auto is None
+    assert policy.codes["K30.0"].vetoed
+
+
+def test_save_load_round_trip_gives_identical_decisions(tmp_path, fitted) -> None:
+    policy, _, s_new, labels = fitted
+    path = policy.save(tmp_path)
+    assert path.name == "policy.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["version"]["hash"] == policy.version["hash"]
+    assert data["target_precision"] == 0.95 and data["labels"] == labels
+    assert data["codes"]["I10"]["auto_level"] == "code:I10"
+    again = DecisionPolicy.load(tmp_path, labels=labels)
+    assert again.version == policy.version
+    p1, p2 = policy.calibrate(s_new, labels), again.calibrate(s_new, labels)
+    assert np.array_equal(p1, p2)
+    assert np.array_equal(policy.decide(p1, labels), again.decide(p2, labels))
+
+
+def test_label_space_mismatch_is_refused(tmp_path, fitted) -> None:
+    policy, _, s_new, labels = fitted
+    policy.save(tmp_path)
+    other = [*labels[:-1], "Z51.1"]
+    with pytest.raises(PolicyMismatchError, match="another label space"):
+        DecisionPolicy.load(tmp_path, labels=other)
+    with pytest.raises(PolicyMismatchError, match="another order"):
+        policy.decide(s_new, list(reversed(labels)))
+
+
+def test_hand_edited_or_missing_policy_is_refused(tmp_path, fitted) -> None:
+    policy, *_ = fitted
+    with pytest.raises(PolicyError, match="run `cimcoder calibrate` first"):
+        DecisionPolicy.load(tmp_path)
+    path = policy.save(tmp_path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["codes"]["I10"]["auto"] = 0.01
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(PolicyError, match="version hash"):
+        DecisionPolicy.load(path)
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(PolicyError, match="not valid JSON"):
+        DecisionPolicy.load(path)
+
+
+def test_bad_targets_are_refused() -> None:
+    y, s, labels = synthetic_scores(100, seed=8)
+    with pytest.raises(PolicyError, match="target precision"):
+        DecisionPolicy.fit(y, s, labels, target_precision=1.5)

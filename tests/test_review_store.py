@@ -1,0 +1,357 @@
+"""Review store: migrations, enqueue and QC sampling, saves (idempotent, optimistic), audit
+trail, export to the corpora schema — on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from cimcoder.inference.schemas import StayPrediction
+from cimcoder.serving.review import audit, export, monitoring, workflow
+from cimcoder.serving.review.schemas import CodeDecisionIn, ReviewIn
+from cimcoder.serving.review.store import (
+    AuditEvent,
+    Base,
+    Review,
+    ReviewCode,
+    ReviewConflict,
+    ReviewStay,
+    ReviewStore,
+)
+from cimcoder.training.corpora.schema import Stay
+
+# -- clinical cases (shared with the other review tests) ---------------------------------
+
+CRH_INSUFFISANCE_CARDIAQUE = (
+    "Motif : dyspnée d'effort croissante.\n"
+    "Antécédents : hypertension artérielle traitée par amlodipine. Diabète de type 2 sous "
+    "metformine.\n"
+    "Évolution : insuffisance cardiaque congestive décompensée, traitée par furosémide IV. "
+    "Pas d'embolie pulmonaire à l'angioscanner. Hypokaliémie à 3,1 mmol/l corrigée par KCl.\n"
+    "Conclusion : insuffisance cardiaque congestive sur cardiopathie hypertensive."
+)
+
+# (code, label, score, decision, role, mention in the text)
+SUGGESTIONS = [
+    ("I50.0", "Insuffisance cardiaque congestive", 0.97, "auto", "DP",
+     "insuffisance cardiaque congestive décompensée"),
+    ("I10", "Hypertension essentielle (primitive)", 0.71, "review", "DAS",
+     "hypertension artérielle"),
+    ("E11.9", "Diabète sucré de type 2, sans complication", 0.64, "review", "DAS",
+     "Diabète de type 2"),
+    ("I26.9", "Embolie pulmonaire", 0.12, "reject", "DAS", "embolie pulmonaire"),
+]
+
+
+def make_case(
+    stay_id: str,
+    *,
+    unit: str = "Cardiologie",
+    date: str = "2026-11-16",
+    decisions: dict[str, str] | None = None,
+    model_version: str = "run-test-1",
+) -> tuple[dict[str, Any], StayPrediction]:
+    """A stay of heart failure and its prediction, with evidence located in its text."""
+    text_ = CRH_INSUFFISANCE_CARDIAQUE
+    codes = []
+    for code, label, score, decision, role, mention in SUGGESTIONS:
+        start = text_.index(mention)
+        codes.append(
+            {
+                "code": code,
+                "label": label,
+                "score": score,
+                "decision": (decisions or {}).get(code, decision),
+                "role": role,
+                "cim11": [],
+                "evidence": [{"start": start, "end": start + len(mention), "text": mention}],
+            }
+        )
+    prediction = StayPrediction.model_validate(
+        {
+            "id": stay_id,
+            "codes": codes,
+            "model": {
+                "name": "tfidf-test",
+                "version": model_version,
+                "source": "runs/test/tfidf",
+                "architecture": "tfidf_lr",
+                "terminology": "cim10",
+                "edition": "cim10-fr-edsnlp-0.23.0",
+                "labels": 4,
+                "thresholds_version": "policy-test-1",
+                "calibrated": True,
+            },
+        }
+    )
+    stay = {"id": stay_id, "unit": unit, "date": date, "text": text_}
+    return stay, prediction
+
+
+def full_review(base_version: int, **overrides: Any) -> ReviewIn:
+    """Accept the heart failure and HTA, reject the diabetes, add the hypokalaemia, DP I50.0."""
+    body = {
+        "decision_id": uuid.uuid4().hex,
+        "base_version": base_version,
+        "codes": [
+            CodeDecisionIn(code="I50.0", action="accept"),
+            CodeDecisionIn(code="I10", action="accept"),
+            CodeDecisionIn(code="E11.9", action="reject", reason="non pris en charge"),
+            CodeDecisionIn(code="e876", action="add"),
+        ],
+        "dp": "I50.0",
+    }
+    body.update(overrides)
+    return ReviewIn(**body)
+
+
+def enqueue_cases(store: ReviewStore, ids: list[str], qc_rate: float = 0.0, **kw: Any) -> None:
+    with store.session() as session:
+        for stay_id in ids:
+            stay, pred = make_case(stay_id, **kw)
+            workflow.enqueue(session, stay, pred, default_qc_rate=qc_rate)
+
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReviewStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'review.db'}"
+    else:
+        server = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"review_store_{next(_db_counter)}_{uuid.uuid4().hex[:6]}")
+    opened = ReviewStore(url)
+    yield opened
+    opened.close()
+
+
+# -- tests -------------------------------------------------------------------------------
+
+
+def test_migrations_create_exactly_the_models(store: ReviewStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    ReviewStore(store.url)  # upgrading again is a no-op
+
+
+def test_stay_needing_review_enters_the_queue(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-ic-1"])
+    with store.session() as session:
+        view = workflow.stay_view(session, "sej-ic-1")
+    assert view["status"] == "to_code"
+    assert view["auto_coded"] is False
+    assert view["unit"] == "Cardiologie"
+    assert [s["code"] for s in view["suggestions"]] == ["I50.0", "I10", "E11.9", "I26.9"]
+    span = view["suggestions"][0]["evidence"][0]
+    assert view["text"][span["start"] : span["end"]] == "insuffisance cardiaque congestive décompensée"
+    assert view["model"]["thresholds_version"] == "policy-test-1"
+
+
+def test_auto_coded_stays_are_apart_and_sampled_for_qc_by_hash(store: ReviewStore) -> None:
+    ids = [f"sej-auto-{i}" for i in range(40)]
+    all_auto = {"I10": "auto", "E11.9": "auto"}
+    enqueue_cases(store, ids, qc_rate=0.25, decisions=all_auto)
+    expected = {i for i in ids if workflow.qc_draw(i) < 0.25}
+    assert 0 < len(expected) < 40
+    with store.session() as session:
+        rows = session.scalars(select(ReviewStay)).all()
+        assert {r.id for r in rows if r.qc_sampled} == expected
+        assert {r.id for r in rows if r.status == "auto_coded"} == set(ids) - expected
+        assert all(r.status == "to_code" for r in rows if r.qc_sampled)
+        assert all(r.dp_code == "I50.0" for r in rows)
+    # Raising the rate routes more untouched auto-coded stays to review, deterministically.
+    with store.session() as session:
+        workflow.set_qc_rate(session, 0.5, "dr-martin", 0.25)
+    with store.session() as session:
+        sampled = set(session.scalars(select(ReviewStay.id).where(ReviewStay.qc_sampled)))
+    assert sampled == {i for i in ids if workflow.qc_draw(i) < 0.5}
+
+
+def test_enqueue_is_idempotent_and_refuses_another_text(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-ic-2"])
+    enqueue_cases(store, ["sej-ic-2"])  # same text, same model: nothing new
+    stay, pred = make_case("sej-ic-2")
+    stay["text"] = stay["text"] + "\nAjout tardif."
+    with pytest.raises(ReviewConflict), store.session() as session:
+        workflow.enqueue(session, stay, pred)
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(ReviewStay)) == 1
+
+
+def test_save_accept_reject_add_and_dp(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-ic-3"])
+    result = workflow.save_review(store, "sej-ic-3", full_review(1), "dr-dupont")
+    assert result["version"] == 2
+    assert result["status"] == "validated"
+    assert result["dp"] == "I50.0"
+    finals = {c["final_code"]: c["role"] for c in result["codes"] if c["final_code"]}
+    assert finals == {"I50.0": "DP", "I10": "DAS", "E87.6": "DAS"}
+    with store.session() as session:
+        stay = session.get(ReviewStay, "sej-ic-3")
+        assert (stay.status, stay.version, stay.validated_by) == ("validated", 2, "dr-dupont")
+        events = session.scalars(select(AuditEvent).where(AuditEvent.stay_id == "sej-ic-3")).all()
+    assert [e.event for e in events] == ["stay.enqueued", "review.saved"]
+    saved = events[1]
+    assert saved.actor == "dr-dupont"
+    assert saved.model_version == "run-test-1"
+    assert saved.thresholds_version == "policy-test-1"
+    assert saved.terminology_edition == "cim10-fr-edsnlp-0.23.0"
+    assert saved.before["codes"] == [
+        {"code": "I50.0", "role": "DP"}, {"code": "I10", "role": "DAS"},
+        {"code": "E11.9", "role": "DAS"},
+    ]
+    assert saved.after["dp"] == "I50.0"
+    rejected = [d for d in saved.after["decisions"] if d["action"] == "reject"]
+    assert rejected == [{"code": "E11.9", "action": "reject", "final_code": None,
+                         "reason": "non pris en charge", "suggested_decision": "review"}]
+
+
+def test_change_of_a_code_moves_the_dp(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-ic-4"])
+    body = full_review(
+        1,
+        codes=[
+            CodeDecisionIn(code="I50.0", action="change", new_code="I11.0"),
+            CodeDecisionIn(code="I10", action="reject", reason="inclus dans I11.0"),
+            CodeDecisionIn(code="E11.9", action="accept"),
+        ],
+        dp="I11.0",
+    )
+    result = workflow.save_review(store, "sej-ic-4", body, "dr-dupont")
+    assert [(c["code"], c["final_code"], c["role"]) for c in result["codes"]] == [
+        ("I50.0", "I11.0", "DP"), ("I10", None, None), ("E11.9", "E11.9", "DAS"),
+    ]
+
+
+def test_retried_save_is_applied_once(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-ic-5"])
+    body = full_review(1)
+    first = workflow.save_review(store, "sej-ic-5", body, "dr-dupont")
+    again = workflow.save_review(store, "sej-ic-5", body, "dr-dupont")
+    assert (first["replayed"], again["replayed"]) == (False, True)
+    assert again["version"] == first["version"] == 2
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(Review)) == 1
+        assert session.scalar(select(func.count()).select_from(ReviewCode)) == 4
+        saves = session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.event == "review.saved")
+        )
+    assert saves == 1
+
+
+def test_second_coder_on_a_stale_version_gets_a_conflict(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-ic-6"])
+    workflow.save_review(store, "sej-ic-6", full_review(1), "dr-dupont")
+    with pytest.raises(ReviewConflict) as caught:
+        workflow.save_review(store, "sej-ic-6", full_review(1, dp="I10"), "dr-martin")
+    assert caught.value.current["version"] == 2
+    assert caught.value.current["validated_by"] == "dr-dupont"
+    with store.session() as session:
+        assert session.get(ReviewStay, "sej-ic-6").dp_code == "I50.0"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dp": None}, "DP"),
+        ({"codes": [CodeDecisionIn(code="I50.0", action="accept")]}, "I10, E11.9"),
+        ({"codes": [CodeDecisionIn(code="I50.0", action="accept"),
+                    CodeDecisionIn(code="I10", action="accept"),
+                    CodeDecisionIn(code="E11.9", action="accept"),
+                    CodeDecisionIn(code="Z99.99", action="add")]}, "Z99.99"),
+        ({"dp": "E11.9", "codes": [CodeDecisionIn(code="I50.0", action="accept"),
+                                   CodeDecisionIn(code="I10", action="accept"),
+                                   CodeDecisionIn(code="E11.9", action="reject")]}, "DP E11.9"),
+        ({"codes": [CodeDecisionIn(code="J18.9", action="accept")]}, "not a suggestion"),
+    ],
+    ids=["no-dp", "undecided", "unknown-code", "dp-rejected", "accept-unsuggested"],
+)
+def test_invalid_saves_are_refused_and_write_nothing(
+    store: ReviewStore, overrides: dict[str, Any], message: str
+) -> None:
+    enqueue_cases(store, ["sej-ic-7"])
+    with pytest.raises(workflow.InvalidReview, match=message):
+        workflow.save_review(store, "sej-ic-7", full_review(1, **overrides), "dr-dupont")
+    with store.session() as session:
+        assert session.get(ReviewStay, "sej-ic-7").version == 1
+        assert session.scalar(select(func.count()).select_from(Review)) == 0
+
+
+def test_audit_trail_refuses_update_and_delete(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-ic-8"])
+    for statement in ("UPDATE audit_events SET actor = 'x'", "DELETE FROM audit_events"):
+        with pytest.raises(Exception, match="append-only"), store.engine.begin() as conn:
+            conn.execute(text(statement))
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(AuditEvent)) == 1
+
+
+def test_export_gives_corpora_stays_and_audit_exports(store: ReviewStore, tmp_path: Path) -> None:
+    enqueue_cases(store, ["sej-ic-9", "sej-ic-10"])
+    workflow.save_review(store, "sej-ic-9", full_review(1), "dr-dupont")
+    out = tmp_path / "valides.jsonl"
+    assert export.export_validated(store, out) == 1  # sej-ic-10 is not validated
+    stays = [Stay.model_validate_json(line) for line in out.read_text().splitlines()]
+    assert stays[0].id == "sej-ic-9"
+    assert [(d.code, d.role) for d in stays[0].diagnoses] == [
+        ("I50.0", "DP"), ("I10", "DAS"), ("E87.6", "DAS"),
+    ]
+    assert stays[0].text == CRH_INSUFFISANCE_CARDIAQUE
+    assert stays[0].context is not None and stays[0].context.unit == "Cardiologie"
+    assert stays[0].edition == "cim10-fr-edsnlp-0.23.0"
+
+    assert audit.export_audit(store, tmp_path / "audit.jsonl") == 3
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in lines] == ["stay.enqueued", "stay.enqueued", "review.saved"]
+    assert audit.export_audit(store, tmp_path / "audit.csv") == 3
+    header = (tmp_path / "audit.csv").read_text().splitlines()[0]
+    assert header.split(",")[:4] == ["id", "at", "actor", "event"]
+
+
+def test_monitoring_measures_qc_precision_and_corrections(store: ReviewStore) -> None:
+    auto = {"I10": "auto", "E11.9": "auto"}
+    ids = [f"sej-cq-{i}" for i in range(6)]
+    enqueue_cases(store, ids, qc_rate=1.0, decisions=auto)
+    # Every stay is sampled: the coders confirm 2 of the 3 auto codes (E11.9 is wrong).
+    for stay_id in ids:
+        body = full_review(
+            1,
+            codes=[CodeDecisionIn(code="I50.0", action="accept"),
+                   CodeDecisionIn(code="I10", action="accept"),
+                   CodeDecisionIn(code="E11.9", action="reject")],
+        )
+        workflow.save_review(store, stay_id, body, "dr-dupont")
+    report = monitoring.compute(store, labels={"I50.0": 50, "I10": 30, "E11.9": 20})
+    assert report["qc"]["auto_codes_checked"] == 18
+    assert report["qc"]["auto_codes_confirmed"] == 12
+    assert report["qc"]["precision"] == round(12 / 18, 4)
+    assert report["most_corrected"][0]["code"] == "E11.9"
+    assert report["most_corrected"][0]["rejected"] == 6
+    week = report["weekly"][0]
+    assert (week["stays"], week["auto_coded"], week["auto_rate"]) == (6, 6, 1.0)
+    assert week["score_psi"] == 0.0  # the reference week against itself
+    assert report["drift"]["code_frequency"]["psi"] is not None
+
+
+def test_psi_reads_a_shift() -> None:
+    ref = monitoring.histogram([0.05, 0.15, 0.5, 0.9] * 25)
+    assert monitoring.psi(ref, ref) == 0.0
+    shifted = monitoring.histogram([0.95] * 100)
+    assert monitoring.psi(ref, shifted) > monitoring.PSI_MAJOR
+
+
+def test_week_labels_follow_iso_weeks() -> None:
+    assert monitoring.week_of(datetime.date(2026, 11, 16)) == "2026-W47"

@@ -1,0 +1,756 @@
+"""Baselines scored by the same harness as the transformer: TF-IDF + logistic regression,
+and edsnlp's CIM-10 terminology matcher with its negation / hypothesis / family qualifiers.
+
+Both implement the `Scorer` protocol (`cimcoder.training.registry`), save into a run folder
+(`config.yaml`, `labels.json`, `baseline.joblib`) and are trained by `fit_baseline(config)`,
+which loads the same data sets and label space as the transformer's trainer, scores the
+validation split and writes `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from cimcoder.training.registry import register_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cimcoder.errors import CimcoderError
+
+if TYPE_CHECKING:
+    from cimcoder.training.config import RunConfig
+    from cimcoder.training.labels import LabelSpace
+    from cimcoder.training.tracking import RunTracker
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "baseline.joblib"
+METRICS_FILE = "metrics.json"
+
+
+class BaselineError(CimcoderError):
+    """A baseline cannot be built, fitted or loaded."""
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _parse_params(cls: type[_Params], raw: dict[str, Any], model: str) -> Any:
+    try:
+        return cls.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = [f"invalid model.params for {model}:"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  model.params.{loc}: {msg}")
+        raise BaselineError("\n".join(lines)) from None
+
+
+def _targets_matrix(targets: Any, label_space: LabelSpace, n: int) -> np.ndarray:
+    """Multi-hot [n, L] bool from a matrix or from per-stay code lists."""
+    if isinstance(targets, np.ndarray) and targets.ndim == 2:
+        y = targets.astype(bool)
+    elif hasattr(targets, "shape") and len(targets.shape) == 2:  # torch tensor, sparse
+        y = np.asarray(targets.todense() if hasattr(targets, "todense") else targets).astype(bool)
+    else:
+        rows = list(targets)
+        if rows and all(isinstance(r, (list, tuple, set, frozenset)) for r in rows) and any(
+            r and isinstance(next(iter(r)), str) for r in rows
+        ):
+            y = np.asarray(label_space.encode(rows), dtype=bool).reshape(len(rows), len(label_space))
+        else:
+            y = np.asarray(rows, dtype=bool)
+    if y.shape != (n, len(label_space)):
+        raise BaselineError(f"targets of shape {y.shape} for {n} texts and {len(label_space)} labels")
+    return y
+
+
+# ====================================================================== text normalisation
+
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+
+def _fold(text: str) -> tuple[str, list[int]]:
+    """Lower-cased, accent-stripped text and, for each of its chars, the source offset."""
+    out: list[str] = []
+    offsets: list[int] = []
+    for i, ch in enumerate(text):
+        decomposed = unicodedata.normalize("NFKD", ch)
+        for c in decomposed:
+            if unicodedata.combining(c):
+                continue
+            for low in c.lower():
+                out.append(low)
+                offsets.append(i)
+    return "".join(out), offsets
+
+
+def fold_text(text: str) -> str:
+    """The normalisation the TF-IDF vectorizers see (lower case, no accents)."""
+    return _fold(text)[0]
+
+
+# ====================================================================== TF-IDF + LR
+
+
+class TfidfLrParams(_Params):
+    word_ngram_max: int = Field(2, ge=1, le=3, description="Word n-grams 1..N.")
+    char_ngram_min: int = Field(3, ge=2, description="Smallest character n-gram (within words).")
+    char_ngram_max: int = Field(5, ge=2, description="Largest character n-gram (within words).")
+    max_word_features: int = Field(40000, ge=100, description="Word n-gram vocabulary cap.")
+    max_char_features: int = Field(40000, ge=0, description="Char n-gram vocabulary cap (0: none).")
+    min_df: int = Field(2, ge=1, description="Ignore n-grams in fewer training reports.")
+    C: float = Field(10.0, gt=0, description="Inverse L2 regularisation of each classifier.")
+    class_weight: Literal["balanced", "none"] = Field(
+        "balanced", description="balanced: reweight the rare positives of each code."
+    )
+    max_iter: int = Field(200, ge=10, description="Solver iterations per code.")
+    keep_weights: int = Field(
+        3000,
+        ge=50,
+        description="Keep each code's N largest-magnitude weights (the model stays small: "
+        "~L x N instead of L x vocabulary); tiny weights hardly move a TF-IDF score.",
+    )
+    n_jobs: int = Field(1, ge=1, description="Parallel fits (codes are independent).")
+
+
+def _fit_one_code(
+    x: Any, y: np.ndarray, params: TfidfLrParams, seed: int
+) -> tuple[np.ndarray, float] | float:
+    """Weights and intercept of one code, or a constant score when y has a single class."""
+    from sklearn.linear_model import LogisticRegression
+
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        return n_pos / max(len(y), 1)
+    clf = LogisticRegression(
+        C=params.C,
+        solver="liblinear",
+        class_weight="balanced" if params.class_weight == "balanced" else None,
+        max_iter=params.max_iter,
+        random_state=seed,
+    )
+    clf.fit(x, y)
+    return clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
+
+
+@register_model("tfidf_lr")
+class TfidfLrScorer:
+    """TF-IDF (word 1-2 grams + char 3-5 grams, accents stripped, sublinear tf) + one
+    logistic regression per code."""
+
+    model_name = "tfidf_lr"
+
+    def __init__(self, label_space: LabelSpace, params: TfidfLrParams, seed: int = 13) -> None:
+        self.label_space = label_space
+        self.labels = list(label_space.codes)
+        self.params = params
+        self.seed = seed
+        self.word_vectorizer: Any = None
+        self.char_vectorizer: Any = None
+        self.weights: Any = None  # scipy CSR [L, F]
+        self.intercepts: np.ndarray | None = None  # [L]
+        self.constant: np.ndarray | None = None  # [L], NaN where a classifier exists
+
+    @classmethod
+    def from_config(cls, config: RunConfig, label_space: LabelSpace) -> TfidfLrScorer:
+        params = _parse_params(TfidfLrParams, config.model.params, "tfidf_lr")
+        return cls(label_space, params, seed=config.training.seed)
+
+    # -------------------------------------------------------------- features
+
+    def _build_vectorizers(self) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        p = self.params
+        self.word_vectorizer = TfidfVectorizer(
+            preprocessor=fold_text,
+            ngram_range=(1, p.word_ngram_max),
+            min_df=p.min_df,
+            max_features=p.max_word_features,
+            sublinear_tf=True,
+            dtype=np.float32,
+        )
+        if p.max_char_features > 0:
+            self.char_vectorizer = TfidfVectorizer(
+                preprocessor=fold_text,
+                analyzer="char_wb",
+                ngram_range=(p.char_ngram_min, p.char_ngram_max),
+                min_df=p.min_df,
+                max_features=p.max_char_features,
+                sublinear_tf=True,
+                dtype=np.float32,
+            )
+
+    def _features(self, texts: Sequence[str], fit: bool = False) -> Any:
+        from scipy import sparse
+
+        if fit:
+            blocks = [self.word_vectorizer.fit_transform(texts)]
+            if self.char_vectorizer is not None:
+                blocks.append(self.char_vectorizer.fit_transform(texts))
+        else:
+            blocks = [self.word_vectorizer.transform(texts)]
+            if self.char_vectorizer is not None:
+                blocks.append(self.char_vectorizer.transform(texts))
+        return sparse.hstack(blocks, format="csr", dtype=np.float32)
+
+    @property
+    def _n_word_features(self) -> int:
+        return len(self.word_vectorizer.vocabulary_)
+
+    # -------------------------------------------------------------- fit / score
+
+    def fit(self, texts: Sequence[str], targets: Any) -> TfidfLrScorer:
+        """Fit on report texts and their gold codes (multi-hot [n, L] or code lists)."""
+        from joblib import Parallel, delayed
+        from scipy import sparse
+
+        texts = list(texts)
+        if not texts:
+            raise BaselineError("cannot fit tfidf_lr on zero training reports")
+        y = _targets_matrix(targets, self.label_space, len(texts))
+        self._build_vectorizers()
+        t0 = time.perf_counter()
+        if len(texts) < self.params.min_df:
+            raise BaselineError(f"min_df={self.params.min_df} exceeds the {len(texts)} training reports")
+        x = self._features(texts, fit=True)
+        logger.info("tfidf_lr: %d reports, %d features, %d codes", x.shape[0], x.shape[1], y.shape[1])
+        results = Parallel(n_jobs=self.params.n_jobs)(
+            delayed(_fit_one_code)(x, y[:, j], self.params, self.seed) for j in range(y.shape[1])
+        )
+        n_labels, n_feat = y.shape[1], x.shape[1]
+        keep = min(self.params.keep_weights, n_feat)
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        intercepts = np.zeros(n_labels, dtype=np.float32)
+        constant = np.full(n_labels, np.nan, dtype=np.float32)
+        for j, res in enumerate(results):
+            if isinstance(res, float):
+                constant[j] = res
+                continue
+            coef, b = res
+            top = np.argpartition(-np.abs(coef), keep - 1)[:keep] if keep < n_feat else np.arange(n_feat)
+            top = top[coef[top] != 0]
+            rows.append(np.full(len(top), j, dtype=np.int32))
+            cols.append(top.astype(np.int32))
+            vals.append(coef[top])
+            intercepts[j] = b
+        self.weights = sparse.csr_matrix(
+            (
+                np.concatenate(vals) if vals else np.zeros(0, np.float32),
+                (
+                    np.concatenate(rows) if rows else np.zeros(0, np.int32),
+                    np.concatenate(cols) if cols else np.zeros(0, np.int32),
+                ),
+            ),
+            shape=(n_labels, n_feat),
+            dtype=np.float32,
+        )
+        self.intercepts = intercepts
+        self.constant = constant
+        logger.info(
+            "tfidf_lr fitted in %.1fs (%d codes with a classifier, %d constant)",
+            time.perf_counter() - t0,
+            int(np.isnan(constant).sum()),
+            int((~np.isnan(constant)).sum()),
+        )
+        return self
+
+    def _check_fitted(self) -> None:
+        if self.weights is None or self.intercepts is None or self.constant is None:
+            raise BaselineError("tfidf_lr is not fitted (call fit() or load a run folder)")
+
+    def decision_function(self, texts: Sequence[str]) -> np.ndarray:
+        self._check_fitted()
+        x = self._features(list(texts))
+        logits = np.asarray((x @ self.weights.T).todense(), dtype=np.float32) + self.intercepts
+        return logits
+
+    def predict_scores(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+        """Sigmoid of each code's logistic regression; constant codes get their train rate."""
+        self._check_fitted()
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        step = max(batch_size, 64)
+        for start in range(0, len(texts), step):
+            logits = self.decision_function(texts[start : start + step])
+            out[start : start + step] = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        const = ~np.isnan(self.constant)  # type: ignore[arg-type]
+        out[:, const] = self.constant[const]  # type: ignore[index]
+        return out
+
+    # -------------------------------------------------------------- explain
+
+    def _feature_names(self) -> list[str]:
+        names = list(self.word_vectorizer.get_feature_names_out())
+        if self.char_vectorizer is not None:
+            names += list(self.char_vectorizer.get_feature_names_out())
+        return names
+
+    def explain(
+        self, text: str, codes: Sequence[str], top_k: int = 3
+    ) -> dict[str, list[tuple[int, int]]]:
+        """Spans of the n-grams of `text` that push each code's score up the most."""
+        self._check_fitted()
+        if not hasattr(self, "_names_cache"):
+            self._names_cache = self._feature_names()
+        names = self._names_cache
+        x = self._features([text]).tocsr()
+        folded, offsets = _fold(text)
+        n_word = self._n_word_features
+        result: dict[str, list[tuple[int, int]]] = {}
+        for code in codes:
+            if code not in self.label_space:
+                result[code] = []
+                continue
+            j = self.label_space.index(code)
+            w = self.weights.getrow(j)
+            contrib = x.multiply(w).tocsr()
+            order = np.argsort(-contrib.data, kind="stable")
+            idx = [int(contrib.indices[o]) for o in order if contrib.data[o] > 0]
+            spans: list[tuple[int, int]] = []
+            for f in idx:
+                for span in _ngram_spans(names[f], folded, offsets, is_word=f < n_word):
+                    if not any(s < span[1] and span[0] < e for s, e in spans):
+                        spans.append(span)
+                        break
+                if len(spans) >= top_k:
+                    break
+            result[code] = sorted(spans)
+        return result
+
+    # -------------------------------------------------------------- persistence
+
+    def save(self, run_dir: str | Path) -> None:
+        import joblib
+
+        self._check_fitted()
+        path = Path(run_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        self.label_space.save(path)
+        joblib.dump(
+            {
+                "model": "tfidf_lr",
+                "params": self.params.model_dump(),
+                "seed": self.seed,
+                "labels": self.labels,
+                "word_vectorizer": self.word_vectorizer,
+                "char_vectorizer": self.char_vectorizer,
+                "weights": self.weights,
+                "intercepts": self.intercepts,
+                "constant": self.constant,
+            },
+            path / MODEL_FILE,
+            compress=3,
+        )
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TfidfLrScorer:
+        from cimcoder.training.labels import LabelSpace
+
+        state = _load_state(run_dir, "tfidf_lr")
+        space = LabelSpace.load(run_dir)
+        _check_labels(space, state["labels"], run_dir)
+        obj = cls(space, TfidfLrParams.model_validate(state["params"]), seed=state["seed"])
+        obj.word_vectorizer = state["word_vectorizer"]
+        obj.char_vectorizer = state["char_vectorizer"]
+        obj.weights = state["weights"]
+        obj.intercepts = state["intercepts"]
+        obj.constant = state["constant"]
+        return obj
+
+
+def _ngram_spans(
+    feature: str, folded: str, offsets: list[int], *, is_word: bool
+) -> list[tuple[int, int]]:
+    """Source spans where a word n-gram (or the word holding a char n-gram) occurs."""
+    if not offsets:
+        return []
+    spans: list[tuple[int, int]] = []
+    if is_word:
+        words = feature.split(" ")
+        pattern = r"\b" + r"\W+".join(re.escape(w) for w in words) + r"\b"
+        for m in re.finditer(pattern, folded):
+            spans.append((offsets[m.start()], offsets[m.end() - 1] + 1))
+    else:
+        gram = feature.strip()
+        if len(gram) < 3:
+            return []
+        for m in re.finditer(re.escape(gram), folded):
+            # Widen to the whole word: a word is what a coder can read as evidence.
+            s, e = m.start(), m.end()
+            while s > 0 and folded[s - 1].isalnum():
+                s -= 1
+            while e < len(folded) and folded[e].isalnum():
+                e += 1
+            spans.append((offsets[s], offsets[e - 1] + 1))
+    return spans
+
+
+def _load_state(run_dir: str | Path, model: str) -> dict:
+    import joblib
+
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise BaselineError(f"{run_dir} has no {MODEL_FILE}: not a fitted {model} run folder")
+    try:
+        state = joblib.load(path)
+    except Exception as exc:
+        raise BaselineError(f"cannot read {path}: {exc}") from None
+    if not isinstance(state, dict) or state.get("model") != model:
+        raise BaselineError(f"{path} does not hold a {model} model")
+    return state
+
+
+def _check_labels(space: LabelSpace, saved: list[str], run_dir: str | Path) -> None:
+    if list(space.codes) != list(saved):
+        raise BaselineError(
+            f"{run_dir}: labels.json does not match the label order the model was fitted on"
+        )
+
+
+# ====================================================================== edsnlp matcher
+
+
+class MatcherParams(_Params):
+    term_matcher: Literal["exact", "simstring"] = Field(
+        "simstring",
+        description="exact: edsnlp's phrase matcher (very low recall, per its docs). "
+        "simstring: approximate matching of the label terms.",
+    )
+    simstring_threshold: float = Field(
+        0.75, gt=0, le=1, description="Similarity threshold of simstring matching."
+    )
+    simstring_measure: Literal["dice", "jaccard", "cosine", "overlap"] = Field(
+        "dice", description="Similarity measure of simstring matching."
+    )
+    qualifiers: list[Literal["negation", "hypothesis", "family"]] = Field(
+        default_factory=lambda: ["negation", "hypothesis", "family"],
+        description="Mentions flagged by these edsnlp qualifiers are dropped.",
+    )
+    label_variants: bool = Field(
+        True,
+        description="Also match shortened labels (without '(...)', or cut at ', sans "
+        "précision' and similar tails), since reports rarely spell the full CIM label.",
+    )
+    child_score: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="Top score given to a label more specific than the match (e.g. label "
+        "E11.9 for a mention of E11), spread by training frequency among the siblings.",
+    )
+
+
+_PAREN = re.compile(r"\s*[\(\[][^\)\]]*[\)\]]")
+_TAILS = re.compile(
+    r",\s*(sans précision|non précisée?s?|sai|nca|sans complication|autres? et sans "
+    r"précision|non classée? ailleurs).*$",
+    re.IGNORECASE,
+)
+
+
+def _undot(code: str) -> str:
+    return code.replace(".", "").replace(" ", "").upper()
+
+
+def _label_variants(label: str) -> set[str]:
+    out = {label}
+    no_paren = _PAREN.sub("", label).strip()
+    if no_paren:
+        out.add(no_paren)
+    for base in list(out):
+        cut = _TAILS.sub("", base).strip(" ,")
+        if len(cut) >= 4:
+            out.add(cut)
+    return {v for v in out if len(v) >= 4}
+
+
+@register_model("edsnlp_matcher")
+class EdsnlpMatcherScorer:
+    """edsnlp's CIM-10 terminology matcher; qualified-away mentions are dropped.
+
+    A mention of code M scores 1.0 for every label L with M == L or M under L (E11.9 counts
+    for E11.9 and for E11), and at most `child_score` for a label under M (E11 -> E11.9).
+    """
+
+    model_name = "edsnlp_matcher"
+
+    def __init__(self, label_space: LabelSpace, params: MatcherParams) -> None:
+        self.label_space = label_space
+        self.labels = list(label_space.codes)
+        self.params = params
+        self._nlp: Any = None
+        self._undotted = [_undot(c) for c in self.labels]
+
+    @classmethod
+    def from_config(cls, config: RunConfig, label_space: LabelSpace) -> EdsnlpMatcherScorer:
+        return cls(label_space, _parse_params(MatcherParams, config.model.params, "edsnlp_matcher"))
+
+    def fit(self, texts: Sequence[str], targets: Any) -> EdsnlpMatcherScorer:
+        """Nothing to learn: the terminology is the model (label frequencies come with it)."""
+        return self
+
+    # -------------------------------------------------------------- pipeline
+
+    def _terms(self) -> dict[str, list[str]]:
+        """edsnlp's CIM-10 terms, restricted to codes related to the label space."""
+        from edsnlp.pipes.ner.cim10.patterns import get_patterns
+
+        labels = set(self._undotted)
+        label_prefixes = {u[:k] for u in labels for k in range(3, len(u) + 1)}
+        terms: dict[str, list[str]] = {}
+        for code, patterns in get_patterns().items():
+            related = code in label_prefixes or any(code[:k] in labels for k in range(3, len(code) + 1))
+            if not related:
+                continue
+            # patterns: short label, long label, then code spellings (E119, E1.19, ...);
+            # edsnlp's dotted spellings are misplaced, so write the code ones ourselves.
+            names = [p for p in patterns[:2] if isinstance(p, str)]
+            variants: set[str] = set()
+            for name in names:
+                variants |= _label_variants(name) if self.params.label_variants else {name}
+            dotted = code if len(code) <= 3 else f"{code[:3]}.{code[3:]}"
+            variants |= {code, dotted}
+            terms[code] = sorted(variants)
+        return terms
+
+    def _pipeline(self) -> Any:
+        if self._nlp is not None:
+            return self._nlp
+        import edsnlp
+        import edsnlp.pipes as eds
+
+        t0 = time.perf_counter()
+        nlp = edsnlp.blank("eds")
+        nlp.add_pipe(eds.sentences())
+        nlp.add_pipe(eds.normalizer())
+        config: dict[str, Any] = {}
+        if self.params.term_matcher == "simstring":
+            config = {
+                "threshold": self.params.simstring_threshold,
+                "measure": self.params.simstring_measure,
+            }
+        nlp.add_pipe(
+            eds.terminology(
+                name="cim10",
+                terms=self._terms(),
+                label="cim10",
+                attr="NORM",
+                term_matcher=self.params.term_matcher,
+                term_matcher_config=config,
+            )
+        )
+        qualifiers = {"negation": eds.negation, "hypothesis": eds.hypothesis, "family": eds.family}
+        for q in self.params.qualifiers:
+            nlp.add_pipe(qualifiers[q]())
+        self._nlp = nlp
+        logger.info("edsnlp matcher pipeline built in %.1fs", time.perf_counter() - t0)
+        return nlp
+
+    def mentions(self, text: str) -> list[tuple[str, int, int]]:
+        """Kept (code, start, end) mentions of `text`, codes undotted as in edsnlp."""
+        doc = self._pipeline()(text)
+        kept = []
+        for ent in doc.ents:
+            if ent.label_ != "cim10":
+                continue
+            if any(getattr(ent._, q, False) for q in self.params.qualifiers):
+                continue
+            kept.append((ent.kb_id_, ent.start_char, ent.end_char))
+        return kept
+
+    def _label_scores(self, code: str) -> dict[int, float]:
+        """Label column -> score for a mention of `code` (undotted)."""
+        if not hasattr(self, "_by_prefix"):
+            by_prefix: dict[str, list[int]] = {}
+            for j, u in enumerate(self._undotted):
+                by_prefix.setdefault(u, []).append(j)
+            self._by_prefix = by_prefix
+        scores: dict[int, float] = {}
+        for k in range(3, len(code) + 1):
+            for j in self._by_prefix.get(code[:k], []):
+                scores[j] = 1.0
+        children = [j for j, u in enumerate(self._undotted) if len(u) > len(code) and u.startswith(code)]
+        if children and self.params.child_score > 0:
+            counts = np.array([self.label_space.count(self.labels[j]) for j in children], float)
+            top = counts.max() if counts.size and counts.max() > 0 else 1.0
+            for j, c in zip(children, counts, strict=True):
+                # Most frequent child near child_score, others below: a rank, not a probability.
+                scores.setdefault(j, self.params.child_score * (0.5 + 0.5 * c / top))
+        return scores
+
+    def predict_scores(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for code, _s, _e in self.mentions(text):
+                for j, v in self._label_scores(code).items():
+                    out[i, j] = max(out[i, j], v)
+        return out
+
+    def explain(
+        self, text: str, codes: Sequence[str], top_k: int = 3
+    ) -> dict[str, list[tuple[int, int]]]:
+        """The match spans behind each code (a mention of the code or of a related code)."""
+        found = self.mentions(text)
+        result: dict[str, list[tuple[int, int]]] = {}
+        for code in codes:
+            u = _undot(code)
+            spans = [(s, e) for m, s, e in found if m.startswith(u) or u.startswith(m)]
+            result[code] = sorted(set(spans))[:top_k]
+        return result
+
+    def save(self, run_dir: str | Path) -> None:
+        import joblib
+
+        path = Path(run_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        self.label_space.save(path)
+        joblib.dump(
+            {"model": "edsnlp_matcher", "params": self.params.model_dump(), "labels": self.labels},
+            path / MODEL_FILE,
+        )
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> EdsnlpMatcherScorer:
+        from cimcoder.training.labels import LabelSpace
+
+        state = _load_state(run_dir, "edsnlp_matcher")
+        space = LabelSpace.load(run_dir)
+        _check_labels(space, state["labels"], run_dir)
+        return cls(space, MatcherParams.model_validate(state["params"]))
+
+
+# ====================================================================== harness
+
+
+def _train_and_validation(config: RunConfig) -> tuple[list[Any], list[Any]]:
+    """Training and validation stays, as the transformer's trainer takes them."""
+    from cimcoder.training.corpora import load_dataset, split
+
+    train = list(load_dataset(config.data.train).stays)
+    if config.data.max_train_stays is not None:
+        train = train[: config.data.max_train_stays]
+    if config.data.validation == "dev":
+        assert config.data.dev is not None  # checked by DataConfig
+        valid = list(load_dataset(config.data.dev).stays)
+    else:
+        parts = split(
+            train,
+            fractions={"train": 1 - config.data.holdout_fraction, "dev": config.data.holdout_fraction},
+            seed=config.training.seed,
+        )
+        train, valid = list(parts["train"].stays), list(parts["dev"].stays)
+    if not train:
+        raise BaselineError(f"no training stays in {config.data.train}")
+    return train, valid
+
+
+def _label_space(config: RunConfig, train: list[Any]) -> LabelSpace:
+    from cimcoder.training.labels import LabelSpace
+
+    if config.data.labels.terminology != "cim10":
+        raise BaselineError(
+            "the baselines score CIM-10 labels only (edsnlp's matcher is CIM-10); "
+            "set data.labels.terminology=cim10"
+        )
+    if config.data.labels.include != "train":
+        raise BaselineError("the baselines use data.labels.include=train")
+    return LabelSpace.from_code_sets(
+        [s.codes for s in train], terminology="cim10", min_count=config.data.labels.min_count
+    )
+
+
+def evaluate_scores(
+    y_true: np.ndarray, scores: np.ndarray, n_gold: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """MAP, P@k, and micro/macro F1 at the single global threshold that maximises micro-F1
+    on these stays (an optimistic oracle cut: `cimcoder calibrate` tunes real ones)."""
+    from cimcoder.eval.metrics import micro_prf, summarize
+
+    best_t, best_f1 = 0.5, -1.0
+    candidates = np.unique(np.round(scores[scores > 0], 4))
+    if candidates.size > 200:
+        candidates = np.quantile(candidates, np.linspace(0, 1, 200))
+    for t in candidates:
+        f1 = micro_prf(y_true, scores >= t, n_gold).f1
+        if f1 > best_f1:
+            best_t, best_f1 = float(t), f1
+    summary = summarize(y_true, scores, scores >= best_t, n_gold=n_gold, ks=(1, 5, 10))
+    summary["threshold"] = best_t
+    summary["threshold_rule"] = "global, max micro-F1 on the validation split"
+    return summary
+
+
+def fit_baseline(config: RunConfig, tracker: RunTracker | None = None) -> Path:
+    """Fit the baseline named by `config.model.name`, score the validation split, and write
+    the run folder (`config.yaml`, `labels.json`, `baseline.joblib`, `metrics.json`).
+
+    With a `tracker`, the params, metrics and run files are logged to MLflow too.
+    """
+    from cimcoder.training.config import dump_config
+    from cimcoder.training.registry import build_model
+
+    if config.model.name not in ("tfidf_lr", "edsnlp_matcher"):
+        raise BaselineError(f"{config.model.name!r} is not a baseline (tfidf_lr, edsnlp_matcher)")
+    t0 = time.perf_counter()
+    train, valid = _train_and_validation(config)
+    space = _label_space(config, train)
+    model = build_model(config, space)
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if tracker is not None:
+        tracker.log_params(config.model_dump(mode="json"))
+        tracker.log_params({"data.n_train": len(train), "data.n_valid": len(valid), "labels": len(space)})
+    model.fit([s.text for s in train], [s.codes for s in train])  # type: ignore[attr-defined]
+    fit_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    scores = model.predict_scores([s.text for s in valid], batch_size=config.training.eval_batch_size)
+    score_s = time.perf_counter() - t1
+    y_valid = np.asarray(space.encode([s.codes for s in valid]), dtype=bool).reshape(len(valid), len(space))
+    n_gold = [len(set(s.codes)) for s in valid]
+    metrics = evaluate_scores(y_valid, scores, n_gold)
+    metrics.update(
+        {
+            "split": config.data.validation,
+            "fit_seconds": round(fit_s, 2),
+            "score_seconds": round(score_s, 2),
+            "gold_outside_label_space": int(sum(n_gold) - int(y_valid.sum())),
+        }
+    )
+    model.save(run_dir)
+    space.save(run_dir)
+    dump_config(config, run_dir / "config.yaml")
+    (run_dir / METRICS_FILE).write_text(
+        json.dumps({k: _jsonable(v) for k, v in metrics.items()}, indent=1), encoding="utf-8"
+    )
+    logger.info(
+        "%s: MAP %.4f, micro-F1 %.4f, P@5 %.4f on %d validation stays -> %s",
+        config.model.name, metrics["map"], metrics["micro_f1"], metrics["p@5"], len(valid), run_dir,
+    )
+    if tracker is not None:
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.log_run_folder_summary(run_dir)
+    return run_dir
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

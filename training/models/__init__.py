@@ -1,0 +1,1 @@
+"""Model implementations registered in `cimcoder.training.registry`."""

@@ -1,0 +1,310 @@
+"""`cimcoder pretrain`: the offline default encoder, trained from the French text at hand.
+
+No hub is needed: a WordPiece/BPE tokenizer and a small BERT are trained (masked LM) on
+CodiEsp-FR *train* reports (never dev: it evaluates), CIM-10 FR long labels, CIM-11 French
+titles, synthetic reports and any hospital corpus given. The result is saved with
+`save_pretrained`, so fine-tuning loads it with `AutoModel.from_pretrained(dir)` exactly as
+it would load camembert-bio or DrBERT from a local directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from cimcoder.training.config import PretrainConfig, dump_config
+from cimcoder.training.tokenizer import train_tokenizer
+from tqdm.auto import tqdm
+
+from cimcoder.errors import CimcoderError
+
+logger = logging.getLogger(__name__)
+
+INFO_FILE = "pretrain_info.json"
+
+
+class PretrainError(CimcoderError):
+    """The pretraining corpus or output cannot be used."""
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def _read_user_path(path_str: str) -> Iterator[str]:
+    """Reports from a folder (*.txt, *.jsonl), a .txt file, a .jsonl file or a data set."""
+    path = Path(path_str)
+    if path.is_dir() and not (path / "codes.tsv").exists():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".txt", ".jsonl"))
+        if not files:
+            raise PretrainError(f"{path}: no .txt or .jsonl file in this folder")
+        for f in files:
+            yield from _read_user_path(str(f))
+        return
+    if path.is_file() and path.suffix.lower() == ".txt":
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            yield text
+        return
+    if path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise PretrainError(f"{path}:{lineno}: not a JSON line") from None
+                text = _record_text(record)
+                if text is None:
+                    raise PretrainError(f"{path}:{lineno}: no 'text' (or 'documents[].text') field")
+                if text.strip():
+                    yield text
+        return
+    # Anything else: a data set the corpora loader knows (text folder, csv, parquet, ...).
+    from cimcoder.training.corpora import load_dataset
+
+    for stay in load_dataset(path_str).stays:
+        yield stay.text
+
+
+def _record_text(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return None
+    if isinstance(record.get("text"), str):
+        return record["text"]
+    docs = record.get("documents")
+    if isinstance(docs, list):
+        return "\n\n".join(d.get("text", "") for d in docs if isinstance(d, dict))
+    return None
+
+
+def collect_corpus(config: PretrainConfig) -> tuple[list[str], dict[str, int]]:
+    """Texts for pretraining and how many came from each source."""
+    cc = config.corpus
+    texts: list[str] = []
+    sources: dict[str, int] = {}
+
+    def add(name: str, items: list[str]) -> None:
+        items = [t for t in items if t and t.strip()]
+        sources[name] = len(items)
+        texts.extend(items)
+
+    if cc.codiesp_train:
+        from cimcoder.training.corpora import load_dataset
+
+        add("codiesp-fr/train", [s.text for s in load_dataset("codiesp-fr/train").stays])
+    if cc.terminology_labels:
+        from cimcoder import terminologies
+
+        cim10 = terminologies.load_cim10()
+        labels = []
+        for code in cim10.codes():
+            concept = cim10.get(code)
+            if concept is not None:
+                labels.append(concept.long_label or concept.label)
+        add("cim10 labels", labels)
+        load_cim11 = getattr(terminologies, "load_cim11", None)
+        if load_cim11 is None:
+            try:
+                from cimcoder.terminologies.cim11 import load_cim11
+            except ImportError:
+                load_cim11 = None
+        if load_cim11 is not None:
+            try:
+                cim11 = load_cim11()
+                titles = []
+                for code in cim11.codes():
+                    concept = cim11.get(code)
+                    if concept is not None:
+                        titles.append(concept.long_label or concept.label)
+                add("cim11 titles", titles)
+            except CimcoderError as exc:
+                logger.warning("CIM-11 titles left out: %s", exc)
+    if cc.synthetic_reports:
+        try:
+            from cimcoder.training.corpora import load_dataset
+
+            synth = load_dataset(f"synth-fr/{cc.synthetic_reports}@{config.training.seed}")
+            add("synthetic reports", [s.text for s in synth.stays])
+        except (ImportError, CimcoderError) as exc:
+            logger.warning("synthetic reports left out: %s", exc)
+    for p in cc.paths:
+        add(p, list(_read_user_path(p)))
+    if not texts:
+        raise PretrainError("the pretraining corpus is empty: enable a source or pass --corpus")
+    return texts, sources
+
+
+# --------------------------------------------------------------------------- masked LM
+
+
+def _blocks(tokenizer: Any, texts: list[str], seq_len: int) -> torch.Tensor:
+    """All texts tokenized, joined by [SEP] and cut into [CLS] ... [SEP] blocks of seq_len."""
+    body = seq_len - 2
+    stream: list[int] = []
+    sep = tokenizer.sep_token_id
+    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
+    for ids in enc["input_ids"]:
+        stream.extend(ids)
+        stream.append(sep)
+    n = len(stream) // body
+    if n == 0:
+        raise PretrainError("the pretraining corpus is shorter than one sequence")
+    arr = torch.tensor(stream[: n * body], dtype=torch.long).view(n, body)
+    cls = torch.full((n, 1), tokenizer.cls_token_id, dtype=torch.long)
+    end = torch.full((n, 1), sep, dtype=torch.long)
+    return torch.cat([cls, arr, end], dim=1)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor, tokenizer: Any, probability: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: of the chosen tokens, 80 % [MASK], 10 % random, 10 % unchanged."""
+    labels = input_ids.clone()
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for tid in tokenizer.all_special_ids:
+        special |= input_ids == tid
+    chosen = (torch.rand(input_ids.shape, generator=generator) < probability) & ~special
+    labels[~chosen] = -100
+    inputs = input_ids.clone()
+    r = torch.rand(input_ids.shape, generator=generator)
+    inputs[chosen & (r < 0.8)] = tokenizer.mask_token_id
+    rand_pos = chosen & (r >= 0.8) & (r < 0.9)
+    inputs[rand_pos] = torch.randint(len(tokenizer), input_ids.shape, generator=generator)[rand_pos]
+    return inputs, labels
+
+
+def _mlm_loss(model: Any, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked-LM loss with the vocabulary projection run on masked positions only."""
+    hidden = model.bert(input_ids=inputs).last_hidden_state
+    chosen = labels != -100
+    logits = model.cls(hidden[chosen])
+    return torch.nn.functional.cross_entropy(logits, labels[chosen])
+
+
+def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Path:
+    """Train the tokenizer and the encoder; return the folder written by save_pretrained."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    out = Path(output_dir or config.output_dir)
+    tc = config.training
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    torch.manual_seed(tc.seed)
+    started = time.perf_counter()
+
+    texts, sources = collect_corpus(config)
+    logger.info("pretraining corpus: %s", ", ".join(f"{k}: {v}" for k, v in sources.items()))
+    tokenizer = train_tokenizer(
+        texts,
+        kind=config.tokenizer.kind,
+        vocab_size=config.tokenizer.vocab_size,
+        min_frequency=config.tokenizer.min_frequency,
+        lowercase=config.tokenizer.lowercase,
+        model_max_length=config.encoder.max_positions,
+    )
+    seq_len = min(tc.seq_len, config.encoder.max_positions)
+    blocks = _blocks(tokenizer, texts, seq_len)
+    arch = config.encoder
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=arch.hidden,
+            num_hidden_layers=arch.layers,
+            num_attention_heads=arch.heads,
+            intermediate_size=arch.intermediate,
+            max_position_embeddings=arch.max_positions,
+            hidden_dropout_prob=arch.dropout,
+            attention_probs_dropout_prob=arch.dropout,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    steps_per_epoch = math.ceil(len(blocks) / tc.batch_size)
+    planned = steps_per_epoch * tc.epochs
+    if tc.max_steps:
+        planned = min(planned, tc.max_steps)
+    schedule = {"total": planned}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+
+    def lr_lambda(step: int) -> float:
+        total = schedule["total"]
+        warm = max(1, int(total * tc.warmup_ratio))
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.02, (total - step) / max(total - warm, 1))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    gen = torch.Generator().manual_seed(tc.seed)
+    model.train()
+    step = 0
+    tokens = 0
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    stop_reason = "epochs"
+    bar = tqdm(total=planned, desc="pretrain", unit="step", disable=None)
+    for _epoch in range(tc.epochs):
+        order = torch.randperm(len(blocks), generator=gen)
+        for i in range(0, len(order), tc.batch_size):
+            batch = blocks[order[i : i + tc.batch_size]]
+            inputs, labels = mask_tokens(batch, tokenizer, tc.mlm_probability, gen)
+            if not (labels != -100).any():
+                continue
+            loss = _mlm_loss(model, inputs, labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += batch.numel()
+            losses.append(loss.detach().item())
+            elapsed = time.perf_counter() - t0
+            if step == 5 and tc.time_budget_s:
+                # Fit the learning-rate decay to the steps the time budget allows.
+                remaining_s = tc.time_budget_s - (time.perf_counter() - started)
+                affordable = step + int(max(remaining_s, 0) / (elapsed / step))
+                schedule["total"] = max(step + 1, min(planned, affordable))
+                bar.total = schedule["total"]
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
+            bar.update(1)
+            if tc.max_steps and step >= tc.max_steps:
+                stop_reason = "max_steps"
+                break
+            if tc.time_budget_s and time.perf_counter() - started >= tc.time_budget_s:
+                stop_reason = "time_budget"
+                break
+        if stop_reason != "epochs":
+            break
+    bar.close()
+    train_s = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    dump_config(config, out / "pretrain_config.yaml")
+    info = {
+        "sources": sources,
+        "sequences": len(blocks),
+        "seq_len": seq_len,
+        "vocab_size": len(tokenizer),
+        "steps": step,
+        "planned_steps": planned,
+        "stop_reason": stop_reason,
+        "epochs_done": round(step / max(steps_per_epoch, 1), 3),
+        "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
+        "first_loss": round(float(np.mean(losses[:5])), 4) if losses else None,
+        "tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / INFO_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    logger.info("encoder saved to %s (%d steps, loss %s -> %s)", out, step, info["first_loss"], info["final_loss"])
+    return out
