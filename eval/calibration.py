@@ -5,7 +5,7 @@ Three methods, all fitted on held-out (stay, code) pairs:
 - ``temperature``: one temperature for all codes, ``p' = sigmoid(logit(p) / T)``;
 - ``platt``: one pooled logistic map, ``p' = sigmoid(a * logit(p) + b)``;
 - ``isotonic``: a monotone map per code when the code has enough positive stays
-  (``min_positives``, default 20), otherwise pooled along the hierarchy: the code's
+  (``min_positives``, default 50; fewer gives maps too noisy to set thresholds on), pooled along the hierarchy: the code's
   3-character category, then its chapter, then all remaining codes.
 
 Parameters are plain numbers so they serialise into ``policy.json`` and apply unchanged at
@@ -149,7 +149,7 @@ class Calibrator:
 
     method: CalibrationMethod
     terminology: Literal["cim10", "cim11"] = "cim10"
-    min_positives: int = 20
+    min_positives: int = 50
     nodes: dict[str, NodeCalibrator] = field(default_factory=dict)
     code_node: dict[str, str] = field(default_factory=dict)
 
@@ -165,7 +165,7 @@ class Calibrator:
         labels: Sequence[str],
         *,
         method: CalibrationMethod = "isotonic",
-        min_positives: int = 20,
+        min_positives: int = 50,
         terminology: Literal["cim10", "cim11"] = "cim10",
     ) -> Calibrator:
         y = np.asarray(y_true, dtype=bool)

@@ -1,7 +1,128 @@
-"""CLI of cimcoder.eval."""
+"""CLI of cimcoder.eval: `cimcoder calibrate` and `cimcoder evaluate`."""
+
+from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from cimcoder.errors import CimcoderError
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.95), got {text}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this area's sub-commands."""
+    """Add `calibrate` and `evaluate`."""
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit calibration + auto/review/reject thresholds of a run (writes RUN/policy.json)",
+        description="Fit the decision policy of a model run on data kept apart from the test "
+        "data. Default: half A of the run's dev set (codiesp-fr/dev#A for a CodiEsp run); "
+        "the policy is then measured on half B and target vs measured precision is printed.",
+    )
+    p.add_argument("run", metavar="RUN", help="model run folder (runs/<experiment>/<run_name>)")
+    p.add_argument("--target-precision", type=_fraction, default=0.95,
+                   help="precision the DIM requires of auto-coded codes (default 0.95)")
+    p.add_argument("--data", default=None, metavar="DATASET",
+                   help="fitting data; DATASET#A / DATASET#B selects a fixed half "
+                   "(default: <run dev set>#A)")
+    p.add_argument("--target-recall", type=_fraction, default=0.95,
+                   help="share of true codes kept out of 'reject' (default 0.95)")
+    p.add_argument("--calibration", choices=("isotonic", "platt", "temperature", "none"),
+                   default="isotonic", help="score calibration (default isotonic)")
+    p.add_argument("--bound", choices=("wilson", "clopper-pearson"), default="wilson",
+                   help="one-sided lower confidence bound on auto precision (default wilson)")
+    p.add_argument("--min-positives", type=int, default=50,
+                   help="positive stays a code needs for its own calibration map and review threshold (default 50)")
+    p.set_defaults(handler=_calibrate)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="metrics + automation report (HTML + JSON) of a run on a data set",
+        description="Score DATASET with the run's model and policy; write "
+        "automation_report.html/.json into RUN/eval/<dataset>/ (or --output) and print a "
+        "summary. If the policy was fitted on one half of DATASET, only the other half is measured.",
+    )
+    p.add_argument("run", metavar="RUN", help="model run folder")
+    p.add_argument("--data", required=True, metavar="DATASET",
+                   help="data set name or path (e.g. codiesp-fr/dev), optionally #A or #B")
+    p.add_argument("--output", default=None, metavar="DIR", help="report folder")
+    p.set_defaults(handler=_evaluate)
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from cimcoder.eval.runner import calibrate_run
+
+    if args.min_positives < 1:
+        raise CimcoderError("--min-positives must be at least 1")
+    result = calibrate_run(
+        args.run, data=args.data, target_precision=args.target_precision,
+        target_recall=args.target_recall, calibration=args.calibration, bound=args.bound,
+        min_positives=args.min_positives,
+    )
+    pol = result.policy
+    levels = pol.level_counts()
+    print(f"policy {pol.version['hash'][:12]} written to {result.path}")
+    print(f"fitted on {result.fitted_on.name}: {len(result.fitted_on.stay_ids)} stays, "
+          f"{int(result.fitted_on.y.sum())} gold codes in the label space")
+    print(f"calibration: {pol.calibrator.method}; auto thresholds by level: "
+          + ", ".join(f"{k} {v}" for k, v in levels["auto"].items())
+          + f"; never auto: {levels['never_auto']['codes']} codes")
+    m = result.measured
+    if m is not None:
+        gap = None if m["measured_precision"] is None else 100 * (m["measured_precision"] - m["target_precision"])
+        print(f"measured on {m['data']} ({m['n_stays']} stays, not used for fitting):")
+        print(f"  target precision   {_pct(m['target_precision'])}")
+        print(f"  measured precision {_pct(m['measured_precision'])} "
+              f"({'n/a' if gap is None else f'{gap:+.1f} points'}, {m['n_auto']} codes auto-coded)")
+        print(f"  automation rate    {_pct(m['automation_rate'])} of true codes (goal 90.0%)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cimcoder.eval.runner import evaluate_run
+
+    report = evaluate_run(args.run, data=args.data, output=args.output)
+    h, m = report["headline"], report["metrics"]
+    print(f"data: {report['dataset']} ({h['n_stays']} stays, {h['n_true_codes']} true codes, "
+          f"{h['n_codes_outside_label_space']} outside the label space)")
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+    rows = [
+        ("target auto precision", _pct(h["target_precision"])),
+        ("measured auto precision", f"{_pct(h['auto_precision'])} "
+         f"(95% lower bound {_pct(h['auto_precision_lower_bound'])})"),
+        ("automation rate", f"{_pct(h['automation_rate'])} of true codes (goal {_pct(h['goal'])})"),
+        ("stays fully auto-coded", _pct(h["share_stays_fully_auto_coded"])),
+        ("codes to review per stay", f"{h['review_per_stay_mean']:.2f} (median {h['review_per_stay_median']:.0f})"),
+        ("auto-coded errors", str(h["n_auto_errors"])),
+        ("MAP", f"{m['map']:.3f}"),
+        ("micro P / R / F1 (auto)", f"{m['micro_precision']:.3f} / {m['micro_recall']:.3f} / {m['micro_f1']:.3f}"),
+        ("macro F1 (auto)", f"{m['macro_f1']:.3f}"),
+        ("P@5 / R@5", f"{m['p@5']:.3f} / {m['r@5']:.3f}"),
+        ("micro AUC", "n/a" if m["micro_auc"] is None else f"{m['micro_auc']:.3f}"),
+    ]
+    if m.get("principal_diagnosis_accuracy") is not None:
+        rows.append(("DP ranked first", _pct(m["principal_diagnosis_accuracy"])))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k.ljust(width)}  {v}")
+    sweep = report.get("target_sweep") or []
+    if sweep:
+        print("target vs measured (thresholds fitted on the other half):")
+        for r in sweep:
+            print(f"  target {_pct(r['target_precision'])}  measured {_pct(r['measured_precision'])}  "
+                  f"automation {_pct(r['automation_rate'])}")
+    print(f"report: {report['files']['folder']}/automation_report.html")
+    return 0

@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -142,6 +142,29 @@ def review_threshold(y: np.ndarray, p: np.ndarray, target_recall: float) -> floa
 # --------------------------------------------------------------------------- policy
 
 
+def cross_fitted_probabilities(
+    y: np.ndarray, s: np.ndarray, labels: Sequence[str],
+    fit: Callable[[np.ndarray | slice], Calibrator], *, n_folds: int = 5,
+) -> np.ndarray:
+    """Out-of-fold calibrated probabilities: fold k is calibrated by a map fitted on the others.
+
+    Folds are assigned round-robin on the row order (deterministic). Falls back to fewer
+    folds on tiny data; with fewer than 2 folds possible, the in-sample map is used.
+    """
+    n = y.shape[0]
+    k = min(n_folds, n)
+    if k < 2:
+        return fit(slice(None)).apply(s, labels)
+    fold = np.arange(n) % k
+    out = np.empty_like(s, dtype=float)
+    for f in range(k):
+        train = np.flatnonzero(fold != f)
+        test = np.flatnonzero(fold == f)
+        cal = fit(train)
+        out[test] = cal.apply(s[test], labels)
+    return out
+
+
 @dataclass
 class CodePolicy:
     """Thresholds of one code and where they come from."""
@@ -173,7 +196,7 @@ class DecisionPolicy:
     target_recall: float = 0.95
     confidence: float = 0.95
     bound: BoundMethod = "wilson"
-    min_positives: int = 20
+    min_positives: int = 50
     terminology: Literal["cim10", "cim11"] = "cim10"
     fitted_on: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
@@ -193,12 +216,20 @@ class DecisionPolicy:
         confidence: float = 0.95,
         bound: BoundMethod = "wilson",
         calibration: CalibrationMethod = "isotonic",
-        min_positives: int = 20,
+        min_positives: int = 50,
         terminology: Literal["cim10", "cim11"] = "cim10",
         fitted_on: dict[str, Any] | None = None,
         calibrator: Calibrator | None = None,
+        calibration_folds: int = 5,
     ) -> DecisionPolicy:
-        """Fit calibration (unless given) then thresholds on held-out gold and raw scores."""
+        """Fit calibration (unless given) then thresholds on held-out gold and raw scores.
+
+        Thresholds are chosen on *cross-fitted* calibrated probabilities: each stay's scores
+        are calibrated by maps fitted without it (`calibration_folds` folds), because a
+        per-code isotonic map judged on its own fitting stays looks better than it is and
+        would push the thresholds too low. The saved calibrator is fitted on all stays.
+        With a given `calibrator`, its in-sample probabilities are used as they are.
+        """
         if not 0.5 <= target_precision < 1.0:
             raise PolicyError(f"target precision must be in [0.5, 1), got {target_precision}")
         if not 0.0 < target_recall <= 1.0:
@@ -212,10 +243,17 @@ class DecisionPolicy:
             raise PolicyError(f"gold {y.shape}, scores {s.shape}, {len(labels)} labels do not match")
         if not y.any():
             raise PolicyError("the fitting data hold no gold code of the label space")
-        cal = calibrator or Calibrator.fit(
-            y, s, labels, method=calibration, min_positives=min_positives, terminology=terminology
-        )
-        p = cal.apply(s, labels)
+        def fit_calibrator(rows: np.ndarray | slice) -> Calibrator:
+            return Calibrator.fit(y[rows], s[rows], labels, method=calibration,
+                                  min_positives=min_positives, terminology=terminology)
+
+        if calibrator is not None:
+            cal = calibrator
+            p = cal.apply(s, labels)
+        else:
+            cal = fit_calibrator(slice(None))
+            p = cross_fitted_probabilities(y, s, labels, fit_calibrator, n_folds=calibration_folds) \
+                if calibration != "none" else cal.apply(s, labels)
         hierarchy = Hierarchy(terminology)
 
         def fit_auto(cols: np.ndarray) -> tuple[float | None] | None:

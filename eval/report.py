@@ -203,10 +203,12 @@ def build_report(
     # -- metrics
     cy, cs, cats = M.collapse_to_groups(y, probs, labels, hierarchy.category)
     _, cauto, _ = M.collapse_to_groups(y, auto.astype(float), labels, hierarchy.category)
+    # Flat figures are those of the auto-coded decisions (what the pipeline compares).
     metrics: dict[str, Any] = {
-        "auto": M.summarize(y, probs, auto, n_gold=g),
+        "decisions": "auto",
+        **M.summarize(y, probs, auto, n_gold=g),
         "auto_or_review": M.summarize(y, probs, auto | review, n_gold=g),
-        "category_level_auto": M.summarize(cy, cs, cauto >= 1.0),
+        "category_level": M.summarize(cy, cs, cauto >= 1.0),
         "by_chapter": M.breakdown(y, probs, labels, dict(zip(labels, chapters, strict=True)), auto),
         "by_band": M.breakdown(y, probs, labels, dict(zip(labels, band_of, strict=True)), auto)
         if bands else {},
@@ -246,6 +248,13 @@ def build_report(
         },
         "reliability": {"before": rel_before, "after": rel_after},
         "metrics": metrics,
+        # Recall/precision of auto-coded codes per frequency band, for model comparisons.
+        "bands": {
+            b: {"recall": m["micro_recall"], "precision": m["micro_precision"], "f1": m["micro_f1"],
+                "map": m["map"], "n_codes": m["n_codes"]}
+            for b, m in metrics["by_band"].items()
+        },
+        "automation": {"headline": headline},
         "notes": list(notes),
     }
 
@@ -560,9 +569,9 @@ def render_html(report: Mapping[str, Any]) -> str:
     out.append('<table id="metrics-table"><tr><th class="l">Décisions</th><th>Précision micro</th>'
                "<th>Rappel micro</th><th>F1 micro</th><th>F1 macro</th><th>MAP</th><th>P@5</th>"
                "<th>R@5</th><th>AUC micro</th></tr>")
-    for key, name in (("auto", "auto-codés"), ("auto_or_review", "auto-codés + revue"),
-                      ("category_level_auto", "auto-codés, catégorie (3 caractères)")):
-        m = met[key]
+    for key, name in (("", "auto-codés"), ("auto_or_review", "auto-codés + revue"),
+                      ("category_level", "auto-codés, catégorie (3 caractères)")):
+        m = met[key] if key else met
         out.append(f'<tr><td class="l">{name}</td><td>{_pct(m["micro_precision"])}</td>'
                    f"<td>{_pct(m['micro_recall'])}</td><td>{_pct(m['micro_f1'])}</td>"
                    f"<td>{_pct(m['macro_f1'])}</td><td>{_num(m['map'], 3)}</td>"
@@ -623,8 +632,8 @@ def write_report(
         h = report["headline"]
         flat = {f"auto.{k}": v for k, v in h.items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and v is not None}
-        flat.update({f"eval.{k}": v for k, v in report["metrics"]["auto"].items()
-                     if isinstance(v, int | float) and v is not None})
+        flat.update({f"eval.{k}": v for k, v in report["metrics"].items()
+                     if isinstance(v, int | float) and not isinstance(v, bool)})
         tracker.log_metrics(flat)
         tracker.log_artifacts(out, artifact_path)
     logger.info("automation report written to %s", out)

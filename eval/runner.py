@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from cimcoder.eval.calibration import CalibrationMethod
-from cimcoder.eval.policy import AUTO, BoundMethod, DecisionPolicy
+from cimcoder.eval.policy import AUTO, POLICY_FILE, BoundMethod, DecisionPolicy
 from cimcoder.eval.report import Tracker, build_report, write_report
 
 from cimcoder.errors import CimcoderError
@@ -197,9 +197,10 @@ def calibrate_run(
     calibration: CalibrationMethod = "isotonic",
     bound: BoundMethod = "wilson",
     confidence: float = 0.95,
-    min_positives: int = 20,
+    min_positives: int = 50,
     scorer: Any | None = None,
     measure_other_half: bool = True,
+    tracker: Any | None = None,
 ) -> CalibrationResult:
     """Fit calibration + decision policy on held-out data and write `RUN/policy.json`.
 
@@ -234,6 +235,13 @@ def calibrate_run(
     )
     out = policy.save(path)
     measured = measure(policy, other, labels) if other is not None and other.y.any() else None
+    if tracker is not None:
+        tracker.log_artifact(out)
+        figures = {"policy.target_precision": target_precision}
+        if measured is not None:
+            figures.update({f"policy.held_out.{k}": v for k, v in measured.items()
+                            if isinstance(v, int | float) and v is not None})
+        tracker.log_metrics(figures)
     return CalibrationResult(policy, out, fit_data, measured)
 
 
@@ -244,13 +252,13 @@ def _target_sweep(
     policy: DecisionPolicy, fit: ScoredData, held_out: ScoredData, labels: Sequence[str],
     targets: Sequence[float] = DEFAULT_SWEEP,
 ) -> list[dict[str, Any]]:
-    """Refit thresholds at several targets on `fit` (same calibration), measure on `held_out`."""
+    """Refit the policy at several targets on `fit` (same settings), measure on `held_out`."""
     rows = []
     for t in sorted(set([*targets, policy.target_precision])):
         p = policy if t == policy.target_precision else DecisionPolicy.fit(
             fit.y, fit.scores, labels, target_precision=t, target_recall=policy.target_recall,
             confidence=policy.confidence, bound=policy.bound, min_positives=policy.min_positives,
-            terminology=policy.terminology, calibrator=policy.calibrator,
+            calibration=policy.calibrator.method, terminology=policy.terminology,
         )
         rows.append(measure(p, held_out, labels))
     return rows
@@ -289,11 +297,17 @@ def evaluate_run(
     path = _resolve_run(run_dir)
     model = scorer if scorer is not None else _load_scorer(path)
     labels = list(model.labels)
+    notes: list[str] = []
+    if not (path / POLICY_FILE).is_file():
+        # A run evaluated before `cimcoder calibrate` (e.g. a baseline in a comparison):
+        # calibrate it the default way first, so that it is judged like any other run.
+        logger.warning("%s has no %s: calibrating it on its default data first", path, POLICY_FILE)
+        calibrate_run(path, scorer=model, tracker=tracker)
+        notes.append("Aucune politique n'existait : elle a été ajustée avec les réglages par défaut.")
     policy = DecisionPolicy.load(path, labels=labels)
     terminology, bands = _labels_of(model)
     name, half = parse_data_spec(data)
     fitted = policy.fitted_on or {}
-    notes: list[str] = []
     fit_half = fitted.get("half") if fitted.get("dataset") == name else None
     if fit_half is not None and half == fit_half:
         raise EvalDataError(

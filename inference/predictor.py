@@ -109,8 +109,13 @@ def resolve_run_dir(uri_or_path: str | Path) -> tuple[Path, str]:
     if path.is_dir():
         return path.resolve(), str(path)
     if "://" in text or text.startswith(("models:/", "runs:/")):
-        from cimcoder.inference.mlflow_model import load_run_dir_from_uri
-
+        try:
+            from cimcoder.inference.mlflow_model import load_run_dir_from_uri
+        except ImportError as exc:
+            raise PredictorError(
+                f"cannot load {text}: MLflow model URIs are not supported in this install "
+                f"({exc}); give a run folder"
+            ) from None
         try:
             return Path(load_run_dir_from_uri(text)), text
         except CimcoderError:
@@ -349,7 +354,10 @@ class Predictor:
         order = np.lexsort((-raw, -probs))
         keep = np.zeros(len(order), dtype=bool)
         keep[order[: self.min_candidates]] = True
-        keep |= decisions != "reject"
+        if self.policy is not None:
+            # Every suggested code is listed, however low it ranks. Without a policy every
+            # code is "review" only as a placeholder: the ranking head is what is useful.
+            keep |= decisions != "reject"
         ranked = [int(j) for j in order if keep[j]]
 
         suggested = [j for j in ranked if decisions[j] != "reject"]
@@ -415,7 +423,7 @@ def _decision(value: Any) -> Decision:
     text = str(value)
     if text not in ("auto", "review", "reject"):
         raise PredictorError(f"the decision policy returned an unknown decision {text!r}")
-    return text  # type: ignore[return-value]
+    return text
 
 
 def prediction_json(prediction: StayPrediction) -> str:

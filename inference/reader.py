@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from cimcoder.inference.predictor import StayInput
 
@@ -41,7 +41,7 @@ class Unreadable:
         return f"{self.where}{who}: {self.reason}"
 
 
-Record = StayInput | Unreadable
+Record: TypeAlias = "StayInput | Unreadable"
 
 
 def _decode(raw: bytes) -> str:

@@ -101,7 +101,8 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, object]]:
     out = []
     for error in exc.errors():
         loc = [str(part) for part in error.get("loc", ())]
-        out.append({"loc": loc, "msg": str(error.get("msg", "")), "type": error.get("type", "")})
+        msg = str(error.get("msg", "")).removeprefix("Value error, ")
+        out.append({"loc": loc, "msg": msg, "type": error.get("type", "")})
     return out
 
 

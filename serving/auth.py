@@ -42,7 +42,7 @@ _AUTH_HELP = (
 
 def get_settings(request: Request) -> Settings:
     """The settings the running app was created with."""
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

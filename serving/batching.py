@@ -83,15 +83,16 @@ class MicroBatcher(Generic[In, Out]):
         size = len(first.items)
         deadline = time.perf_counter() + self.max_wait_s
         while size < self.max_size:
-            remaining = deadline - time.perf_counter()
+            # Polling rather than wait_for(queue.get()): cancelling a get() that had just
+            # received an item could lose that request on Python 3.11.
             try:
-                job = (
-                    self._queue.get_nowait()
-                    if remaining <= 0
-                    else await asyncio.wait_for(self._queue.get(), remaining)
-                )
-            except (TimeoutError, asyncio.QueueEmpty):
-                break
+                job = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, 0.001))
+                continue
             jobs.append(job)
             size += len(job.items)
         return jobs

@@ -49,11 +49,11 @@ def get_batcher(request: Request) -> MicroBatcher[Any, StayPrediction]:
     batcher = request.app.state.batcher
     if batcher is None or not batcher.running:
         raise HTTPException(503, "the model is not ready yet")
-    return batcher  # type: ignore[no-any-return]
+    return batcher
 
 
 def get_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+    return request.app.state.metrics
 
 
 PredictorDep = Annotated[Any, Depends(get_predictor)]

@@ -4,7 +4,9 @@ Nothing is loaded at import time; every loader caches its result for the process
 """
 
 from cimcoder.terminologies.cim10 import Cim10Fr, load_cim10
+from cimcoder.terminologies.cim11 import Cim11, load_cim11
 from cimcoder.terminologies.codes import normalize_code
+from cimcoder.terminologies.crosswalk import Crosswalk, CrosswalkTarget, load_crosswalk
 from cimcoder.terminologies.errors import (
     InvalidCodeError,
     TerminologyError,
@@ -17,7 +19,10 @@ from cimcoder.terminologies.registry import load_terminology
 
 __all__ = [
     "Cim10Fr",
+    "Cim11",
     "Concept",
+    "Crosswalk",
+    "CrosswalkTarget",
     "InvalidCodeError",
     "Restrictions",
     "SearchHit",
@@ -27,6 +32,8 @@ __all__ = [
     "UnknownCodeError",
     "UnknownEditionError",
     "load_cim10",
+    "load_cim11",
+    "load_crosswalk",
     "load_terminology",
     "normalize_code",
 ]

@@ -76,11 +76,15 @@ def cached(kind: str, key_parts: Iterable[str], build: Callable[[], T]) -> T:
         except Exception as exc:  # a truncated or foreign file: rebuild it
             logger.warning("ignoring unreadable terminology cache %s (%s)", path, exc)
     value = build()
+    temporary: str | None = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{kind}-", delete=False) as handle:
-            pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(handle.name, path)
-    except OSError as exc:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{kind}-", delete=False) as out:
+            temporary = out.name
+            pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(temporary, path)  # atomic: a concurrent reader never sees half a file
+    except (OSError, pickle.PicklingError) as exc:
         logger.warning("cannot write the terminology cache in %s (%s)", directory, exc)
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
     return value

@@ -22,6 +22,7 @@ from cimcoder.terminologies.chapters import CIM10_CHAPTERS, Block, chapter_of_ca
 from cimcoder.terminologies.codes import dotted_cim10, normalize_code, undotted
 from cimcoder.terminologies.errors import (
     InvalidCodeError,
+    TerminologyError,
     TerminologyFileError,
     UnknownCodeError,
     UnknownEditionError,
@@ -239,12 +240,13 @@ class Cim10Fr:
         return [self._concepts[c[0]] for c in CIM10_CHAPTERS]
 
     def restrictions(self, code: str) -> Restrictions:
-        restrictions = self[code].restrictions
-        if restrictions is None:
-            raise UnknownCodeError(
-                self[code].code, self.edition, self.children(code)[:_MAX_SUGGESTIONS]
+        """PMSI restrictions of a code (not of a chapter or block, which are never coded)."""
+        concept = self[code]
+        if concept.restrictions is None:
+            raise TerminologyError(
+                f"{concept.code} is a {concept.kind}: PMSI restrictions belong to codes"
             )
-        return restrictions
+        return concept.restrictions
 
     # --- suggestions and search ----------------------------------------------------
     @cached_property
@@ -302,17 +304,22 @@ class Cim10Fr:
 
     def search(self, text: str, limit: int = 10) -> list[SearchHit]:
         """Codes whose French labels best match `text` (a code typed as such comes first)."""
-        hits: list[SearchHit] = []
         concept = self.get(text) if text.strip() else None
-        if (
-            concept is not None
-            and concept.code in self.concepts
+        exact = (
+            concept
+            if concept is not None
+            and concept.code in self._concepts
             and concept.restrictions is not None
-        ):
-            hits.append(SearchHit(concept.code, concept.long_label, float("inf")))
-        for code, label, score in self._index.search(text, limit):
-            if not hits or code != hits[0].code:
-                hits.append(SearchHit(code, label, score))
+            else None
+        )
+        hits = [
+            SearchHit(code, label, score)
+            for code, label, score in self._index.search(text, limit)
+            if exact is None or code != exact.code
+        ]
+        if exact is not None:
+            best = max((hit.score for hit in hits), default=0.0)
+            hits.insert(0, SearchHit(exact.code, exact.long_label, best + 1.0))
         return hits[:limit]
 
 
@@ -337,7 +344,6 @@ def build_cim10(
         concepts[chapter] = Concept(chapter, title, title, "chapter", None, chapter)
     # Blocks nest (C00-C97 > C00-C75 > C15-C26): a block's parent is the narrowest other
     # block enclosing it, else its chapter.
-    block_parent: dict[str, str] = {}
     for block in blocks:
         chapter = chapter_of_category(block.first) or block.chapter
         enclosing = [
@@ -346,7 +352,6 @@ def build_cim10(
             if b.code != block.code and b.first <= block.first and block.last <= b.last
         ]
         parent = min(enclosing, key=lambda b: b.width).code if enclosing else chapter
-        block_parent[block.code] = parent
         concepts[block.code] = Concept(
             block.code,
             block.title_en,
@@ -358,11 +363,11 @@ def build_cim10(
             None,
             block.title_en,
         )
-    by_first = sorted(blocks, key=lambda b: (b.width, b.first))
+    narrowest_first = sorted(blocks, key=lambda b: (b.width, b.first))
 
     @functools.cache
     def block_of(category: str) -> str | None:
-        for block in by_first:  # narrowest first
+        for block in narrowest_first:  # narrowest first
             if block.first <= category <= block.last:
                 return block.code
         return None
@@ -379,6 +384,8 @@ def build_cim10(
 
     codes: list[str] = []
     children: dict[str, list[str]] = {}
+    # A few dozen distinct restriction triples: share them (memory, and pickle size).
+    restriction_values: dict[tuple[int, str, int | None], Restrictions] = {}
     for compact, row in compact_rows.items():
         category = compact[:3]
         chapter = chapter_of_category(category)
@@ -408,7 +415,9 @@ def build_cim10(
             parent=parent,
             chapter=chapter,
             block=block,
-            restrictions=Restrictions(row.mco_type, row.smr, row.psy),
+            restrictions=restriction_values.setdefault(
+                (row.mco_type, row.smr, row.psy), Restrictions(row.mco_type, row.smr, row.psy)
+            ),
             short_label=row.short,
             deleted_in=deleted,
         )

@@ -160,6 +160,8 @@ class Cim11:
             ):
                 found.append(candidate)
 
+        if key != code:  # a cluster: its stem is the nearest concept
+            add(key)
         stem = key.split(".")[0]
         if stem in self._concepts:
             for child in self._children.get(stem, ()):
@@ -190,13 +192,17 @@ class Cim11:
         return SearchIndex(entries, leaves)
 
     def search(self, text: str, limit: int = 10) -> list[SearchHit]:
-        hits: list[SearchHit] = []
+        """Codes whose French labels best match `text` (a code typed as such comes first)."""
         concept = self.get(text) if text.strip() else None
-        if concept is not None and concept.kind != "chapter":
-            hits.append(SearchHit(concept.code, concept.label, float("inf")))
-        for code, label, score in self._index.search(text, limit):
-            if not hits or code != hits[0].code:
-                hits.append(SearchHit(code, label, score))
+        exact = concept if concept is not None and concept.kind != "chapter" else None
+        hits = [
+            SearchHit(code, label, score)
+            for code, label, score in self._index.search(text, limit)
+            if exact is None or code != exact.code
+        ]
+        if exact is not None:
+            best = max((hit.score for hit in hits), default=0.0)
+            hits.insert(0, SearchHit(exact.code, exact.label, best + 1.0))
         return hits[:limit]
 
 
@@ -249,12 +255,14 @@ def build_cim11(
     for entity, code, label, _parent, label_en in rows:
         if not code:
             continue
-        chapter = chapter_of_code(code)
-        if chapter is None:
+        code_chapter = chapter_of_code(code)
+        if code_chapter is None:
             raise TerminologyFileError(f"{source}: CIM-11 code {code!r} has no chapter")
-        parent = coded_parent(entity) or chapter
+        parent = coded_parent(entity) or code_chapter
         kind = "extension_code" if code.startswith("X") else "stem"
-        concepts[code] = Concept(code, label, label, kind, parent, chapter, None, None, label_en)
+        concepts[code] = Concept(
+            code, label, label, kind, parent, code_chapter, None, None, label_en
+        )
         codes.append(code)
         children.setdefault(parent, []).append(code)
     return Cim11(

@@ -73,6 +73,8 @@ def _show(args: argparse.Namespace) -> int:
     from cimcoder.terminologies.registry import load_terminology
 
     terminology = load_terminology(args.terminology)
+    if args.terminology == "cim11" and any(sep in args.code for sep in "&/"):
+        return _show_cluster(args)
     concept = terminology[args.code]
     children = list(terminology.children(concept.code)) if concept.kind != "chapter" else []
     ancestors = terminology.ancestors(concept.code)
@@ -115,6 +117,33 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_cluster(args: argparse.Namespace) -> int:
+    """A post-coordinated CIM-11 code: the concept of each part."""
+    from cimcoder.terminologies.cim11 import load_cim11
+
+    cim11 = load_cim11()
+    code = cim11.normalize(args.code)
+    parts = cim11.cluster(code)  # unknown part: UnknownCodeError with suggestions
+    if args.json:
+        _print_json(
+            {
+                "code": code,
+                "terminology": "cim11",
+                "edition": cim11.edition,
+                "title": cim11.cluster_title(code),
+                "title_en": cim11.cluster_title(code, english=True),
+                "parts": [part.to_dict() for part in parts],
+            }
+        )
+        return 0
+    print(f"{code}  {cim11.cluster_title(code)}")
+    print(f"  édition  {cim11.edition}")
+    print("  niveau   code post-coordonné (cluster)")
+    for part in parts:
+        print(f"  {part.code:<8} {part.label}  [{_KIND_WORDS.get(part.kind, part.kind)}]")
+    return 0
+
+
 def _search(args: argparse.Namespace) -> int:
     from cimcoder.terminologies.registry import load_terminology
 
@@ -128,8 +157,6 @@ def _search(args: argparse.Namespace) -> int:
         results = []
         for hit in hits:
             item = hit.to_dict()
-            if item["score"] == float("inf"):
-                item["score"] = None  # the text was the code itself
             concept = terminology[hit.code]
             if concept.restrictions is not None:
                 item["restrictions"] = concept.restrictions.describe()
@@ -169,24 +196,21 @@ def _map(args: argparse.Namespace) -> int:
     crosswalk = load_crosswalk()
     if args.to == "cim11":
         source = crosswalk.cim10[args.code]
-        targets = crosswalk.to_cim11(source.code)
+        source_code = source.code
+        targets = crosswalk.to_cim11(source_code)
         reason = (
-            crosswalk.no_mapping_reason(source.code)
+            crosswalk.no_mapping_reason(source_code)
             if not any(t.primary for t in targets)
             else None
         )
         target_edition = crosswalk.cim11.edition
+        source_title = source.long_label
     else:
         source_code = crosswalk.cim11.normalize(args.code)
-        stem = crosswalk.cim11[source_code.split("/")[0].split("&")[0]]
-        source = stem if stem.code == source_code else None  # type: ignore[assignment]
-        targets = crosswalk.to_cim10(source_code)
+        targets = crosswalk.to_cim10(source_code)  # unknown stem: error with suggestions
         reason = None if targets else "no CIM-10 code in the WHO ICD-11 -> ICD-10 table"
         target_edition = crosswalk.cim10.edition
-    source_code = targets[0].source if targets else (source.code if source else args.code)
-    source_title = (
-        source.long_label if source is not None else crosswalk.cim11.cluster_title(source_code)
-    )
+        source_title = crosswalk.cim11.cluster_title(source_code)
     if args.json:
         _print_json(
             {
@@ -211,7 +235,7 @@ def _map(args: argparse.Namespace) -> int:
             for part, title in target.parts:
                 print(f"      {part}  {title}")
         if target.via:
-            print(f"      via {target.via} (code parent présent dans la table OMS)")
+            print(f"      via {target.via} (code le plus proche présent dans la table OMS)")
     return 0
 
 

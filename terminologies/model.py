@@ -62,6 +62,9 @@ class Restrictions:
     def external_cause(self) -> bool:
         return self.mco_type == 2
 
+    def __reduce__(self) -> tuple[type[Restrictions], tuple[object, ...]]:
+        return (Restrictions, (self.mco_type, self.smr_profile, self.psy_type))
+
     def allows(self, role: str) -> bool:
         """Whether the code may be recorded in `role` ("DP", "DR", "DAS") in MCO/HAD."""
         return {"DP": self.allowed_dp, "DR": self.allowed_dr, "DAS": self.allowed_das}.get(
@@ -123,6 +126,25 @@ class Concept:
     label_en: str | None = None
     short_label: str | None = None  # ATIH's abbreviated upper-case label (CIM-10 FR)
     deleted_in: str | None = None  # ATIH files keep deleted codes labelled "*** SUaa ***"
+
+    def __reduce__(self) -> tuple[type[Concept], tuple[object, ...]]:
+        # Positional state: a much smaller and faster pickle for the on-disk cache.
+        return (
+            Concept,
+            (
+                self.code,
+                self.label,
+                self.long_label,
+                self.kind,
+                self.parent,
+                self.chapter,
+                self.block,
+                self.restrictions,
+                self.label_en,
+                self.short_label,
+                self.deleted_in,
+            ),
+        )
 
     @property
     def deleted(self) -> bool:

@@ -12,6 +12,7 @@ import functools
 import math
 import re
 import unicodedata
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -52,8 +53,8 @@ ABBREVIATIONS: dict[str, str] = {
     "fa": "fibrillation auriculaire",
     "acfa": "fibrillation auriculaire",
     "idm": "infarctus aigu myocarde",
-    "sca": "syndrome coronaire aigu",
-    "oap": "oedeme aigu pulmonaire insuffisance ventriculaire gauche",
+    "sca": "cardiopathie ischemique aigue",
+    "oap": "insuffisance ventriculaire gauche",
     "ic": "insuffisance cardiaque",
     "icc": "insuffisance cardiaque congestive",
     "ivg": "insuffisance ventriculaire gauche",
@@ -63,8 +64,8 @@ ABBREVIATIONS: dict[str, str] = {
     "avc": "accident vasculaire cerebral",
     "ait": "accident ischemique cerebral transitoire",
     "ep": "embolie pulmonaire",
-    "tvp": "thrombose veineuse profonde phlebite",
-    "pna": "pyelonephrite aigue",
+    "tvp": "phlebite thrombophlebite vaisseaux profonds membres inferieurs",
+    "pna": "nephrite tubulo interstitielle aigue",
     "iu": "infection voies urinaires",
     "hbp": "hyperplasie prostate",
     "rau": "retention urine",
@@ -85,7 +86,7 @@ ABBREVIATIONS: dict[str, str] = {
     "ppr": "pseudopolyarthrite rhizomelique",
     "aeg": "alteration etat general",
     "omi": "oedeme localise",
-    "tc": "traumatisme cranien intracranienne",
+    "tc": "lesion traumatique intracranienne",
     "oh": "alcool dependance",
     "atcd": "antecedents personnels",
     "vih": "immunodeficience humaine virus",
@@ -106,6 +107,10 @@ WORD_ALTERNATIVES: dict[str, tuple[str, ...]] = {
     "infection": ("infectieuse",),
     "cancer": ("maligne",),
     "insuline": ("insulinotraite",),
+    "denutrition": ("malnutrition",),
+    "severe": ("grave",),
+    "ferriprive": ("fer",),
+    "pyelonephrite": ("nephrite",),
     "insulinodependant": ("insulinotraite",),
     "tumeur": ("neoplasme",),
 }
@@ -119,26 +124,13 @@ SYNONYMS: dict[str, str] = {
 }
 
 
-@functools.cache
-def _fold_table() -> dict[int, str]:
-    table: dict[int, str] = {ord("œ"): "oe", ord("æ"): "ae", ord("’"): "'"}
-    for point in range(0xC0, 0x250):
-        char = chr(point)
-        base = "".join(
-            c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c)
-        )
-        if base != char and point not in table:
-            table[point] = base
-    return table
-
-
 def fold(text: str) -> str:
-    """Lower case, no accents, ligatures split (œ -> oe)."""
-    folded = text.lower().translate(_fold_table())
-    if folded.isascii():
-        return folded
-    decomposed = unicodedata.normalize("NFKD", folded)  # rare characters beyond the table
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    """Lower case, no accents, ligatures split (œ -> oe); other non-ASCII characters dropped."""
+    text = text.lower()
+    if text.isascii():
+        return text
+    text = text.replace("œ", "oe").replace("æ", "ae").replace("’", "'")
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -190,15 +182,19 @@ class SearchIndex:
         self._codes = tuple(codes)
         self._labels = tuple(labels)
         self._phrases = tuple(phrases)
-        self._lengths = tuple(lengths)
+        self._lengths = array("i", lengths)
         self._avg_length = (sum(lengths) / len(lengths)) if lengths else 1.0
-        self._postings = {term: tuple(row.items()) for term, row in postings.items()}
+        # Compact arrays: fast to search, and small and fast to pickle in the disk cache.
+        self._postings = {
+            term: (array("i", row.keys()), array("I", row.values()))
+            for term, row in postings.items()
+        }
         self._vocabulary = tuple(sorted(self._postings))
         self._leaf = tuple(code in leaves for code in codes)
         n = max(len(codes), 1)
         self._idf = {
             term: math.log(1 + (n - len(row) + 0.5) / (len(row) + 0.5))
-            for term, row in self._postings.items()
+            for term, row in postings.items()
         }
 
     def __len__(self) -> int:
@@ -268,7 +264,7 @@ class SearchIndex:
                 if not row:
                     continue
                 idf = self._idf[term]
-                for doc, tf in row:
+                for doc, tf in zip(*row, strict=True):
                     norm = (
                         tf
                         * (self.K1 + 1)

@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pg import PostgresServer, find_bin_dir, wait_ready  # noqa: E402
+from pg import PostgresServer, find_bin_dir, wait_ready
 
 
 @pytest.fixture(scope="session")

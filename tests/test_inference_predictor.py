@@ -240,8 +240,9 @@ def test_refuses_a_label_space_of_another_edition(tiny_run: Path, tmp_path: Path
 
 
 def test_refuses_a_policy_of_another_model(tiny_run: Path, tmp_path: Path) -> None:
-    from cimcoder.errors import CimcoderError
     from cimcoder.inference import Predictor
+
+    from cimcoder.errors import CimcoderError
 
     other = tmp_path / "other-policy"
     shutil.copytree(tiny_run, other)
@@ -249,7 +250,7 @@ def test_refuses_a_policy_of_another_model(tiny_run: Path, tmp_path: Path) -> No
     policy["labels"] = policy["labels"][:-1]
     policy["codes"].pop(next(reversed(policy["codes"])))
     (other / "policy.json").write_text(json.dumps(policy), encoding="utf-8")
-    with pytest.raises(CimcoderError, match="label space|policy"):
+    with pytest.raises(CimcoderError, match=r"label space|policy"):
         Predictor.load(other)
 
 

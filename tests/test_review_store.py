@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
-
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.review import audit, export, monitoring, workflow
 from cimcoder.serving.review.schemas import CodeDecisionIn, ReviewIn
@@ -27,6 +25,7 @@ from cimcoder.serving.review.store import (
     ReviewStore,
 )
 from cimcoder.training.corpora.schema import Stay
+from sqlalchemy import func, select, text
 
 # -- clinical cases (shared with the other review tests) ---------------------------------
 
@@ -105,7 +104,7 @@ def full_review(base_version: int, **overrides: Any) -> ReviewIn:
             CodeDecisionIn(code="I50.0", action="accept"),
             CodeDecisionIn(code="I10", action="accept"),
             CodeDecisionIn(code="E11.9", action="reject", reason="non pris en charge"),
-            CodeDecisionIn(code="e876", action="add"),
+            CodeDecisionIn(code="e8768", action="add"),
         ],
         "dp": "I50.0",
     }
@@ -198,7 +197,12 @@ def test_save_accept_reject_add_and_dp(store: ReviewStore) -> None:
     assert result["status"] == "validated"
     assert result["dp"] == "I50.0"
     finals = {c["final_code"]: c["role"] for c in result["codes"] if c["final_code"]}
-    assert finals == {"I50.0": "DP", "I10": "DAS", "E87.6": "DAS"}
+    assert finals == {"I50.0": "DP", "I10": "DAS", "E87.68": "DAS"}
+    # I50.0 was split by the ATIH (I50.00-I50.09): the grouping would reject it, so say so.
+    assert result["warnings"] == [
+        "I50.0 n'est pas codable en MCO (code père interdit) : préférer I50.00, I50.01, "
+        "I50.02, I50.09"
+    ]
     with store.session() as session:
         stay = session.get(ReviewStay, "sej-ic-3")
         assert (stay.status, stay.version, stay.validated_by) == ("validated", 2, "dr-dupont")
@@ -224,15 +228,15 @@ def test_change_of_a_code_moves_the_dp(store: ReviewStore) -> None:
     body = full_review(
         1,
         codes=[
-            CodeDecisionIn(code="I50.0", action="change", new_code="I11.0"),
-            CodeDecisionIn(code="I10", action="reject", reason="inclus dans I11.0"),
+            CodeDecisionIn(code="I50.0", action="change", new_code="I11.09"),
+            CodeDecisionIn(code="I10", action="reject", reason="inclus dans I11.09"),
             CodeDecisionIn(code="E11.9", action="accept"),
         ],
-        dp="I11.0",
+        dp="I11.09",
     )
     result = workflow.save_review(store, "sej-ic-4", body, "dr-dupont")
     assert [(c["code"], c["final_code"], c["role"]) for c in result["codes"]] == [
-        ("I50.0", "I11.0", "DP"), ("I10", None, None), ("E11.9", "E11.9", "DAS"),
+        ("I50.0", "I11.09", "DP"), ("I10", None, None), ("E11.9", "E11.9", "DAS"),
     ]
 
 
@@ -276,8 +280,14 @@ def test_second_coder_on_a_stale_version_gets_a_conflict(store: ReviewStore) -> 
                                    CodeDecisionIn(code="I10", action="accept"),
                                    CodeDecisionIn(code="E11.9", action="reject")]}, "DP E11.9"),
         ({"codes": [CodeDecisionIn(code="J18.9", action="accept")]}, "not a suggestion"),
+        ({"dp": "W19.0", "codes": [CodeDecisionIn(code="I50.0", action="accept"),
+                                 CodeDecisionIn(code="I10", action="accept"),
+                                 CodeDecisionIn(code="E11.9", action="accept"),
+                                 CodeDecisionIn(code="W19.0", action="add")]},
+         "W19.0 ne peut pas être DP"),
     ],
-    ids=["no-dp", "undecided", "unknown-code", "dp-rejected", "accept-unsuggested"],
+    ids=["no-dp", "undecided", "unknown-code", "dp-rejected", "accept-unsuggested",
+         "external-cause-dp"],
 )
 def test_invalid_saves_are_refused_and_write_nothing(
     store: ReviewStore, overrides: dict[str, Any], message: str
@@ -307,7 +317,7 @@ def test_export_gives_corpora_stays_and_audit_exports(store: ReviewStore, tmp_pa
     stays = [Stay.model_validate_json(line) for line in out.read_text().splitlines()]
     assert stays[0].id == "sej-ic-9"
     assert [(d.code, d.role) for d in stays[0].diagnoses] == [
-        ("I50.0", "DP"), ("I10", "DAS"), ("E87.6", "DAS"),
+        ("I50.0", "DP"), ("I10", "DAS"), ("E87.68", "DAS"),
     ]
     assert stays[0].text == CRH_INSUFFISANCE_CARDIAQUE
     assert stays[0].context is not None and stays[0].context.unit == "Cardiologie"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from cimcoder.errors import CimcoderError
 from cimcoder.terminologies import (
     InvalidCodeError,
     Terminology,
+    TerminologyError,
     UnknownCodeError,
     load_cim10,
     load_terminology,
@@ -18,6 +17,8 @@ from cimcoder.terminologies import (
 from cimcoder.terminologies.cim11 import load_cim11
 from cimcoder.terminologies.codes import undotted
 from cimcoder.terminologies.crosswalk import load_crosswalk
+
+from cimcoder.errors import CimcoderError
 
 
 # --- normalisation ------------------------------------------------------------------------
@@ -45,7 +46,9 @@ def test_normalize_cim10_spellings(raw: str, canonical: str) -> None:
     assert normalize_code(raw) == canonical
 
 
-@pytest.mark.parametrize("raw", ["", "   ", "I5", "50.0", "I5.00", "I50.0.1", "HTA", "I5000000", "I50-I52"])
+@pytest.mark.parametrize(
+    "raw", ["", "   ", "I5", "50.0", "I5.00", "I50.0.1", "HTA", "I5000000", "I50-I52"]
+)
 def test_normalize_rejects_malformed_cim10(raw: str) -> None:
     with pytest.raises(InvalidCodeError) as info:
         normalize_code(raw)
@@ -189,7 +192,9 @@ def test_external_cause_is_not_a_principal_diagnosis() -> None:
 def test_sequelae_may_not_be_principal_diagnosis() -> None:
     restrictions = load_cim10().restrictions("B90.0")  # séquelles de tuberculose du SNC
     assert restrictions.mco_type == 4
-    assert not restrictions.allows("DP") and restrictions.allows("DR") and restrictions.allows("DAS")
+    assert (
+        not restrictions.allows("DP") and restrictions.allows("DR") and restrictions.allows("DAS")
+    )
     assert restrictions.describe_smr() == "autorisé en affection étiologique, diagnostic associé"
 
 
@@ -199,11 +204,18 @@ def test_essential_hypertension_is_allowed_everywhere() -> None:
     assert restrictions.describe() == "autorisé en DP, DR et DAS"
 
 
+def test_chapters_carry_no_restrictions() -> None:
+    with pytest.raises(TerminologyError, match="IX is a chapter"):
+        load_cim10().restrictions("IX")
+
+
 def test_chemotherapy_session_is_an_smr_main_purpose() -> None:
     # Z51.1 séance de chimiothérapie: the DP of a chemotherapy day, FPP in SMR.
     restrictions = load_cim10().restrictions("Z51.1")
     assert restrictions.allows("DP")
-    assert restrictions.describe_smr().startswith("autorisé en finalité principale de prise en charge")
+    assert restrictions.describe_smr().startswith(
+        "autorisé en finalité principale de prise en charge"
+    )
 
 
 # --- search -------------------------------------------------------------------------------
@@ -234,6 +246,11 @@ def test_search_left_heart_failure_ranks_i50_1_in_top_three() -> None:
         ("Pneumopathie a pneumocoque", "J13", 3),  # accents dropped
         ("diabete type 2 insuline coma", "E11.00", 3),
         ("insuf card", "I50.9", 10),  # words being typed
+        ("dénutrition sévère", "E43", 1),  # the label says "malnutrition ... grave"
+        ("anémie ferriprive", "D50.9", 3),
+        ("TVP", "I80.2", 1),
+        ("PNA", "N10", 1),
+        ("OAP", "I50.1", 1),
         ("I10", "I10", 1),  # a code typed in the search box
     ],
 )
@@ -340,7 +357,8 @@ def test_crosswalk_coverage() -> None:
     stats = load_crosswalk().stats()
     assert stats["cim10_codes"] == len(load_cim10().codes())
     assert 0.9 < stats["cim10_coverage"] <= 1.0
-    assert stats["cim10_mapped_direct"] + stats["cim10_mapped_via_parent"] + stats["cim10_no_mapping"] == stats[
-        "cim10_codes"
-    ]
+    assert (
+        stats["cim10_mapped_direct"] + stats["cim10_mapped_via_parent"] + stats["cim10_no_mapping"]
+        == stats["cim10_codes"]
+    )
     assert 0.5 < stats["cim11_coverage"] <= 1.0

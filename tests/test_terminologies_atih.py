@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cimcoder.terminologies import TerminologyFileError, UnknownEditionError, load_cim10
 from cimcoder.terminologies.cache import cached
 
@@ -42,11 +41,16 @@ def test_dim_loads_the_year_file(tmp_path: Path) -> None:
     cim10 = load_cim10(edition="2026", path=path)
     assert cim10 is load_cim10(edition="2026", path=str(path))
     assert cim10.edition == "cim10-fr-atih-2026"
-    assert cim10["A000"].label == "Choléra à Vibrio cholerae 01, biovar cholerae"  # accents read in Latin-1
+    assert (
+        cim10["A000"].label == "Choléra à Vibrio cholerae 01, biovar cholerae"
+    )  # accents read in Latin-1
     assert cim10["R53+1"].parent == "R53"
     assert cim10.ancestors("I50.10") == ["I50.1", "I50", "I30-I52", "IX"]
     assert cim10.restrictions("V01.0").external_cause
-    assert cim10.restrictions("R53+1").describe_smr() == "autorisé en manifestation morbide principale, diagnostic associé"
+    assert (
+        cim10.restrictions("R53+1").describe_smr()
+        == "autorisé en manifestation morbide principale, diagnostic associé"
+    )
     assert "I50.1" in [hit.code for hit in cim10.search("insuffisance cardiaque gauche", limit=3)]
 
 
@@ -70,7 +74,11 @@ def test_deleted_codes_stay_but_are_not_offered(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_line_is_named(tmp_path: Path, bad_line: str, message: str) -> None:
-    lines = ["A00   |3|NNNN|3|CHOLERA|Choléra", "A000  |0|NOOO|0|CHOLERA 01|Choléra 01", "I10   |0|NOOO|0|HTA|HTA"]
+    lines = [
+        "A00   |3|NNNN|3|CHOLERA|Choléra",
+        "A000  |0|NOOO|0|CHOLERA 01|Choléra 01",
+        "I10   |0|NOOO|0|HTA|HTA",
+    ]
     path = _write(tmp_path / "LIBCIM10MULTI_bad.TXT", [*lines, bad_line])
     with pytest.raises(TerminologyFileError) as info:
         load_cim10(edition="2027", path=path)

@@ -176,6 +176,12 @@ class TrainingConfig(_Strict):
     num_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads (None: torch default)."
     )
+    time_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description="Do not start an epoch that would end after this many seconds of training "
+        "(the CPU quickstart's 15-minute bound). None: no limit.",
+    )
     keep_checkpoints: bool = Field(
         True, description="Keep checkpoints/ after training (needed to resume)."
     )

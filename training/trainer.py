@@ -40,7 +40,8 @@ ValidationMetric = Callable[[np.ndarray, np.ndarray], float]
 
 # Config keys that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {("training", "max_steps"), ("training", "epochs"), ("training", "num_threads"),
-                      ("training", "patience"), ("tracking", "tracking_uri")}
+                      ("training", "patience"), ("training", "time_budget_s"),
+                      ("tracking", "tracking_uri")}
 
 
 class TrainingError(CimcoderError):
@@ -338,6 +339,9 @@ def train(
     """
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one save per improved epoch: keep the log readable
     run_dir, resuming = _prepare_run_dir(config, resume)
     _seed_everything(config.training.seed)
     data = prepare_data(config)
@@ -473,6 +477,14 @@ def _gradient_loop(
             and not state["stopped_early"]
             and (tcfg.max_steps is None or state["global_step"] < tcfg.max_steps)
         ):
+            if tcfg.time_budget_s and state["history"] and state["batch_in_epoch"] == 0:
+                spent = state.get("elapsed_seconds", 0.0)
+                if spent + spent / max(state["epoch"], 1) > tcfg.time_budget_s:
+                    state["stopped_early"] = True
+                    state["stop_reason"] = "time_budget"
+                    logger.info("stopping: another epoch would exceed training.time_budget_s")
+                    save_checkpoint()
+                    break
             order = _epoch_order(len(train_docs), tcfg.seed, state["epoch"])
             batches = [order[i : i + tcfg.batch_size] for i in range(0, len(order), tcfg.batch_size)]
             start_batch = state["batch_in_epoch"]
@@ -480,6 +492,7 @@ def _gradient_loop(
             bar = tqdm(total=len(batches), initial=start_batch, desc=f"epoch {state['epoch'] + 1}/{tcfg.epochs}",
                        unit="batch", disable=None, leave=False)
             t0 = time.perf_counter()
+            epoch_started = t0
             tokens = 0
             hit_max = False
             for b in range(start_batch, len(batches)):
@@ -525,11 +538,14 @@ def _gradient_loop(
                 logger.info("stopped at step %d (training.max_steps); re-run to resume", state["global_step"])
                 break
             end_of_epoch(train_loss)
+            # The budget counts evaluation too: it is part of every epoch's cost.
+            state["elapsed_seconds"] = state.get("elapsed_seconds", 0.0) + time.perf_counter() - epoch_started
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
             state["epoch_losses"] = []
             if state["epochs_without_improvement"] >= tcfg.patience:
                 state["stopped_early"] = True
+                state["stop_reason"] = "early_stopping"
                 logger.info("early stopping: no improvement for %d epochs", tcfg.patience)
             save_checkpoint()
     except BaseException:
@@ -543,6 +559,9 @@ def _gradient_loop(
     summary["epochs_run"] = state["epoch"]
     summary["global_step"] = state["global_step"]
     summary["stopped_early"] = state["stopped_early"]
+    summary["stop_reason"] = state.get("stop_reason") or (
+        "early_stopping" if state["stopped_early"] else "epochs_or_max_steps")
+    summary["elapsed_seconds"] = round(state.get("elapsed_seconds", 0.0), 1)
     summary["train_tokens_per_s"] = round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1)
     summary["history"] = state["history"]
     _write_json(run_dir / METRICS_FILE, summary)

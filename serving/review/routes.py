@@ -80,10 +80,18 @@ def init_app(app: FastAPI, settings: Settings) -> None:
     @asynccontextmanager
     async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
         await asyncio.to_thread(store_for_app, app_)
+        # Coders' codes are checked against the terminology: load it now, not in a save.
+        await asyncio.to_thread(_warm_terminology)
         async with previous(app_) as state:
             yield state
 
     app.router.lifespan_context = lifespan
+
+
+def _warm_terminology() -> None:
+    from cimcoder.terminologies import load_terminology
+
+    load_terminology("cim10")
 
 
 def get_store(request: Request) -> ReviewStore:
@@ -168,6 +176,39 @@ def post_decisions(stay_id: str, body: ReviewIn, user: CurrentUser, store: Store
         raise _not_found(exc) from None
     except ReviewConflict as exc:
         raise HTTPException(409, {"detail": str(exc), "current": exc.current}) from None
+
+
+@router.get("/v1/review/codes/search", summary="Terminology search for the review page")
+def search_codes(
+    request: Request,
+    user: CurrentUser,
+    q: Annotated[str, Query(min_length=1, max_length=200, description="Words or a code.")],
+    limit: Annotated[int, Query(ge=1, le=50)] = 10,
+) -> dict[str, Any]:
+    # Same answer as GET /v1/codes/search, but open to the coders' session cookie (the
+    # machine API accepts keys only).
+    if not q.strip():
+        raise HTTPException(422, "the query 'q' is empty")
+    predictor = getattr(request.app.state, "predictor", None)
+    terminology = getattr(predictor, "terminology", None)
+    if terminology is None:
+        from cimcoder.terminologies import load_terminology
+
+        terminology = load_terminology("cim10")
+    hits = list(terminology.search(q, limit))
+    direct = terminology.get(q.strip()) if len(q.strip()) <= 8 else None
+    if direct is not None and all(h.code != direct.code for h in hits):
+        hits = hits[: limit - 1]
+        results = [{"code": direct.code, "label": direct.label, "score": 1.0}]
+    else:
+        results = []
+    results += [{"code": h.code, "label": h.label, "score": round(h.score, 4)} for h in hits]
+    return {
+        "query": q,
+        "terminology": terminology.name,
+        "edition": terminology.edition,
+        "results": results,
+    }
 
 
 @router.get("/v1/review/settings", summary="DIM settings of the review workflow")

@@ -115,6 +115,9 @@ class ReviewResult(BaseModel):
     dp: str | None
     codes: list[dict[str, str | None]]
     replayed: bool = Field(description="True when this decision id had already been saved.")
+    warnings: list[str] = Field(
+        default_factory=list, description="PMSI checks, e.g. a forbidden parent code kept."
+    )
 
 
 class QcSettingsIn(BaseModel):

@@ -449,7 +449,9 @@ def check_code(code: str, terminology: str) -> str:
     return canonical
 
 
-def _review_result(review: Review, replayed: bool) -> dict[str, Any]:
+def _review_result(
+    review: Review, replayed: bool, warnings: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "decision_id": review.id,
         "stay_id": review.stay_id,
@@ -461,10 +463,65 @@ def _review_result(review: Review, replayed: bool) -> dict[str, Any]:
             for rc in review.codes
         ],
         "replayed": replayed,
+        "warnings": warnings or [],
     }
 
 
-def _plan(stay: ReviewStay, body: ReviewIn) -> tuple[list[ReviewCode], str | None]:
+# ATIH "type MCO" values that forbid a code as DP (1, 2: not DP/DR; 4: not DP); type 3
+# (forbidden parent) makes the grouping reject the stay whatever the role.
+_NOT_DP_TYPES = {1: "interdit en DP et DR", 2: "cause externe, interdite en DP", 4: "interdit en DP"}
+
+
+def _restrictions(code: str, terminology: str) -> Any:
+    if terminology != "cim10":
+        return None
+    from cimcoder.terminologies import load_terminology
+
+    concept = load_terminology("cim10").get(code)
+    return concept.restrictions if concept is not None else None
+
+
+def check_dp(code: str, terminology: str) -> None:
+    """Refuse a DP that the PMSI never accepts as DP (ATIH types 1, 2 and 4)."""
+    restrictions = _restrictions(code, terminology)
+    if restrictions is not None and restrictions.mco_type in _NOT_DP_TYPES:
+        raise InvalidReview(f"{code} ne peut pas être DP ({_NOT_DP_TYPES[restrictions.mco_type]})")
+
+
+def pmsi_warnings(codes: list[str], terminology: str) -> list[str]:
+    """Codes the grouping would reject (forbidden parent codes): reported, not refused, since
+    a model's label space may hold them."""
+    from cimcoder.terminologies import load_terminology
+
+    out = []
+    for code in codes:
+        restrictions = _restrictions(code, terminology)
+        if restrictions is not None and not restrictions.codable:
+            children = load_terminology("cim10").children(code)  # type: ignore[attr-defined]
+            hint = f" : préférer {', '.join(children[:4])}" if children else ""
+            out.append(f"{code} n'est pas codable en MCO (code père interdit){hint}")
+    return out
+
+
+def _canonical_codes(body: ReviewIn, terminology: str) -> dict[str, str]:
+    """Canonical spelling of every code the coder typed (added, change targets, DP).
+
+    Done before the save's transaction opens: the first terminology load takes a while and
+    must not hold the stay's row lock.
+    """
+    typed = [i.code for i in body.codes if i.action == "add"]
+    typed += [i.new_code for i in body.codes if i.action == "change" and i.new_code]
+    if body.dp is not None:
+        typed.append(body.dp)
+    canon = {raw: check_code(raw, terminology) for raw in dict.fromkeys(typed)}
+    if body.dp is not None:
+        check_dp(canon[body.dp], terminology)
+    return canon
+
+
+def _plan(
+    stay: ReviewStay, body: ReviewIn, canon: dict[str, str]
+) -> tuple[list[ReviewCode], str | None]:
     """Turn the request into review rows; checks every rule before anything is written."""
     suggestions = {p.code: p for p in stay.predictions}
     seen: set[str] = set()
@@ -472,7 +529,7 @@ def _plan(stay: ReviewStay, body: ReviewIn) -> tuple[list[ReviewCode], str | Non
     for item in body.codes:
         action = Action(item.action)
         if action is Action.ADD:
-            code = check_code(item.code, stay.terminology)
+            code = canon[item.code]
             if code in suggestions and suggestions[code].decision != "reject":
                 raise InvalidReview(f"{code} is already suggested: accept it instead of adding it")
             final: str | None = code
@@ -485,7 +542,7 @@ def _plan(stay: ReviewStay, body: ReviewIn) -> tuple[list[ReviewCode], str | Non
             elif action is Action.REJECT:
                 final = None
             else:
-                final = check_code(item.new_code or "", stay.terminology)
+                final = canon[item.new_code or ""]
         if code in seen:
             raise InvalidReview(f"{code} is decided twice in the same save")
         seen.add(code)
@@ -528,7 +585,7 @@ def _plan(stay: ReviewStay, body: ReviewIn) -> tuple[list[ReviewCode], str | Non
         raise InvalidReview(f"code(s) coded twice: {', '.join(dupes)}")
     dp = None
     if body.dp is not None:
-        dp = check_code(body.dp, stay.terminology)
+        dp = canon[body.dp]
         if dp not in finals:
             raise InvalidReview(f"the DP {dp} must be one of the codes kept for the stay")
     if body.status == "validated" and dp is None:
@@ -547,17 +604,31 @@ def save_review(
     The transaction writes the review, its codes, the stay's new version and the audit event
     together: a crash leaves either all of them or none.
     """
+    with store.session() as session:
+        stay = session.get(ReviewStay, stay_id)
+        if stay is None:
+            raise UnknownStay(f"stay {stay_id!r} is not in the review queue")
+        terminology = stay.terminology
+    canon = _canonical_codes(body, terminology)
     for _attempt in range(3):
         try:
-            return _save_once(store, stay_id, body, coder)
+            return _save_once(store, stay_id, body, coder, canon)
         except IntegrityError:
             # Another request with the same decision id (a retry) or the same next version
             # committed first: the loop answers from what is now stored.
             logger.info("save of %s raced with another; re-reading", stay_id)
+        except ReviewConflict as exc:
+            if not exc.current:
+                # Lost the race at the UPDATE: tell the coder what the stay is now.
+                with store.session() as session:
+                    exc.current = stay_summary(session.get(ReviewStay, stay_id))  # type: ignore[arg-type]
+            raise
     raise ReviewConflict(f"stay {stay_id} is being saved by someone else: reload and try again")
 
 
-def _save_once(store: ReviewStore, stay_id: str, body: ReviewIn, coder: str) -> dict[str, Any]:
+def _save_once(
+    store: ReviewStore, stay_id: str, body: ReviewIn, coder: str, canon: dict[str, str]
+) -> dict[str, Any]:
     with store.session() as session:
         existing = session.get(Review, body.decision_id)
         if existing is not None:
@@ -573,7 +644,7 @@ def _save_once(store: ReviewStore, stay_id: str, body: ReviewIn, coder: str) -> 
                 f"{body.base_version}) : rechargez-le",
                 current=stay_summary(stay),
             )
-        rows, dp = _plan(stay, body)
+        rows, dp = _plan(stay, body, canon)
         before = current_coding(session, stay) | {"status": stay.status, "version": stay.version}
         _ensure_coder(session, coder)
         now = utcnow()
@@ -609,6 +680,8 @@ def _save_once(store: ReviewStore, stay_id: str, body: ReviewIn, coder: str) -> 
         review.codes = rows
         session.add(review)
         session.flush()
+        finals = [r.final_code for r in rows if r.final_code]
+        warnings = pmsi_warnings(finals, stay.terminology)
         audit.record(
             session,
             actor=coder,
@@ -632,10 +705,11 @@ def _save_once(store: ReviewStore, stay_id: str, body: ReviewIn, coder: str) -> 
                     for r in rows
                 ],
                 "qc": stay.qc_sampled,
+                "warnings": warnings,
             },
         )
         logger.info("stay %s saved by %s (version %d)", stay_id, coder, new_version)
-        return _review_result(review, replayed=False)
+        return _review_result(review, replayed=False, warnings=warnings)
 
 
 def enqueue_many(

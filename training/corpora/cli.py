@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,13 @@ def _validate(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from cimcoder.training.corpora.stats import corpus_stats, format_stats
 
-    stats = corpus_stats(_load(args, args.dataset))
+    corpus = _load(args, args.dataset)
+    report = corpus.report
+    if not report.ok:
+        print(f"warning: {len(report.skipped)} records skipped, {len(report.unknown_codes)} invalid or "
+              f"unknown codes left out; `cimcoder data validate {args.dataset}` lists them",
+              file=sys.stderr)
+    stats = corpus_stats(corpus)
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))
     else:

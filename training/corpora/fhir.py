@@ -85,7 +85,7 @@ def _codings(concepts: Any) -> list[dict[str, Any]]:
 def _explicit_role(values: list[Any]) -> Role | None:
     for value in values:
         if isinstance(value, str) and value.strip().upper() in _ROLES:
-            return value.strip().upper()  # type: ignore[return-value]
+            return value.strip().upper()
     return None
 
 
@@ -269,11 +269,11 @@ def _bundle_stays(
             report.skip("encounter without document text", file=bundle.label, resource_id=enc_key)
     stays = []
     for key, docs in documents.items():
-        encounter = encounters.get(key)
-        if encounter is None and fallback is None:
+        stay_encounter = encounters.get(key)
+        if stay_encounter is None and fallback is None:
             report.skip(f"documents point at {key}, absent from the bundle", file=bundle.label, resource_id=key)
             continue
-        patient_ref = bundle.key((encounter or {}).get("subject")) or _first_subject(bundle)
+        patient_ref = bundle.key((stay_encounter or {}).get("subject")) or _first_subject(bundle)
         stays.append(
             Stay(
                 id=key.split("/", 1)[-1],
@@ -282,7 +282,7 @@ def _bundle_stays(
                 diagnoses=diagnoses.get(key, []),
                 terminology=terminology,
                 edition=resolver.edition if diagnoses.get(key) else None,
-                context=_context(encounter, bundle.by_ref.get(patient_ref or "")),
+                context=_context(stay_encounter, bundle.by_ref.get(patient_ref or "")),
             )
         )
     return stays
@@ -380,4 +380,4 @@ def _context(encounter: dict[str, Any] | None, patient: dict[str, Any] | None) -
         unit = service.get("text") or next((c.get("display") for c in _codings(service) if c.get("display")), None)
     if los is None and sex is None and age is None and unit is None:
         return None
-    return StayContext(unit=unit, age=age, sex=sex, length_of_stay=los)  # type: ignore[arg-type]
+    return StayContext(unit=unit, age=age, sex=sex, length_of_stay=los)

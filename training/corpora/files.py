@@ -6,7 +6,7 @@ Two record shapes are accepted (the same for the three formats and for Hugging F
 
     id          stay id (required)
     text        the report text (required)
-    codes       codes of unknown role: a list, or one string separated by ';' or ','
+    codes       codes of unknown role: a list, or one string separated by ';', '|' or spaces
     dp, dr, das codes with their PMSI role (same syntax); any of codes/dp/dr/das may be absent
     patient_id, date (YYYY-MM-DD), doc_type, unit, age, sex (M/F), length_of_stay   optional
 
@@ -53,7 +53,8 @@ FLAT_FIELDS = frozenset(
 FULL_FIELDS = frozenset(Stay.model_fields)
 CONTEXT_FIELDS = ("unit", "age", "sex", "length_of_stay")
 _ROLE_FIELDS: tuple[tuple[str, Role], ...] = (("dp", "DP"), ("dr", "DR"), ("das", "DAS"), ("codes", "unknown"))
-_SEPARATORS = re.compile(r"[;,|]")
+# Not the comma: French exports may write "I50,0" for I50.0.
+_SEPARATORS = re.compile(r"[;|\s]+")
 
 
 def _code_list(value: Any) -> list[str]:
@@ -117,6 +118,13 @@ class RecordReader:
         unknown = sorted(set(record) - FLAT_FIELDS - FULL_FIELDS)
         if unknown:
             self.report.skip(f"unknown field(s) {', '.join(unknown)}", file=self.file, line=line, resource_id=stay_id)
+            return
+        mixed = sorted((set(record) & FLAT_FIELDS) - FULL_FIELDS) if "documents" in record else []
+        if mixed:
+            self.report.skip(
+                f"flat field(s) {', '.join(mixed)} mixed with 'documents' (use one shape)",
+                file=self.file, line=line, resource_id=stay_id,
+            )
             return
         try:
             stay = self._full(record, stay_id, line) if "documents" in record else self._flat(record, stay_id, line)

@@ -51,9 +51,9 @@ _REQUIRED = {
 def _as_url(url_or_path: str) -> str:
     if "://" in url_or_path:
         if url_or_path.startswith("sqlite:///"):
-            path = url_or_path.removeprefix("sqlite:///")
-            if path and path != ":memory:" and not Path(path).is_file():
-                raise CorpusError(f"{path}: no such SQLite database")
+            file = url_or_path.removeprefix("sqlite:///")
+            if file and file != ":memory:" and not Path(file).is_file():
+                raise CorpusError(f"{file}: no such SQLite database")
         return url_or_path
     path = Path(url_or_path)
     if not path.is_file():
@@ -100,7 +100,8 @@ def load_omop(
         with engine.connect() as conn:
             return _read(conn, report, terminology, unknown_codes, schema, name or shown)
     except SQLAlchemyError as exc:
-        message = str(exc.orig) if getattr(exc, "orig", None) is not None else str(exc)
+        orig = getattr(exc, "orig", None)
+        message = str(orig) if orig is not None else str(exc)
         raise CorpusError(f"{shown}: cannot read OMOP tables: {message.strip().splitlines()[0]}") from None
     finally:
         engine.dispose()
@@ -119,9 +120,12 @@ def _read(
     inspector = sa.inspect(conn)
     tables = set(inspector.get_table_names(schema=schema))
     columns: dict[str, set[str]] = {}
+    absent = [table for table in _REQUIRED if table not in tables]
+    if absent:
+        raise CorpusError(
+            f"{report.source}: not an OMOP CDM database: no table {', '.join(map(repr, absent))}"
+        )
     for table, needed in _REQUIRED.items():
-        if table not in tables:
-            raise CorpusError(f"{report.source}: not an OMOP CDM database: no table {table!r}")
         columns[table] = {c["name"].lower() for c in inspector.get_columns(table, schema=schema)}
         missing = [c for c in needed if c not in columns[table]]
         if missing:
@@ -218,7 +222,7 @@ def _read(
 def _role(cond: dict[str, Any]) -> Role:
     source = (cond.get("condition_status_source_value") or "").strip().upper()
     if source in ("DP", "DR", "DAS"):
-        return source  # type: ignore[return-value]
+        return source
     concept = cond.get("condition_status_concept_id")
     return STATUS_CONCEPTS.get(int(concept), "unknown") if concept is not None else "unknown"
 
@@ -234,4 +238,4 @@ def _context(visit: dict[str, Any] | None, person: dict[str, Any] | None) -> Sta
         age = years if 0 <= years <= 130 else None
     if los is None and sex is None and age is None:
         return None
-    return StayContext(length_of_stay=los, sex=sex, age=age)  # type: ignore[arg-type]
+    return StayContext(length_of_stay=los, sex=sex, age=age)

@@ -324,6 +324,11 @@ class PLMICDScorer:
         centred = emb - emb.mean(0, keepdim=True)
         norm = emb.norm(dim=-1).mean().clamp(min=1e-6)
         head.outputs.copy_(nn.functional.normalize(centred, dim=-1) * (2.0 / norm))
+        if head.proj.in_features == head.proj.out_features:
+            # Identity projection: attention starts as the likeness of each token's state to
+            # the label's reading, and does not depend on a random draw.
+            head.proj.weight.copy_(torch.eye(head.proj.in_features))
+            head.proj.bias.zero_()
         z = torch.tanh(head.proj(emb))
         zc = z - z.mean(0, keepdim=True)
         head.queries.copy_(nn.functional.normalize(zc, dim=-1) * math.sqrt(head.queries.shape[1]) * 0.25)

@@ -287,7 +287,7 @@
     }
     async function runSearch(q) {
       if (!q.trim()) { hits = []; renderHits(); return; }
-      const { status, data } = await api("GET", "/v1/codes/search?limit=8&q=" + encodeURIComponent(q));
+      const { status, data } = await api("GET", "/v1/review/codes/search?limit=8&q=" + encodeURIComponent(q));
       hits = status === 200 && data ? data.results : [];
       hitIndex = 0;
       renderHits();
@@ -338,7 +338,9 @@
         const badge = document.getElementById("stay-status");
         badge.textContent = label;
         badge.className = "status status-" + result.data.status;
-        message("Enregistré : séjour " + label + " (version " + result.data.version + ").", "ok");
+        const warnings = result.data.warnings || [];
+        message("Enregistré : séjour " + label + " (version " + result.data.version + ")." +
+          (warnings.length ? " Attention : " + warnings.join(" ; ") : ""), warnings.length ? "warn" : "ok");
         render();
       } else if (result.status === 409) {
         state.pendingId = null;

@@ -1,0 +1,200 @@
+"""Benchmark of `cimcoder predict`: throughput, FLOPs per report and fraction of matmul peak.
+
+    .venv/bin/python benchmarks/bench_predict.py [--model RUN_DIR] [--n 64] [--threads 2]
+
+- Model: --model, else the newest quickstart run under runs/ (runs/**/quickstart*), else a
+  small PLM-ICD built once into a temporary folder (a BERT of 4 layers x 256 hidden with a
+  tokenizer trained on CodiEsp-FR train; untrained weights: speed does not depend on them).
+- Reports: the first --n CodiEsp-FR **dev** reports (never test), as JSONL.
+- `cimcoder predict` is timed end to end in a subprocess (model load included), and the
+  predictor's steady state in this process (load excluded), both with --threads torch threads.
+- FLOPs per report: torch.utils.flop_counter.FlopCounterMode around one `predict` of a report
+  of median length (scoring forward + the evidence forward).
+- Peak: the best of several fp32 2048x2048 matmuls with the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_MODEL_DIR = Path(tempfile.gettempdir()) / "cimcoder-bench" / "plm-small"
+
+
+def find_quickstart_run() -> Path | None:
+    runs = REPO / "runs"
+    if not runs.is_dir():
+        return None
+    candidates = [
+        p.parent
+        for p in runs.glob("**/labels.json")
+        if "quickstart" in str(p.parent.relative_to(runs)) and (p.parent / "config.yaml").is_file()
+    ]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def build_small_model(run_dir: Path = BENCH_MODEL_DIR) -> Path:
+    """A small, untrained PLM-ICD over the CodiEsp-FR train label space (built once)."""
+    if (run_dir / "labels.json").is_file():
+        return run_dir
+    import torch
+    from cimcoder.terminologies import load_terminology
+    from cimcoder.training import LabelSpace, build_model
+    from cimcoder.training.config import ChunkingConfig, HeadConfig, ModelConfig, RunConfig
+    from cimcoder.training.corpora import load_dataset
+    from cimcoder.training.tokenizer import train_tokenizer
+    from transformers import BertConfig, BertModel
+
+    print(f"building a small PLM-ICD in {run_dir} (once) ...", file=sys.stderr)
+    torch.manual_seed(0)
+    train = load_dataset("codiesp-fr/train")
+    texts = [stay.text for stay in train.stays]
+    tokenizer = train_tokenizer(texts, vocab_size=8000, min_frequency=2, model_max_length=512)
+    encoder_dir = run_dir.parent / "plm-small-encoder"
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(encoder_dir)
+    tokenizer.save_pretrained(encoder_dir)
+    edition = load_terminology("cim10").edition
+    label_space = LabelSpace.from_code_sets(
+        [stay.codes for stay in train.stays], terminology="cim10", edition=edition, min_count=2
+    )
+    run_config = RunConfig(
+        model=ModelConfig(
+            name="plm_icd",
+            encoder=str(encoder_dir),
+            chunking=ChunkingConfig(max_chunk_tokens=256, max_chunks=8),
+            head=HeadConfig(label_init="random", dropout=0.0),
+        )
+    )
+    scorer = build_model(run_config, label_space)
+    scorer.init_bias_from_counts(label_space.train_counts, len(texts))  # type: ignore[attr-defined]
+    scorer.save(run_dir)
+    return run_dir
+
+
+def resolve_model(arg: str | None) -> Path | str:
+    if arg:
+        return arg
+    found = find_quickstart_run()
+    if found is not None:
+        return found
+    return build_small_model()
+
+
+def dev_reports(n: int) -> list[dict[str, str]]:
+    from cimcoder.training.corpora import load_dataset
+
+    dev = load_dataset("codiesp-fr/dev")
+    return [{"id": stay.id, "text": stay.text} for stay in dev.stays[:n]]
+
+
+def matmul_peak_gflops(threads: int, size: int = 2048, repeat: int = 5) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    torch.matmul(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def flops_per_report(predictor, text: str) -> float | None:  # type: ignore[no-untyped-def]
+    """FLOPs of one `predict` (scoring + evidence); None for a model without torch."""
+    net = getattr(predictor.scorer, "net", None)
+    if net is None:
+        return None
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        predictor.predict([text])
+    return float(counter.get_total_flops())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="run folder or MLflow URI")
+    parser.add_argument("--n", type=int, default=64, help="CodiEsp-FR dev reports to score")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = resolve_model(args.model)
+    reports = dev_reports(args.n)
+    chars = [len(r["text"]) for r in reports]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "reports.jsonl"
+        source.write_text(
+            "\n".join(json.dumps(r, ensure_ascii=False) for r in reports) + "\n", encoding="utf-8"
+        )
+        out = Path(tmp) / "out.jsonl"
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
+        cli = [sys.executable, "-m", "cimcoder.cli", "predict", "--model", str(model),
+               "--input", str(source), "--output", str(out), "--batch-size", str(args.batch_size)]
+        start = time.perf_counter()
+        done = subprocess.run(cli, env=env, capture_output=True, text=True)
+        cli_s = time.perf_counter() - start
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return 1
+        lines = out.read_text(encoding="utf-8").splitlines()
+        assert len(lines) == len(reports), "every report must be scored"
+
+    from cimcoder.inference import Predictor
+
+    t0 = time.perf_counter()
+    predictor = Predictor.load(model)
+    load_s = time.perf_counter() - t0
+    texts = [r["text"] for r in reports]
+    predictor.predict(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
+    t0 = time.perf_counter()
+    predictor.predict(texts, batch_size=args.batch_size)
+    steady_s = time.perf_counter() - t0
+
+    median_text = sorted(texts, key=len)[len(texts) // 2]
+    flops = flops_per_report(predictor, median_text)
+    peak = matmul_peak_gflops(args.threads)
+
+    cli_rate = len(reports) / cli_s
+    steady_rate = len(reports) / steady_s
+    print(f"model                 : {model} ({predictor.architecture}, {len(predictor.labels)} codes)")
+    print(f"reports               : {len(reports)} CodiEsp-FR dev, median {statistics.median(chars):.0f} chars")
+    print(f"threads               : {args.threads} (torch), batch size {args.batch_size}")
+    print(f"cimcoder predict (CLI): {cli_s:.2f} s end to end -> {cli_rate:.2f} reports/s (model load included)")
+    print(f"predictor steady state: {steady_s:.2f} s -> {steady_rate:.2f} reports/s (load {load_s:.2f} s excluded)")
+    print(f"matmul peak (fp32)    : {peak:.1f} GFLOP/s (2048^3, best of 5, {args.threads} threads)")
+    if flops is None:
+        print("FLOPs per report      : n/a (not a torch model; no dense forward to count)")
+    else:
+        achieved = flops * steady_rate / 1e9
+        print(f"FLOPs per report      : {flops / 1e9:.2f} GFLOP (scoring + evidence forward, median report)")
+        print(f"achieved              : {achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of measured matmul peak")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Load test of `cimcoder serve` on loopback: throughput, latency percentiles, errors.
+
+    .venv/bin/python benchmarks/bench_serving.py [--model RUN_DIR] [--clients 4] [--seconds 30]
+
+Starts `cimcoder serve` (uvicorn, auth on with a random key) on 127.0.0.1 with the model
+(--model, else the quickstart run under runs/, else the small PLM-ICD of bench_predict.py),
+measures the single-request latency (one client, sequential requests), then runs N clients
+for M seconds (bounded) posting CodiEsp-FR **dev** reports to POST /v1/code, and prints
+throughput, p50 / p95 / p99, the error count and the ratio to the single-request latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_predict import dev_reports, resolve_model
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="run folder or MLflow URI")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (N)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="load duration (M)")
+    parser.add_argument("--single", type=int, default=5, help="sequential requests for the reference")
+    parser.add_argument("--reports", type=int, default=32, help="CodiEsp-FR dev reports cycled")
+    parser.add_argument("--startup-timeout", type=float, default=300.0)
+    args = parser.parse_args()
+
+    import httpx
+
+    model = resolve_model(args.model)
+    reports = dev_reports(args.reports)
+    key = secrets.token_urlsafe(24)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {
+            **os.environ,
+            "CIMCODER_API_KEYS": f"bench:{key}",
+            "CIMCODER_DATA_DIR": data_dir,
+            "CIMCODER_REQUEST_TIMEOUT_S": "300",
+            "OMP_NUM_THREADS": "2",
+        }
+        env.pop("CIMCODER_AUTH_DISABLED", None)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cimcoder.cli", "serve", "--model", str(model), "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + args.startup_timeout
+            while True:
+                if server.poll() is not None:
+                    print(server.stderr.read() if server.stderr else "", file=sys.stderr)
+                    print("server exited before it was ready", file=sys.stderr)
+                    return 1
+                try:
+                    if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    print("server not ready in time", file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+            headers = {"X-API-Key": key}
+            return _load(base, headers, reports, args, model)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def _load(base: str, headers: dict[str, str], reports: list[dict[str, str]], args, model) -> int:  # type: ignore[no-untyped-def]
+    import httpx
+
+    with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
+        client.post("/v1/code", json=reports[0])  # warm-up
+        single = []
+        for i in range(args.single):
+            start = time.perf_counter()
+            response = client.post("/v1/code", json=reports[i % len(reports)])
+            single.append(time.perf_counter() - start)
+            if response.status_code != 200:
+                print(f"single request failed: {response.status_code} {response.text[:200]}", file=sys.stderr)
+                return 1
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + args.seconds
+
+    def worker(index: int) -> None:
+        with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
+            i = index
+            while time.monotonic() < stop_at:
+                report = reports[i % len(reports)]
+                i += args.clients
+                start = time.perf_counter()
+                try:
+                    response = client.post("/v1/code", json=report)
+                    ok = response.status_code == 200 and len(response.json()["codes"]) > 0
+                    reason = f"HTTP {response.status_code}"
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    ok, reason = False, type(exc).__name__
+                elapsed = time.perf_counter() - start
+                with lock:
+                    if ok:
+                        latencies.append(elapsed)
+                    else:
+                        errors.append(reason)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+
+    single_p50 = statistics.median(single)
+    p50 = _percentile(latencies, 50)
+    print(f"model             : {model}")
+    print(f"load              : {args.clients} clients for {args.seconds:g} s (wall {wall:.1f} s), CodiEsp-FR dev reports")
+    print(f"requests          : {len(latencies)} ok, {len(errors)} errors {sorted(set(errors)) if errors else ''}")
+    print(f"throughput        : {len(latencies) / wall:.2f} requests/s")
+    print(f"latency p50/p95/p99: {p50 * 1000:.0f} / {_percentile(latencies, 95) * 1000:.0f} / {_percentile(latencies, 99) * 1000:.0f} ms")
+    print(f"single request p50: {single_p50 * 1000:.0f} ms ({args.single} sequential requests, same server)")
+    print(f"ratio p50 loaded / single: {p50 / single_p50:.2f}")
+    return 0 if not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

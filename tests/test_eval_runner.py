@@ -1,0 +1,182 @@
+"""`cimcoder calibrate` / `cimcoder evaluate` end to end on a real (TF-IDF) model.
+
+The stays are short French discharge summaries generated here over eight codes, with
+paraphrases, negations ("Pas d'HTA connue") and codes left implicit, so the model is good
+but not perfect.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cimcoder.eval.policy import DecisionPolicy
+from cimcoder.eval.runner import (
+    EvalDataError,
+    calibrate_run,
+    evaluate_run,
+    parse_data_spec,
+    select_half,
+    stay_half,
+)
+
+from cimcoder.cli import main
+
+MENTIONS = {
+    "I10": ["Hypertension artérielle essentielle traitée par amlodipine.",
+            "HTA ancienne sous bithérapie.", "HTA équilibrée sous IEC."],
+    "E11.9": ["Diabète de type 2 sous metformine, HbA1c à 7,2 %.",
+              "DT2 non insulinotraité, équilibré."],
+    "J13": ["Pneumopathie franche lobaire aiguë à pneumocoque, antigénurie positive.",
+            "Pneumonie à Streptococcus pneumoniae traitée par amoxicilline."],
+    "I50.0": ["Insuffisance cardiaque congestive décompensée, BNP à 1200.",
+              "Décompensation cardiaque globale avec œdèmes des membres inférieurs."],
+    "N39.0": ["Infection urinaire à E. coli traitée par ceftriaxone.",
+              "ECBU positif à Escherichia coli, pyélonéphrite évoquée puis infection urinaire retenue."],
+    "E87.6": ["Hypokaliémie à 2,9 mmol/l corrigée par KCl IV.", "Hypokaliémie supplémentée."],
+    "R55": ["Syncope inaugurale sans prodrome, bilan négatif.", "Malaise avec perte de connaissance brève."],
+    "D50.0": ["Anémie ferriprive sur saignement chronique, transfusion de 2 CGR.",
+              "Anémie microcytaire ferriprive, fer injectable."],
+}
+NEGATIONS = {
+    "I10": "Pas d'HTA connue.", "E11.9": "Pas de diabète.", "J13": "Pas de foyer pulmonaire.",
+    "I50.0": "Absence de signe d'insuffisance cardiaque.", "N39.0": "ECBU stérile.",
+    "E87.6": "Kaliémie normale.", "R55": "Pas de malaise rapporté.", "D50.0": "Pas d'anémie.",
+}
+FILLER = ["Patient de 72 ans hospitalisé via les urgences.", "Retour à domicile à J5.",
+          "Examen clinique sans particularité par ailleurs.", "Suivi par le médecin traitant."]
+
+
+def write_stays(path: Path, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    codes = list(MENTIONS)
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            gold = rng.sample(codes, rng.randint(1, 4))
+            parts = [rng.choice(FILLER)]
+            for c in gold:
+                if rng.random() < 0.9:  # 1 in 10 coded diagnoses is not written out
+                    parts.append(rng.choice(MENTIONS[c]))
+            for c in rng.sample([c for c in codes if c not in gold], 2):
+                parts.append(NEGATIONS[c])
+            if rng.random() < 0.1:  # a coded-looking mention the coder did not code
+                parts.append(rng.choice(MENTIONS[rng.choice(codes)]))
+            rng.shuffle(parts)
+            f.write(json.dumps({"id": f"sej{seed}-{i:04d}", "text": " ".join(parts),
+                                "dp": gold[0], "das": ";".join(gold[1:])},
+                               ensure_ascii=False) + "\n")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cimcoder.training import load_config
+    from cimcoder.training.baselines import fit_baseline
+
+    root = tmp_path_factory.mktemp("evalrun")
+    write_stays(root / "train.jsonl", 400, seed=1)
+    write_stays(root / "dev.jsonl", 700, seed=2)
+    cfg = root / "tfidf.yaml"
+    cfg.write_text(
+        f"data:\n  train: {root / 'train.jsonl'}\n  dev: {root / 'dev.jsonl'}\n"
+        # Word n-grams only, few iterations: a small, quick model is enough here.
+        "model:\n  name: tfidf_lr\n  params:\n    max_char_features: 0\n    max_iter: 50\n"
+        "tracking:\n  experiment: synth\n  run_name: tfidf\n"
+        f"output_dir: {root / 'runs'}\n",
+        encoding="utf-8",
+    )
+    config = load_config(cfg)
+    return fit_baseline(config)
+
+
+def test_data_spec_and_halves_are_deterministic() -> None:
+    assert parse_data_spec("codiesp-fr/dev#B") == ("codiesp-fr/dev", "B")
+    assert parse_data_spec("codiesp-fr/dev") == ("codiesp-fr/dev", None)
+    with pytest.raises(EvalDataError, match="must be A or B"):
+        parse_data_spec("codiesp-fr/dev#C")
+    ids = [f"S{i}" for i in range(1000)]
+    halves = [stay_half(i) for i in ids]
+    assert halves == [stay_half(i) for i in ids]
+    assert 430 < halves.count("A") < 570
+
+    class S:
+        def __init__(self, i: str) -> None:
+            self.id = i
+
+    a = select_half([S(i) for i in ids], "A")
+    assert len(a) == halves.count("A") and all(stay_half(s.id) == "A" for s in a)
+
+
+def test_calibrate_on_half_a_measures_on_half_b(run_dir: Path) -> None:
+    result = calibrate_run(run_dir, target_precision=0.95)
+    assert result.path == run_dir / "policy.json"
+    assert result.policy.fitted_on["data"].endswith("dev.jsonl#A")
+    m = result.measured
+    assert m is not None and m["data"].endswith("dev.jsonl#B")
+    assert m["n_stays"] + len(result.fitted_on.stay_ids) == 700
+    assert abs(m["measured_precision"] - 0.95) <= 0.03
+    assert m["automation_rate"] > 0.3
+    labels = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))["codes"]
+    assert DecisionPolicy.load(run_dir, labels=labels).version == result.policy.version
+
+
+def test_evaluate_measures_only_the_other_half_and_writes_the_report(run_dir: Path) -> None:
+    if not (run_dir / "policy.json").exists():
+        calibrate_run(run_dir)
+    dev = str(run_dir.parent.parent.parent / "dev.jsonl")
+    report = evaluate_run(run_dir, data=dev)
+    assert report["dataset"] == f"{dev}#B"
+    assert report["notes"] and "autre moitié" in report["notes"][0]
+    folder = Path(report["files"]["folder"])
+    assert folder.parent == run_dir / "eval"
+    assert (folder / "automation_report.html").is_file()
+    saved = json.loads((folder / "automation_report.json").read_text(encoding="utf-8"))
+    assert saved["headline"]["n_auto"] == report["headline"]["n_auto"]
+    targets = [r["target_precision"] for r in report["target_sweep"]]
+    assert targets == sorted(targets) and 0.95 in targets
+    # Principal diagnoses are known (dp field) and the eight codes are all "frequent".
+    assert report["metrics"]["n_stays_with_principal"] == report["headline"]["n_stays"]
+    assert set(report["bands"]) == {"frequent"}
+    with pytest.raises(EvalDataError, match="overstate"):
+        evaluate_run(run_dir, data=f"{dev}#A")
+
+
+def test_cli_calibrate_and_evaluate(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", str(run_dir), "--target-precision", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "target precision   90.0%" in out and "measured precision" in out
+    out_dir = run_dir / "report-cli"
+    dev = str(run_dir.parent.parent.parent / "dev.jsonl")
+    assert main(["evaluate", str(run_dir), "--data", dev, "--output", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "measured auto precision" in out and "automation rate" in out
+    assert "target vs measured" in out
+    assert (out_dir / "automation_report.html").is_file()
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, run_dir: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(tmp_path / "nope"), "--data", "x.jsonl"]) == 2
+    assert "model run folder not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["calibrate", str(run_dir), "--target-precision", "95"])
+    assert "between 0 and 1" in capsys.readouterr().err
+    # A policy from another label space is refused.
+    policy = json.loads((run_dir / "policy.json").read_text(encoding="utf-8")) \
+        if (run_dir / "policy.json").exists() else None
+    if policy is None:
+        calibrate_run(run_dir)
+    other = tmp_path / "other"
+    other.mkdir()
+    y = np.zeros((60, 2), dtype=bool)
+    y[:30, 0] = y[30:, 1] = True
+    DecisionPolicy.fit(y, y * 0.9 + 0.05, ["I10", "Z51.1"]).save(other)
+    (run_dir / "policy.json").rename(run_dir / "policy.keep")
+    try:
+        (other / "policy.json").rename(run_dir / "policy.json")
+        assert main(["evaluate", str(run_dir), "--data", "x.jsonl"]) == 2
+        assert "another label space" in capsys.readouterr().err
+    finally:
+        (run_dir / "policy.keep").replace(run_dir / "policy.json")

@@ -1,0 +1,174 @@
+"""Review API and pages through the real FastAPI app (in-process client)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cimcoder.serving.app import create_app
+from cimcoder.serving.settings import Settings
+from fastapi.testclient import TestClient
+from test_review_store import CRH_INSUFFISANCE_CARDIAQUE, make_case
+
+KEY_DUPONT = "kR7vQ2mX9pL4tW8zDupont"
+KEY_MARTIN = "hB3nF6jY1cS5gU0eMartin"
+
+
+def enqueue_body(stay_id: str, **kw: object) -> dict[str, object]:
+    stay, prediction = make_case(stay_id, **kw)  # type: ignore[arg-type]
+    return {"stay": stay, "prediction": prediction.model_dump(mode="json")}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        model=None,
+        api_keys=[f"dr-dupont:{KEY_DUPONT}", f"dr-martin:{KEY_MARTIN}"],
+        database_url=f"sqlite:///{tmp_path / 'review.db'}",
+        session_secret="Zq8rT1vN5wK3yH7bX2mC",
+        review_qc_sample_rate=0.0,
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def auth(key: str = KEY_DUPONT) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+def save_body(version: int, **kw: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "decision_id": str(uuid.uuid4()),
+        "base_version": version,
+        "codes": [
+            {"code": "I50.0", "action": "accept"},
+            {"code": "I10", "action": "accept"},
+            {"code": "E11.9", "action": "reject", "reason": "ni traité ni surveillé"},
+            {"code": "E87.68", "action": "add"},
+        ],
+        "dp": "I50.0",
+    }
+    body.update(kw)
+    return body
+
+
+def test_enqueue_list_view_save_and_conflict(client: TestClient) -> None:
+    created = client.post("/v1/review/stays", json=enqueue_body("sej-api-1"), headers=auth())
+    assert created.status_code == 201, created.text
+    assert created.json() == {
+        "id": "sej-api-1", "status": "to_code", "auto_coded": False, "qc_sampled": False,
+        "created": True,
+    }
+    auto = enqueue_body("sej-api-2", decisions={"I10": "auto", "E11.9": "auto"})
+    assert client.post("/v1/review/stays", json=auto, headers=auth()).json()["status"] == "auto_coded"
+
+    queue = client.get("/v1/review/stays?status=to_code", headers=auth()).json()
+    assert queue["total"] == 1 and queue["stays"][0]["id"] == "sej-api-1"
+    auto_list = client.get("/v1/review/stays?status=auto_coded", headers=auth()).json()
+    assert [s["id"] for s in auto_list["stays"]] == ["sej-api-2"]
+
+    view = client.get("/v1/review/stays/sej-api-1", headers=auth()).json()
+    assert view["text"] == CRH_INSUFFISANCE_CARDIAQUE
+    assert view["version"] == 1
+
+    body = save_body(1)
+    saved = client.post("/v1/review/stays/sej-api-1/decisions", json=body, headers=auth())
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["version"] == 2 and saved.json()["replayed"] is False
+    assert saved.json()["dp"] == "I50.0"
+    replay = client.post("/v1/review/stays/sej-api-1/decisions", json=body, headers=auth())
+    assert replay.status_code == 200 and replay.json()["replayed"] is True
+
+    stale = client.post(
+        "/v1/review/stays/sej-api-1/decisions", json=save_body(1), headers=auth(KEY_MARTIN)
+    )
+    assert stale.status_code == 409
+    assert stale.json()["current"]["validated_by"] == "dr-dupont"
+    assert stale.json()["current"]["version"] == 2
+
+
+def test_bad_requests_are_clear_4xx(client: TestClient) -> None:
+    client.post("/v1/review/stays", json=enqueue_body("sej-api-3"), headers=auth())
+    no_dp = client.post(
+        "/v1/review/stays/sej-api-3/decisions", json=save_body(1, dp=None), headers=auth()
+    )
+    assert no_dp.status_code == 422 and "DP" in no_dp.json()["detail"]
+    unknown = client.post("/v1/review/stays/sej-absent/decisions", json=save_body(1), headers=auth())
+    assert unknown.status_code == 404
+    change_without_target = save_body(1, codes=[{"code": "I50.0", "action": "change"}])
+    bad = client.post(
+        "/v1/review/stays/sej-api-3/decisions", json=change_without_target, headers=auth()
+    )
+    assert bad.status_code == 422 and "new_code" in bad.json()["detail"]
+    assert client.get("/v1/review/stays").status_code == 401
+    wrong = client.get("/v1/review/stays", headers={"X-API-Key": "x" * 8 + "WrongKey1234"})
+    assert wrong.status_code == 401
+    other = enqueue_body("sej-api-3")
+    other["stay"]["text"] = CRH_INSUFFISANCE_CARDIAQUE + "\nAddendum."  # type: ignore[index]
+    assert client.post("/v1/review/stays", json=other, headers=auth()).status_code == 409
+    shorter = enqueue_body("sej-api-5")
+    shorter["stay"]["text"] = "Pneumopathie franche lobaire aiguë."  # type: ignore[index]
+    outside = client.post("/v1/review/stays", json=shorter, headers=auth())
+    assert outside.status_code == 422 and "outside its text" in outside.json()["detail"]
+
+
+def test_pages_need_login_and_show_the_queue(client: TestClient) -> None:
+    client.post("/v1/review/stays", json=enqueue_body("sej-page-1", unit="Néphrologie"), headers=auth())
+    anonymous = client.get("/review", follow_redirects=False)
+    assert anonymous.status_code == 303
+    assert anonymous.headers["location"].startswith("/review/login")
+    refused = client.post("/review/login", data={"username": "dr-dupont", "key": KEY_MARTIN})
+    assert refused.status_code == 401 and "incorrects" in refused.text
+    login = client.post(
+        "/review/login",
+        data={"username": "dr-dupont", "key": KEY_DUPONT, "next": "https://evil.example/"},
+        follow_redirects=False,
+    )
+    assert login.status_code == 303 and login.headers["location"] == "/review"
+    queue = client.get("/review")
+    assert queue.status_code == 200
+    assert "sej-page-1" in queue.text and "Néphrologie" in queue.text
+    page = client.get("/review/stays/sej-page-1")
+    assert page.status_code == 200
+    assert "Raccourcis clavier" in page.text and 'id="stay-data"' in page.text
+    assert client.get("/review/static/review.js").status_code == 200
+    assert client.get("/review/static/../store.py").status_code == 404
+    assert client.get("/review/monitoring").status_code == 200
+
+
+def test_report_text_cannot_break_out_of_the_page(client: TestClient) -> None:
+    body = enqueue_body("sej-xss")
+    hostile = CRH_INSUFFISANCE_CARDIAQUE + "\n</script><script>alert(1)</script>"
+    body["stay"]["text"] = hostile  # type: ignore[index]
+    client.post("/v1/review/stays", json=body, headers=auth())
+    page = client.get("/review/stays/sej-xss", headers=auth())
+    assert "</script><script>alert(1)" not in page.text
+
+
+def test_export_audit_settings_and_monitoring(client: TestClient) -> None:
+    client.post("/v1/review/stays", json=enqueue_body("sej-api-4"), headers=auth())
+    client.post("/v1/review/stays/sej-api-4/decisions", json=save_body(1), headers=auth())
+    export = client.get("/v1/review/export", headers=auth())
+    assert export.status_code == 200
+    stays = [json.loads(line) for line in export.text.splitlines()]
+    assert [(d["code"], d["role"]) for d in stays[0]["diagnoses"]] == [
+        ("I50.0", "DP"), ("I10", "DAS"), ("E87.68", "DAS"),
+    ]
+    trail = client.get("/v1/review/audit?format=jsonl", headers=auth()).text.splitlines()
+    assert [json.loads(x)["event"] for x in trail] == ["stay.enqueued", "review.saved"]
+    assert json.loads(trail[1])["actor"] == "dr-dupont"
+    csv_text = client.get("/v1/review/audit?format=csv", headers=auth()).text
+    assert csv_text.startswith("id,at,actor,event")
+
+    assert client.get("/v1/review/settings", headers=auth()).json() == {"qc_rate": 0.0}
+    put = client.put("/v1/review/settings", json={"qc_rate": 0.2}, headers=auth())
+    assert put.json() == {"qc_rate": 0.2}
+    assert client.put("/v1/review/settings", json={"qc_rate": 2}, headers=auth()).status_code == 422
+
+    report = client.get("/v1/monitoring", headers=auth()).json()
+    assert report["totals"]["stays"] == 1
+    assert report["most_corrected"][0]["code"] in {"E11.9", "E87.68"}
+    assert report["weekly"][0]["stays"] == 1

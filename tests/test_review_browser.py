@@ -1,0 +1,130 @@
+"""A DIM coder in headless Chromium: log in, open the queue, accept and reject suggestions,
+add a missed code through the terminology search, set the DP, save; then the stored
+decisions and the audit trail are checked in the database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from cimcoder.serving.review.store import AuditEvent, Review, ReviewStay, ReviewStore
+from test_review_concurrency import KEY, key_of, review_server
+from test_review_store import make_case
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
+]
+
+
+def test_coder_reviews_a_stay_in_the_browser(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    with review_server(url, tmp_path) as (base, _proc):
+        for stay_id, unit, decisions in [
+            ("sej-ic-2026-001", "Cardiologie", None),
+            ("sej-ic-2026-002", "Médecine interne", {"I10": "auto", "E11.9": "auto"}),
+        ]:
+            stay, prediction = make_case(stay_id, unit=unit, decisions=decisions)
+            answer = httpx.post(
+                f"{base}/v1/review/stays",
+                json={"stay": stay, "prediction": prediction.model_dump(mode="json")},
+                headers=key_of("codeur-1"),
+                timeout=60,
+            )
+            assert answer.status_code == 201, answer.text
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(30_000)
+
+            page.goto(f"{base}/review")
+            expect(page).to_have_url(f"{base}/review/login?next=/review")
+            page.fill("#username", "codeur-0")
+            page.fill("#key", f"{KEY}0")
+            page.click("button[type=submit]")
+
+            # The queue: the stay to code is listed, the auto-coded one is apart.
+            queue = page.locator("#queue")
+            expect(queue).to_contain_text("sej-ic-2026-001")
+            expect(queue).not_to_contain_text("sej-ic-2026-002")
+            page.click("text=Auto-codés")
+            expect(page.locator("#queue")).to_contain_text("sej-ic-2026-002")
+            page.select_option("#filter-unit", "Cardiologie")
+            page.click("text=Filtrer")
+            expect(page.locator("#queue")).to_contain_text("Aucun séjour")
+            page.click("text=À coder")
+            page.click("text=sej-ic-2026-001")
+
+            # The stay: evidence highlighted, suggestions grouped by decision.
+            expect(page.locator("#group-auto .code-row")).to_have_count(1)
+            expect(page.locator("#group-review .code-row")).to_have_count(2)
+            expect(page.locator("mark.hl-accept").first).to_contain_text(
+                "insuffisance cardiaque congestive décompensée"
+            )
+            expect(page.locator("mark.hl-review")).to_have_count(2)
+
+            page.keyboard.press("j")  # I10
+            page.keyboard.press("a")
+            page.keyboard.press("j")  # E11.9
+            page.keyboard.press("r")
+            expect(page.locator('.code-row[data-code="I10"] .pill')).to_have_text("accepté")
+            expect(page.locator('.code-row[data-code="E11.9"] .pill')).to_have_text("rejeté")
+            expect(page.locator("mark.hl-reject")).to_contain_text("Diabète de type 2")
+
+            page.keyboard.press("/")
+            page.keyboard.type("hypokali")
+            page.locator('#search-results li[data-code="E87.68"]').click()
+            expect(page.locator('#added-list .code-row[data-code="E87.68"]')).to_be_visible()
+
+            page.locator('.code-row[data-code="I50.0"] .label').click()
+            page.keyboard.press("d")
+            expect(page.locator("#dp-value")).to_have_text("I50.0")
+
+            shot = tmp_path / "stay.png"
+            page.screenshot(path=str(shot), full_page=True)
+            if os.environ.get("CIMCODER_REVIEW_SCREENSHOT"):
+                shutil.copy(shot, os.environ["CIMCODER_REVIEW_SCREENSHOT"])
+
+            page.keyboard.press("s")
+            expect(page.locator("#save-message")).to_contain_text("Enregistré")
+            expect(page.locator("#stay-status")).to_have_text("validé")
+            browser.close()
+
+    store = ReviewStore(url)
+    with store.session() as session:
+        stay = session.get(ReviewStay, "sej-ic-2026-001")
+        assert (stay.status, stay.version, stay.dp_code, stay.validated_by) == (
+            "validated", 2, "I50.0", "codeur-0",
+        )
+        review = session.scalars(select(Review).where(Review.stay_id == stay.id)).one()
+        decided = {(c.code, c.action, c.final_code, c.role) for c in review.codes}
+        assert decided == {
+            ("I50.0", "accept", "I50.0", "DP"),
+            ("I10", "accept", "I10", "DAS"),
+            ("E11.9", "reject", None, None),
+            ("E87.68", "add", "E87.68", "DAS"),
+        }
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.stay_id == stay.id).order_by(AuditEvent.id)
+        ).all()
+        assert [(e.event, e.actor) for e in events] == [
+            ("stay.enqueued", "codeur-1"), ("review.saved", "codeur-0"),
+        ]
+        assert events[1].model_version == "run-test-1"
+        assert events[1].thresholds_version == "policy-test-1"
+        assert events[1].after["dp"] == "I50.0"
+    store.close()

@@ -1,0 +1,177 @@
+"""Training loop on a tiny French corpus: it learns, stops early, checkpoints and resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cimcoder.training import load_config, load_scorer, train
+from cimcoder.training.trainer import TrainingError
+from sklearn.metrics import roc_auc_score
+from test_training_helpers import build_tiny_encoder, clinical_notes, write_text_folder
+
+
+def ranking_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Micro ROC AUC: a gold code should outscore an absent one."""
+    return float(roc_auc_score(y_true.ravel(), scores.ravel()))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("training")
+    build_tiny_encoder(root / "encoder")
+    write_text_folder(root / "train", clinical_notes(40, seed=2), "sejour")
+    write_text_folder(root / "dev", clinical_notes(16, seed=3), "dev")
+    return root
+
+
+def _config(root: Path, run_name: str, *overrides: str):
+    return load_config(
+        None,
+        [
+            f"model.encoder={root / 'encoder'}",
+            f"data.train={root / 'train'}",
+            f"data.dev={root / 'dev'}",
+            f"output_dir={root / 'runs'}",
+            f"tracking.run_name={run_name}",
+            "tracking.experiment=tiny",
+            "model.chunking.max_chunk_tokens=32",
+            "model.chunking.max_chunks=4",
+            "training.lr=1e-3",
+            "training.head_lr=1e-2",
+            "training.batch_size=8",
+            "training.num_threads=1",
+            *overrides,
+        ],
+    )
+
+
+class RecordingTracker:
+    def __init__(self) -> None:
+        self.params: dict = {}
+        self.metrics: list[tuple[dict, int]] = []
+        self.artifacts: list[str] = []
+
+    def log_params(self, params: dict) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.metrics.append((metrics, step))
+
+    def log_artifacts(self, path: str) -> None:
+        self.artifacts.append(path)
+
+
+def test_tiny_model_learns_to_tell_pneumonia_from_hypertension(workspace: Path) -> None:
+    tracker = RecordingTracker()
+    cfg = _config(workspace, "learns", "training.epochs=8", "training.patience=8")
+    run = train(cfg, validation_metric=ranking_auc, tracker=tracker)
+    assert run == workspace / "runs" / "tiny" / "learns"
+    for name in ("config.yaml", "labels.json", "head.safetensors", "metrics.json", "encoder/config.json"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["validation_metric"] == "ranking_auc"
+    assert metrics["n_train"] == 40 and metrics["n_validation"] == 16
+    # A model that learnt nothing ranks at chance (0.5); this one must rank well on dev.
+    assert metrics["dev_metric"] >= 0.85
+    assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+    assert tracker.params["training.lr"] == 1e-3
+    assert len(tracker.metrics) == 8 and tracker.artifacts == [str(run)]
+
+    scorer = load_scorer(run)
+    assert set(scorer.labels) == {"J13", "I10", "E11.9", "N39.0"}
+    scores = scorer.predict_scores(
+        [
+            "Pneumopathie franche lobaire aiguë à pneumocoque, antigénurie positive.",
+            "HTA essentielle traitée par amlodipine.",
+        ]
+    )
+    j13, i10 = scorer.label_space.index("J13"), scorer.label_space.index("I10")
+    assert scores[0, j13] > scores[0, i10]
+    assert scores[1, i10] > scores[1, j13]
+
+
+def test_interrupted_run_resumes_where_it_stopped(workspace: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 40 stays / batch 8 = 5 steps per epoch; stop in the middle of epoch 1.
+    run = train(_config(workspace, "resume", "training.epochs=2", "training.max_steps=3"))
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["global_step"] == 3 and state["epoch"] == 0 and state["batch_in_epoch"] == 3
+    assert (run / "metrics.json").exists()  # a usable model even after a smoke run
+
+    caplog.set_level(logging.INFO, logger="cimcoder.training.trainer")
+    train(_config(workspace, "resume", "training.epochs=2"))
+    assert "resuming" in caplog.text
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["global_step"] == 10 and state["epoch"] == 2
+    assert [h["step"] for h in state["history"]] == [3, 5, 10]
+
+    # Resuming gives the same weights as never stopping: same data order, RNG, optimizer.
+    straight = train(_config(workspace, "straight", "training.epochs=2"))
+    resumed_w = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    straight_w = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for key in ("head.queries", "head.outputs", "head.bias", "encoder.embeddings.word_embeddings.weight"):
+        torch.testing.assert_close(resumed_w[key], straight_w[key], rtol=1e-5, atol=1e-6)
+
+
+def test_crash_resumes_from_last_epoch_checkpoint(workspace: Path) -> None:
+    calls = {"n": 0}
+
+    def flaky_metric(y_true: np.ndarray, scores: np.ndarray) -> float:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("coupure de courant")
+        return ranking_auc(y_true, scores)
+
+    cfg = _config(workspace, "crash", "training.epochs=3")
+    with pytest.raises(RuntimeError, match="coupure"):
+        train(cfg, validation_metric=flaky_metric)
+    state = json.loads((cfg.run_dir / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["global_step"] == 5
+
+    train(cfg, validation_metric=ranking_auc)
+    state = json.loads((cfg.run_dir / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 3 and state["global_step"] == 15
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
+
+
+def test_changed_config_does_not_resume_silently(workspace: Path) -> None:
+    train(_config(workspace, "changed", "training.epochs=1", "training.max_steps=2"))
+    with pytest.raises(TrainingError, match=r"different config.*training\.lr"):
+        train(_config(workspace, "changed", "training.epochs=1", "training.lr=5e-4"))
+    # Asked to start over, it does.
+    run = train(_config(workspace, "changed", "training.epochs=1", "training.lr=5e-4"), resume=False)
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["global_step"] == 5
+
+
+def test_early_stopping_on_a_train_holdout(workspace: Path) -> None:
+    cfg = _config(
+        workspace, "holdout", "data.validation=train_holdout", "data.holdout_fraction=0.25",
+        "training.epochs=30", "training.patience=1", "training.lr=1e-2", "training.head_lr=1e-1",
+    )
+    run = train(cfg)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 < metrics["n_validation"] < 40 and metrics["n_train"] + metrics["n_validation"] == 40
+    assert metrics["validation_metric"] == "dev_loss"
+    assert metrics["stopped_early"] and metrics["epochs_run"] < 30
+
+
+def test_cim11_label_space(workspace: Path) -> None:
+    from cimcoder import terminologies
+
+    cfg = _config(workspace, "cim11", "data.labels.terminology=cim11", "training.epochs=1")
+    if not hasattr(terminologies, "load_crosswalk"):
+        with pytest.raises(TrainingError, match="crosswalk"):
+            train(cfg)
+        pytest.skip("the CIM-10 -> CIM-11 crosswalk is not available yet")
+    run = train(cfg)
+    labels = json.loads((run / "labels.json").read_text())
+    assert labels["terminology"] == "cim11"
+    cim11 = terminologies.load_cim11()
+    assert labels["codes"] and all(code in cim11 for code in labels["codes"])
+    # J13 (pneumopathie à pneumocoque) maps to CIM-11 CA40.0 (pneumonie à Streptococcus pneumoniae).
+    assert any(code.startswith("CA40") for code in labels["codes"])
