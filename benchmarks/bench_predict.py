@@ -36,7 +36,9 @@ def find_quickstart_run() -> Path | None:
     candidates = [
         p.parent
         for p in runs.glob("**/labels.json")
-        if "quickstart" in str(p.parent.relative_to(runs)) and (p.parent / "config.yaml").is_file()
+        if "quickstart" in str(p.parent.relative_to(runs))
+        and (p.parent / "config.yaml").is_file()
+        and (p.parent / "metrics.json").is_file()  # written when training is over
     ]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
@@ -118,8 +120,8 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeat: int = 5) -> float
     return 2 * size**3 / best / 1e9
 
 
-def flops_per_report(predictor, text: str) -> float | None:  # type: ignore[no-untyped-def]
-    """FLOPs of one `predict` (scoring + evidence); None for a model without torch."""
+def flops_per_report(predictor, text: str, evidence: bool = True) -> float | None:  # type: ignore[no-untyped-def]
+    """FLOPs of one `predict` (scoring, + evidence); None for a model without torch."""
     net = getattr(predictor.scorer, "net", None)
     if net is None:
         return None
@@ -127,7 +129,7 @@ def flops_per_report(predictor, text: str) -> float | None:  # type: ignore[no-u
 
     counter = FlopCounterMode(display=False)
     with counter:
-        predictor.predict([text])
+        predictor.predict([text], evidence=evidence)
     return float(counter.get_total_flops())
 
 
@@ -174,18 +176,24 @@ def main() -> int:
     t0 = time.perf_counter()
     predictor.predict(texts, batch_size=args.batch_size)
     steady_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predictor.predict(texts, batch_size=args.batch_size, evidence=False)
+    ranking_s = time.perf_counter() - t0
 
     median_text = sorted(texts, key=len)[len(texts) // 2]
     flops = flops_per_report(predictor, median_text)
+    flops_ranking = flops_per_report(predictor, median_text, evidence=False)
     peak = matmul_peak_gflops(args.threads)
 
     cli_rate = len(reports) / cli_s
     steady_rate = len(reports) / steady_s
+    ranking_rate = len(reports) / ranking_s
     print(f"model                 : {model} ({predictor.architecture}, {len(predictor.labels)} codes)")
     print(f"reports               : {len(reports)} CodiEsp-FR dev, median {statistics.median(chars):.0f} chars")
     print(f"threads               : {args.threads} (torch), batch size {args.batch_size}")
     print(f"cimcoder predict (CLI): {cli_s:.2f} s end to end -> {cli_rate:.2f} reports/s (model load included)")
     print(f"predictor steady state: {steady_s:.2f} s -> {steady_rate:.2f} reports/s (load {load_s:.2f} s excluded)")
+    print(f"  without evidence    : {ranking_s:.2f} s -> {ranking_rate:.2f} reports/s (predict --no-evidence)")
     print(f"matmul peak (fp32)    : {peak:.1f} GFLOP/s (2048^3, best of 5, {args.threads} threads)")
     if flops is None:
         print("FLOPs per report      : n/a (not a torch model; no dense forward to count)")
@@ -193,6 +201,9 @@ def main() -> int:
         achieved = flops * steady_rate / 1e9
         print(f"FLOPs per report      : {flops / 1e9:.2f} GFLOP (scoring + evidence forward, median report)")
         print(f"achieved              : {achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of measured matmul peak")
+        if flops_ranking is not None:
+            achieved_r = flops_ranking * ranking_rate / 1e9
+            print(f"  without evidence    : {flops_ranking / 1e9:.2f} GFLOP/report, {achieved_r:.1f} GFLOP/s = {100 * achieved_r / peak:.1f}% of peak")
     return 0
 
 

@@ -140,9 +140,10 @@ def ensure_encoder(encoder: str) -> None:
             "with `cimcoder pretrain`"
         )
     logger.info("offline encoder %s is missing: pretraining it first", encoder)
-    from cimcoder.training.pretrain import pretrain_from_file
+    from cimcoder.training import pretrain
+    from cimcoder.training.config import load_pretrain_config
 
-    pretrain_from_file(DEFAULT_PRETRAIN_CONFIG, output=path)
+    pretrain(load_pretrain_config(DEFAULT_PRETRAIN_CONFIG), output_dir=path)
 
 
 def _start_tracker(config_path: str | Path, overrides: Sequence[str]) -> Any:

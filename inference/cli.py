@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=8, help="reports per model forward (default 8)"
     )
+    parser.add_argument(
+        "--no-evidence",
+        action="store_true",
+        help="leave 'evidence' empty (skips the explain pass: faster ranking-only exports)",
+    )
     parser.set_defaults(handler=run_predict)
 
 
@@ -83,7 +88,9 @@ def run_predict(args: argparse.Namespace) -> int:
         ) as bar:
             for start in range(0, len(inputs), DEFAULT_CHUNK):
                 chunk = inputs[start : start + DEFAULT_CHUNK]
-                for prediction in _predict_chunk(predictor, chunk, args.batch_size, problems):
+                for prediction in _predict_chunk(
+                    predictor, chunk, args.batch_size, problems, evidence=not args.no_evidence
+                ):
                     bar.update(1)
                     if prediction is None:
                         print(f"cimcoder: failed {problems[-1]}", file=sys.stderr)
@@ -115,17 +122,22 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_chunk(
-    predictor: Predictor, chunk: list[StayInput], batch_size: int, problems: list[Unreadable]
+    predictor: Predictor,
+    chunk: list[StayInput],
+    batch_size: int,
+    problems: list[Unreadable],
+    *,
+    evidence: bool = True,
 ) -> list[StayPrediction | None]:
     """Predictions for `chunk`; a failing chunk is retried report by report (None: failed)."""
     try:
-        return list(predictor.predict(chunk, batch_size=batch_size))
+        return list(predictor.predict(chunk, batch_size=batch_size, evidence=evidence))
     except Exception:
         logger.warning("a batch of %d reports failed; scoring them one by one", len(chunk))
     results: list[StayPrediction | None] = []
     for item in chunk:
         try:
-            results.append(predictor.predict([item], batch_size=batch_size)[0])
+            results.append(predictor.predict([item], batch_size=batch_size, evidence=evidence)[0])
         except Exception as exc:  # one report's failure must not stop the export
             logger.warning("report %s could not be scored: %s", item.id, type(exc).__name__)
             reason = str(exc) if isinstance(exc, CimcoderError) else type(exc).__name__

@@ -105,7 +105,9 @@ class CimcoderPyfunc(mlflow.pyfunc.PythonModel):
 
         self._scorer = load_scorer(self._run_dir)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints here on purpose: MLflow derives a schema from predict's hints and
+    # rejects `Any`; the signature logged with the model describes the input instead.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import pandas as pd
 
         texts = texts_from_input(model_input)

@@ -321,8 +321,14 @@ class Predictor:
             return raw, raw
         return raw, np.asarray(self.policy.calibrate(raw, self.labels))
 
-    def predict(self, items: Sequence[Any], batch_size: int = 8) -> list[StayPrediction]:
-        """Score reports or stays (str, `StayInput` or `Stay`); one answer per item, in order."""
+    def predict(
+        self, items: Sequence[Any], batch_size: int = 8, *, evidence: bool = True
+    ) -> list[StayPrediction]:
+        """Score reports or stays (str, `StayInput` or `Stay`); one answer per item, in order.
+
+        `evidence=False` leaves every `evidence` list empty and skips the scorer's explain
+        pass (for a transformer, a second forward per report).
+        """
         if isinstance(items, str | StayInput):
             raise TypeError("predict takes a list; use predict_one for a single report")
         inputs = [_as_input(item) for item in items]
@@ -338,7 +344,8 @@ class Predictor:
         else:
             decisions = np.full(probs.shape, "review", dtype=object)
         return [
-            self._decode(item, raw[i], probs[i], decisions[i]) for i, item in enumerate(inputs)
+            self._decode(item, raw[i], probs[i], decisions[i], evidence)
+            for i, item in enumerate(inputs)
         ]
 
     def predict_one(self, item: Any) -> StayPrediction:
@@ -347,7 +354,12 @@ class Predictor:
     # -- decoding ------------------------------------------------------------------------------
 
     def _decode(
-        self, item: StayInput, raw: np.ndarray, probs: np.ndarray, decisions: np.ndarray
+        self,
+        item: StayInput,
+        raw: np.ndarray,
+        probs: np.ndarray,
+        decisions: np.ndarray,
+        evidence: bool = True,
     ) -> StayPrediction:
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
         # the ties, so the ranking keeps all the model's information.
@@ -365,7 +377,7 @@ class Predictor:
         dp = next((j for j in dp_pool if self._allowed_dp[j]), None)
 
         spans: dict[str, list[tuple[int, int]]] = {}
-        if suggested:
+        if suggested and evidence:
             wanted = [self.labels[j] for j in suggested]
             spans = self.scorer.explain(item.text, wanted, top_k=self.evidence_top_k)
 
@@ -373,7 +385,7 @@ class Predictor:
         for j in ranked:
             code = self.labels[j]
             concept = self._concepts[j]
-            evidence = [
+            spans_of_code = [
                 Evidence(start=s, end=e, text=item.text[s:e])
                 for s, e in spans.get(code, [])
                 if 0 <= s < e <= len(item.text)
@@ -386,7 +398,7 @@ class Predictor:
                     decision=_decision(decisions[j]),
                     role="DP" if j == dp else "DAS",
                     cim11=self.cim11_for(code),
-                    evidence=evidence,
+                    evidence=spans_of_code,
                     flags=self._flags(concept),
                 )
             )

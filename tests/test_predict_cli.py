@@ -81,6 +81,19 @@ def test_jsonl_with_a_malformed_line(
     assert "export.jsonl, line 3 (id 103): no 'text'" in err
 
 
+def test_no_evidence_option(tiny_run: Path, tmp_path: Path) -> None:
+    source = tmp_path / "export.jsonl"
+    source.write_text(json.dumps({"id": "7", "text": HEART}, ensure_ascii=False) + "\n", encoding="utf-8")
+    with_spans, without = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert run(tiny_run, source, with_spans) == 0
+    args = ["predict", "--model", str(tiny_run), "--input", str(source), "--output", str(without)]
+    assert main([*args, "--no-evidence"]) == 0
+    full, bare = read_lines(with_spans)[0], read_lines(without)[0]
+    assert any(code["evidence"] for code in full["codes"])
+    assert all(code["evidence"] == [] for code in bare["codes"])
+    assert [(c["code"], c["score"]) for c in bare["codes"]] == [(c["code"], c["score"]) for c in full["codes"]]
+
+
 def test_parquet_input_and_duplicate_ids(
     tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
-
 from cimcoder.serving.review.store import AuditEvent, Review, ReviewStay, ReviewStore
+from sqlalchemy import select
 from test_review_concurrency import KEY, key_of, review_server
 from test_review_store import make_case
 
@@ -84,6 +83,8 @@ def test_coder_reviews_a_stay_in_the_browser(tmp_path: Path) -> None:
             expect(page.locator('.code-row[data-code="I10"] .pill')).to_have_text("accepté")
             expect(page.locator('.code-row[data-code="E11.9"] .pill')).to_have_text("rejeté")
             expect(page.locator("mark.hl-reject")).to_contain_text("Diabète de type 2")
+            page.fill('.code-row[data-code="E11.9"] input.reason', "ni traité ni surveillé")
+            page.keyboard.press("Enter")  # leaves the field: shortcuts work again
 
             page.keyboard.press("/")
             page.keyboard.type("hypokali")
@@ -111,12 +112,12 @@ def test_coder_reviews_a_stay_in_the_browser(tmp_path: Path) -> None:
             "validated", 2, "I50.0", "codeur-0",
         )
         review = session.scalars(select(Review).where(Review.stay_id == stay.id)).one()
-        decided = {(c.code, c.action, c.final_code, c.role) for c in review.codes}
+        decided = {(c.code, c.action, c.final_code, c.role, c.reason) for c in review.codes}
         assert decided == {
-            ("I50.0", "accept", "I50.0", "DP"),
-            ("I10", "accept", "I10", "DAS"),
-            ("E11.9", "reject", None, None),
-            ("E87.68", "add", "E87.68", "DAS"),
+            ("I50.0", "accept", "I50.0", "DP", None),
+            ("I10", "accept", "I10", "DAS", None),
+            ("E11.9", "reject", None, None, "ni traité ni surveillé"),
+            ("E87.68", "add", "E87.68", "DAS", None),
         }
         events = session.scalars(
             select(AuditEvent).where(AuditEvent.stay_id == stay.id).order_by(AuditEvent.id)

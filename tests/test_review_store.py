@@ -313,9 +313,20 @@ def test_export_gives_corpora_stays_and_audit_exports(store: ReviewStore, tmp_pa
     enqueue_cases(store, ["sej-ic-9", "sej-ic-10"])
     workflow.save_review(store, "sej-ic-9", full_review(1), "dr-dupont")
     out = tmp_path / "valides.jsonl"
-    assert export.export_validated(store, out) == 1  # sej-ic-10 is not validated
+    assert export.export_validated(store, out) == (1, 0)  # sej-ic-10 is not validated
     stays = [Stay.model_validate_json(line) for line in out.read_text().splitlines()]
     assert stays[0].id == "sej-ic-9"
+    # Base corpus + feedback: the coder's coding replaces the base copy of the same stay.
+    base = [
+        Stay(id="sej-ic-9", documents=[{"text": "ancienne version"}],
+             diagnoses=[{"code": "I10", "role": "DP"}]),
+        Stay(id="sej-base-1", documents=[{"text": "Pneumopathie franche lobaire aiguë."}],
+             diagnoses=[{"code": "J13", "role": "DP"}]),
+    ]
+    merged = tmp_path / "train+retours.jsonl"
+    assert export.export_validated(store, merged, include=base) == (1, 1)
+    ids = [Stay.model_validate_json(line).id for line in merged.read_text().splitlines()]
+    assert ids == ["sej-base-1", "sej-ic-9"]
     assert [(d.code, d.role) for d in stays[0].diagnoses] == [
         ("I50.0", "DP"), ("I10", "DAS"), ("E87.68", "DAS"),
     ]

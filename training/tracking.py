@@ -697,14 +697,17 @@ def load_run_dir_from_uri(
     target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="cimcoder-model-"))
     target.mkdir(parents=True, exist_ok=True)
     try:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=uri,
-                dst_path=str(target),
-                tracking_uri=registry,
-                registry_uri=registry,
+        # MLflow resolves `models:/` names through the *global* registry URI whatever
+        # `registry_uri` says (mlflow 3.17, ModelsArtifactRepository._get_model_uri_infos).
+        with _fluent_uri(registry):
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri,
+                    dst_path=str(target),
+                    tracking_uri=registry,
+                    registry_uri=registry,
+                )
             )
-        )
     except MlflowException as exc:
         raise TrackingError(f"cannot load model {uri} from {_redact(registry)}: {exc.message}") from None
     except OSError as exc:

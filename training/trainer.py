@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,9 +319,21 @@ def _bce_pos_weight(config: RunConfig, y: np.ndarray) -> torch.Tensor | None:
     return torch.tensor(np.clip(weight, 1.0, config.training.pos_weight_max), dtype=torch.float32)
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+def _epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled batches of reports of similar length (less padding), reproducible per epoch.
+
+    Reports are shuffled, cut into pools of 16 batches, sorted by length inside a pool, cut
+    into batches, and the batches shuffled again.
+    """
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return torch.randperm(n, generator=gen).tolist()
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    pool = batch_size * 16
+    batches: list[list[int]] = []
+    for i in range(0, len(order), pool):
+        chunk = sorted(order[i : i + pool], key=lambda j: lengths[j])
+        batches.extend(chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size))
+    shuffle = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[k] for k in shuffle]
 
 
 def train(
@@ -389,6 +401,7 @@ def _gradient_loop(
             "%d reports exceed the %d-token budget (model.chunking); their end is not read",
             truncated, config.model.chunking.max_total_tokens,
         )
+    train_lengths = [sum(len(c) for c in d.input_ids) for d in train_docs]
     y_train = np.asarray(data.label_space.encode([e.codes for e in data.train]), dtype=np.float32)
     y_val = np.asarray(data.label_space.encode([e.codes for e in data.validation]), dtype=bool)
     pos_weight = _bce_pos_weight(config, y_train)
@@ -485,8 +498,7 @@ def _gradient_loop(
                     logger.info("stopping: another epoch would exceed training.time_budget_s")
                     save_checkpoint()
                     break
-            order = _epoch_order(len(train_docs), tcfg.seed, state["epoch"])
-            batches = [order[i : i + tcfg.batch_size] for i in range(0, len(order), tcfg.batch_size)]
+            batches = _epoch_batches(train_lengths, tcfg.batch_size, tcfg.seed, state["epoch"])
             start_batch = state["batch_in_epoch"]
             losses: list[float] = state.setdefault("epoch_losses", [])
             bar = tqdm(total=len(batches), initial=start_batch, desc=f"epoch {state['epoch'] + 1}/{tcfg.epochs}",

@@ -7,8 +7,12 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cimcoder.serving.review.store import ReviewError
+from cimcoder.serving.review.store import ReviewError, ReviewStore
+
+if TYPE_CHECKING:
+    from cimcoder.training.corpora.schema import Corpus
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     exp = with_db(commands.add_parser("export", help="validated stays as corpora JSONL"))
     exp.add_argument("--output", required=True, type=Path, help="JSONL file to write")
+    exp.add_argument(
+        "--include",
+        help="also write the stays of this coded data set (e.g. codiesp-fr/train) first, so "
+        "that the file retrains on base data + feedback (a validated stay replaces its base copy)",
+    )
     exp.set_defaults(handler=_export)
 
     aud = with_db(commands.add_parser("audit", help="export the audit trail (CSV or JSONL)"))
@@ -68,8 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scr.set_defaults(handler=_scripted)
 
 
-def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from cimcoder.serving.review.store import ReviewStore
+def _store(args: argparse.Namespace) -> ReviewStore:
 
     url = args.database_url
     if not url:
@@ -123,9 +131,17 @@ def _import(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cimcoder.serving.review.export import export_validated
 
-    count = export_validated(_store(args), args.output)
-    print(f"wrote {count} validated stay(s) to {args.output}")
+    base = _load_dataset(args.include).stays if args.include else []
+    validated, kept = export_validated(_store(args), args.output, include=base)
+    extra = f" after {kept} stay(s) of {args.include}" if args.include else ""
+    print(f"wrote {validated} validated stay(s){extra} to {args.output}")
     return 0
+
+
+def _load_dataset(name: str) -> Corpus:
+    from cimcoder.training.corpora import load_dataset
+
+    return load_dataset(name)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -152,11 +168,7 @@ def _monitoring(args: argparse.Namespace) -> int:
 def _scripted(args: argparse.Namespace) -> int:
     from cimcoder.serving.review.scripted import review_with_gold
 
-    try:
-        from cimcoder.training.corpora import load_dataset  # type: ignore[attr-defined]
-    except ImportError:
-        raise ReviewError("the corpora loaders are not available") from None
-    corpus = load_dataset(args.gold)
+    corpus = _load_dataset(args.gold)
     gold = {s.id: [(d.code, d.role) for d in s.diagnoses] for s in corpus.stays}
     summary = review_with_gold(_store(args), gold, args.coder)
     print(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cimcoder.serving.review.store import Review, ReviewStay, ReviewStore, StayStatus
@@ -29,7 +29,7 @@ def to_corpus_stay(stay: ReviewStay, review: Review) -> Stay:
             Document(text=d.text, doc_type=d.doc_type, date=d.doc_date) for d in stay.documents
         ],
         diagnoses=diagnoses,
-        terminology=stay.terminology,  # type: ignore[arg-type]
+        terminology=stay.terminology,
         edition=stay.terminology_edition,
         context=StayContext(unit=stay.unit) if stay.unit else None,
     )
@@ -63,15 +63,24 @@ def iter_validated_stays(store: ReviewStore, batch: int = 200) -> Iterator[Stay]
         yield from out
 
 
-def export_validated(store: ReviewStore, path: Path) -> int:
-    """Write validated stays as JSONL (one corpora `Stay` a line); returns how many."""
+def export_validated(
+    store: ReviewStore, path: Path, include: Iterable[Stay] = ()
+) -> tuple[int, int]:
+    """Write validated stays as JSONL (one corpora `Stay` a line), after the stays of
+    `include` (a base training corpus) whose ids the coders did not validate: a coder's
+    coding replaces the base one. Returns (validated stays, base stays kept)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    count = 0
+    validated = list(iter_validated_stays(store))
+    reviewed = {stay.id for stay in validated}
+    kept = 0
     with tmp.open("w", encoding="utf-8") as out:
-        for stay in iter_validated_stays(store):
+        for stay in include:
+            if stay.id not in reviewed:
+                out.write(stay.model_dump_json(exclude_none=True) + "\n")
+                kept += 1
+        for stay in validated:
             out.write(stay.model_dump_json(exclude_none=True) + "\n")
-            count += 1
     tmp.replace(path)
-    logger.info("exported %d validated stays", count)
-    return count
+    logger.info("exported %d validated stays (+%d base stays)", len(validated), kept)
+    return len(validated), kept

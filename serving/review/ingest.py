@@ -107,7 +107,7 @@ def read_texts(path_or_name: str) -> dict[str, StayIn]:
 
 def _from_dataset(name: str) -> dict[str, StayIn]:
     try:
-        from cimcoder.training.corpora import load_dataset  # type: ignore[attr-defined]
+        from cimcoder.training.corpora import load_dataset
     except ImportError:
         raise ReviewError(f"texts not found: {name} (not a file, folder or data set)") from None
     corpus = load_dataset(name)
@@ -119,7 +119,7 @@ def _from_dataset(name: str) -> dict[str, StayIn]:
             patient_id=stay.patient_id,
             unit=context.unit if context is not None else None,
             documents=[
-                {"text": d.text, "doc_type": d.doc_type, "date": d.date}  # type: ignore[misc]
+                {"text": d.text, "doc_type": d.doc_type, "date": d.date}
                 for d in stay.documents
             ],
         )

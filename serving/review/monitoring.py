@@ -113,7 +113,7 @@ def _code_drift(suggested: Counter[str], train: Mapping[str, int]) -> dict[str, 
     ref.append(max(0.0, 1 - sum(ref)))
     cur.append(max(0.0, 1 - sum(cur)))
     value = psi(ref, cur)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "code": c,
             "train_share": round(r, 4),
@@ -220,7 +220,7 @@ def compute(store: ReviewStore, labels: Mapping[str, int] | None = None) -> dict
             corrections[rc.code]["add"] += 1
         elif rc.action == "accept":
             corrections[rc.code]["accept"] += 1
-    corrected = [
+    corrected: list[dict[str, Any]] = [
         {
             "code": code,
             "rejected": c["reject"],

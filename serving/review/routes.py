@@ -57,7 +57,7 @@ router = APIRouter(tags=["review"])
 
 
 def _settings(app: FastAPI) -> Settings:
-    return app.state.settings  # type: ignore[no-any-return]
+    return app.state.settings
 
 
 def store_for_app(app: FastAPI) -> ReviewStore:
@@ -297,15 +297,15 @@ def login(
     principal = "local" if settings.auth_disabled else authenticate(settings, username, key)
     if principal is None:
         logger.info("failed review login")
-        response = _page(
+        page = _page(
             request,
             "login.html",
             None,
             next=_safe_next(next),
             error="Identifiant ou clé incorrects.",
         )
-        response.status_code = 401
-        return response
+        page.status_code = 401
+        return page
     response = RedirectResponse(_safe_next(next), status_code=303)
     if not settings.auth_disabled:
         set_session_cookie(response, settings, principal)

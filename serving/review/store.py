@@ -287,6 +287,10 @@ def upgrade(engine: Engine) -> None:
     from alembic import command
     from alembic.config import Config
 
+    # Alembic's INFO lines (plugins, context) say nothing a hospital operator needs.
+    alembic_logger = logging.getLogger("alembic")
+    if alembic_logger.level == logging.NOTSET:
+        alembic_logger.setLevel(logging.WARNING)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:

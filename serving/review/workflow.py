@@ -128,7 +128,7 @@ def _as_stay_in(stay: Any) -> StayIn:
         unit=context.unit if context is not None else None,
         date=stay.date,
         documents=[
-            {"text": doc.text, "doc_type": doc.doc_type, "date": doc.date}  # type: ignore[misc]
+            {"text": doc.text, "doc_type": doc.doc_type, "date": doc.date}
             for doc in stay.documents
         ],
     )
@@ -443,7 +443,7 @@ def check_code(code: str, terminology: str) -> str:
         canonical = normalize_code(code, terminology)
     except TerminologyError as exc:
         raise InvalidReview(str(exc)) from None
-    table = load_terminology(terminology)  # type: ignore[arg-type]
+    table = load_terminology(terminology)
     if canonical not in table:
         raise InvalidReview(f"code {canonical} is not in {table.edition}")
     return canonical
@@ -497,7 +497,7 @@ def pmsi_warnings(codes: list[str], terminology: str) -> list[str]:
     for code in codes:
         restrictions = _restrictions(code, terminology)
         if restrictions is not None and not restrictions.codable:
-            children = load_terminology("cim10").children(code)  # type: ignore[attr-defined]
+            children = load_terminology("cim10").children(code)
             hint = f" : préférer {', '.join(children[:4])}" if children else ""
             out.append(f"{code} n'est pas codable en MCO (code père interdit){hint}")
     return out
@@ -621,7 +621,7 @@ def save_review(
             if not exc.current:
                 # Lost the race at the UPDATE: tell the coder what the stay is now.
                 with store.session() as session:
-                    exc.current = stay_summary(session.get(ReviewStay, stay_id))  # type: ignore[arg-type]
+                    exc.current = stay_summary(session.get(ReviewStay, stay_id))
             raise
     raise ReviewConflict(f"stay {stay_id} is being saved by someone else: reload and try again")
 
@@ -663,7 +663,7 @@ def _save_once(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             raise ReviewConflict(f"le séjour {stay_id} vient d'être modifié : rechargez-le")
         review = Review(
             id=body.decision_id,

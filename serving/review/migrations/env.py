@@ -27,6 +27,8 @@ else:  # `alembic -x url=...` from a shell
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
         "sqlalchemy.url"
     )
+    if not url:
+        raise SystemExit("give the database with `alembic -x url=...`")
     engine = create_engine(url)
     with engine.begin() as conn:
         _run(conn)

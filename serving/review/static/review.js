@@ -69,6 +69,7 @@
           if (c.action === "add") state.added.push({ code: c.final_code, label: "" });
           else state.decisions[c.code] = {
             action: c.action, newCode: c.action === "change" ? c.final_code : null,
+            reason: c.reason || "",
           };
         }
         state.dp = last.dp;
@@ -139,6 +140,17 @@
       ]);
     }
 
+    function reasonInput(code) {
+      const input = el("input", {
+        class: "reason", type: "text", maxlength: "500", placeholder: "Motif (facultatif)",
+        "aria-label": "Motif de la correction de " + code,
+      });
+      input.value = state.decisions[code].reason || "";
+      input.addEventListener("input", () => { state.decisions[code].reason = input.value; });
+      input.addEventListener("keydown", (e) => { if (e.key === "Escape" || e.key === "Enter") input.blur(); });
+      return input;
+    }
+
     function codeRow(row, index) {
       const isFocus = index === state.focus;
       if (row.kind === "added") {
@@ -171,6 +183,7 @@
         scoreBar(s.score),
         el("span", { class: "pill pill-" + (action || "none"), text: status }),
         ...target,
+        ...(action === "reject" || action === "change") && !d.implicit ? [reasonInput(row.code)] : [],
         ...flags,
         el("span", { class: "cim11", text: s.cim11 && s.cim11.length ? "CIM-11 : " + s.cim11.join(", ") : "" }),
         el("span", { class: "buttons" }, [
@@ -318,6 +331,7 @@
         if (!d || d.action === null || d.implicit) continue;
         const item = { code: s.code, action: d.action };
         if (d.action === "change") item.new_code = d.newCode;
+        if (d.reason && d.reason.trim()) item.reason = d.reason.trim();
         codes.push(item);
       }
       for (const a of state.added) codes.push({ code: a.code, action: "add" });

@@ -1,0 +1,92 @@
+"""`cimcoder review import / export / audit / monitoring` on real files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from cimcoder.serving.review import cli
+from cimcoder.serving.review.store import ReviewError
+from cimcoder.training.corpora.schema import Stay
+from test_review_store import make_case
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cimcoder")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+@pytest.fixture
+def predicted(tmp_path: Path) -> tuple[Path, Path]:
+    """What `cimcoder predict` wrote for three reports, and the reports it read."""
+    texts = tmp_path / "crh"
+    texts.mkdir()
+    with (tmp_path / "preds.jsonl").open("w") as out:
+        for i in range(3):
+            stay, prediction = make_case(f"crh-{i}")
+            (texts / f"crh-{i}.txt").write_text(stay["text"], encoding="utf-8")
+            out.write(prediction.model_dump_json() + "\n")
+    return tmp_path / "preds.jsonl", texts
+
+
+def test_import_then_export_and_audit(
+    predicted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preds, texts = predicted
+    db = ["--database-url", f"sqlite:///{tmp_path / 'review.db'}"]
+    assert run(["review", "import", "--predictions", str(preds), "--texts", str(texts),
+                "--unit", "Cardiologie", *db]) == 0
+    assert "queued 3 stay(s) (0 already there)" in capsys.readouterr().out
+    assert run(["review", "import", "--predictions", str(preds), "--texts", str(texts), *db]) == 0
+    assert "queued 0 stay(s) (3 already there)" in capsys.readouterr().out
+
+    out = tmp_path / "valides.jsonl"
+    assert run(["review", "export", "--output", str(out), *db]) == 0
+    assert out.read_text() == ""  # nothing validated yet
+    assert run(["review", "audit", "--output", str(tmp_path / "audit.jsonl"), *db]) == 0
+    events = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["stay.enqueued"] * 3
+    assert {e["actor"] for e in events} == {"cli"}
+
+    gold = tmp_path / "gold.jsonl"
+    stays = [
+        Stay(id=f"crh-{i}", documents=[{"text": "x"}],
+             diagnoses=[{"code": "I50.0", "role": "DP"}, {"code": "E87.68", "role": "DAS"}])
+        for i in range(2)
+    ]
+    gold.write_text("".join(s.model_dump_json() + "\n" for s in stays))
+    assert run(["review", "scripted", "--gold", str(gold), *db]) == 0
+    assert "validated 2 stay(s)" in capsys.readouterr().out
+    assert run(["review", "export", "--output", str(out), *db]) == 0
+    assert "wrote 2 validated stay(s)" in capsys.readouterr().out
+    exported = [Stay.model_validate_json(x) for x in out.read_text().splitlines()]
+    assert [(s.id, [(d.code, d.role) for d in s.diagnoses]) for s in exported] == [
+        ("crh-0", [("I50.0", "DP"), ("E87.68", "DAS")]),
+        ("crh-1", [("I50.0", "DP"), ("E87.68", "DAS")]),
+    ]
+    assert exported[0].context is not None and exported[0].context.unit == "Cardiologie"
+
+    assert run(["review", "monitoring", *db]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["by_status"] == {"to_code": 1, "validated": 2}
+
+
+def test_bad_inputs_are_clear_errors(predicted: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, texts = predicted
+    db = ["--database-url", f"sqlite:///{tmp_path / 'review.db'}"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(preds.read_text().splitlines()[0] + "\n{\"id\": \"crh-9\"}\n")
+    with pytest.raises(ReviewError, match=r"broken.jsonl, line 2: not a prediction"):
+        run(["review", "import", "--predictions", str(broken), "--texts", str(texts), *db])
+    (texts / "crh-2.txt").unlink()
+    with pytest.raises(ReviewError, match=r"1 prediction\(s\) have no text"):
+        run(["review", "import", "--predictions", str(preds), "--texts", str(texts), *db])
+    with pytest.raises(ReviewError, match="cannot tell the audit format"):
+        run(["review", "audit", "--output", str(tmp_path / "audit.txt"), *db])
+    with pytest.raises(ReviewError, match="cannot open the review store"):
+        run(["review", "export", "--output", str(tmp_path / "x.jsonl"),
+             "--database-url", "postgresql+psycopg://nobody@127.0.0.1:1/nothing"])
