@@ -173,12 +173,13 @@ def main() -> int:
     load_s = time.perf_counter() - t0
     texts = [r["text"] for r in reports]
     predictor.predict(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     predictor.predict(texts, batch_size=args.batch_size)
-    steady_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    steady_s, steady_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     predictor.predict(texts, batch_size=args.batch_size, evidence=False)
-    ranking_s = time.perf_counter() - t0
+    ranking_s, ranking_cpu = time.perf_counter() - t0, time.process_time() - c0
+    load_avg = os.getloadavg()[0]
 
     median_text = sorted(texts, key=len)[len(texts) // 2]
     flops = flops_per_report(predictor, median_text)
@@ -192,8 +193,9 @@ def main() -> int:
     print(f"reports               : {len(reports)} CodiEsp-FR dev, median {statistics.median(chars):.0f} chars")
     print(f"threads               : {args.threads} (torch), batch size {args.batch_size}")
     print(f"cimcoder predict (CLI): {cli_s:.2f} s end to end -> {cli_rate:.2f} reports/s (model load included)")
-    print(f"predictor steady state: {steady_s:.2f} s -> {steady_rate:.2f} reports/s (load {load_s:.2f} s excluded)")
-    print(f"  without evidence    : {ranking_s:.2f} s -> {ranking_rate:.2f} reports/s (predict --no-evidence)")
+    print(f"predictor steady state: {steady_s:.2f} s -> {steady_rate:.2f} reports/s (load {load_s:.2f} s excluded; {steady_cpu:.1f} CPU-s)")
+    print(f"  without evidence    : {ranking_s:.2f} s -> {ranking_rate:.2f} reports/s (predict --no-evidence; {ranking_cpu:.1f} CPU-s)")
+    print(f"machine load average  : {load_avg:.1f} on {os.cpu_count()} cores (shared machine: wall figures vary with it)")
     print(f"matmul peak (fp32)    : {peak:.1f} GFLOP/s (2048^3, best of 5, {args.threads} threads)")
     if flops is None:
         print("FLOPs per report      : n/a (not a torch model; no dense forward to count)")

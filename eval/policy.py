@@ -257,6 +257,10 @@ class DecisionPolicy:
         hierarchy = Hierarchy(terminology)
 
         def fit_auto(cols: np.ndarray) -> tuple[float | None] | None:
+            # Scanning thresholds of hundreds of small nodes would certify some by luck
+            # (winner's curse): a node needs `min_positives` true codes to get its own.
+            if int(y[:, cols].sum()) < min_positives:
+                return None
             found = auto_threshold(y[:, cols], p[:, cols], target_precision,
                                    confidence=confidence, method=bound)
             return None if found is None else (found[0],)

@@ -442,13 +442,20 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'{_e(report.get("run"))} · politique {_e(pol["version"]["hash"][:12])} '
         f'({_e(pol["version"]["created_at"])}) · généré le {_e(report.get("created_at"))}</p>',
     ]
-    verdict = (
-        f"Au seuil de précision fixé par le DIM ({_pct(target, 0)}), cimcoder code seul "
-        f"<b>{_pct(rate)}</b> des diagnostics attendus, avec une précision mesurée de "
-        f"<b>{_pct(prec)}</b>. L'objectif national est de {_pct(goal, 0)} : "
-        + ("<b>atteint</b>." if rate is not None and rate >= goal
-           else f"il manque <b>{_num(100 * (goal - (rate or 0.0)), 1)} points</b>.")
-    )
+    if not h.get("n_auto"):
+        verdict = (
+            f"À la précision exigée par le DIM ({_pct(target, 0)}), aucun code n'atteint ce niveau "
+            "avec la marge statistique requise : <b>rien n'est auto-codé</b>, tout passe par la "
+            f"revue. L'objectif national est de {_pct(goal, 0)}."
+        )
+    else:
+        verdict = (
+            f"Au seuil de précision fixé par le DIM ({_pct(target, 0)}), cimcoder code seul "
+            f"<b>{_pct(rate)}</b> des diagnostics attendus, avec une précision mesurée de "
+            f"<b>{_pct(prec)}</b>. L'objectif national est de {_pct(goal, 0)} : "
+            + ("<b>atteint</b>." if rate is not None and rate >= goal
+               else f"il manque <b>{_num(100 * (goal - (rate or 0.0)), 1)} points</b>.")
+        )
     out.append(f'<p class="verdict" id="verdict">{verdict}</p>')
 
     def card(value: str, label: str, css: str = "", cid: str = "") -> str:

@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
+from cimcoder.training.tracking import load_run_dir_from_uri
+from mlflow.pyfunc import PythonModel
+
+__all__ = ["CimcoderPyfunc", "ModelInputError", "load_run_dir_from_uri", "texts_from_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def texts_from_input(model_input: Any) -> list[str]:
     return texts
 
 
-class CimcoderPyfunc(mlflow.pyfunc.PythonModel):
+class CimcoderPyfunc(PythonModel):
     """pyfunc wrapper of a cimcoder run folder (artefact key "run")."""
 
     def __init__(self, fallback_top_k: int = FALLBACK_TOP_K) -> None:
@@ -93,7 +96,7 @@ class CimcoderPyfunc(mlflow.pyfunc.PythonModel):
         self._scorer = None
         if (self._run_dir / "policy.json").is_file():
             try:
-                from cimcoder.inference import Predictor  # type: ignore[attr-defined]
+                from cimcoder.inference import Predictor
             except ImportError as exc:
                 logger.warning("cimcoder Predictor not importable (%s); raw top-k scores", exc)
             else:
@@ -107,7 +110,7 @@ class CimcoderPyfunc(mlflow.pyfunc.PythonModel):
 
     # No type hints here on purpose: MLflow derives a schema from predict's hints and
     # rejects `Any`; the signature logged with the model describes the input instead.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, context, model_input, params=None):
         import pandas as pd
 
         texts = texts_from_input(model_input)

@@ -265,3 +265,16 @@ def test_same_text_same_answer(predictor) -> None:  # type: ignore[no-untyped-de
     a = predictor.predict([NOTE, "Diabète de type 2 sous metformine."])
     b = predictor.predict(["Diabète de type 2 sous metformine."])
     assert a[1].model_dump() == b[0].model_dump()
+
+
+def test_unregistered_champion_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cimcoder.errors import CimcoderError
+    from cimcoder.inference import DEFAULT_MODEL_URI, Predictor
+
+    # An empty local MLflow store: no model is registered as cimcoder@champion yet.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path / 'registry.db'}")
+    with pytest.raises(CimcoderError, match="cimcoder@champion"):
+        Predictor.load(DEFAULT_MODEL_URI)

@@ -58,6 +58,8 @@ def test_long_report_is_chunked_within_budget(encoder_dir: Path) -> None:
     (doc,) = scorer.chunk([long_report])
     assert len(doc.input_ids) == 8  # max_chunks
     assert doc.truncated
+    # 14 text tokens per chunk, each chunk starting 10 tokens after the previous one.
+    assert doc.n_tokens == 14 + 7 * 10
     assert all(len(c) <= 16 for c in doc.input_ids)
     cls_id, sep_id = scorer.tokenizer.cls_token_id, scorer.tokenizer.sep_token_id
     assert all(c[0] == cls_id and c[-1] == sep_id for c in doc.input_ids)

@@ -154,3 +154,12 @@ def test_bad_targets_are_refused() -> None:
     y, s, labels = synthetic_scores(100, seed=8)
     with pytest.raises(PolicyError, match="target precision"):
         DecisionPolicy.fit(y, s, labels, target_precision=1.5)
+
+
+def test_small_codes_cannot_certify_their_own_threshold() -> None:
+    # Scanning thresholds code by code certifies lucky streaks: a code with fewer true codes
+    # than min_positives (here even I10, ~300) must inherit a pooled threshold instead.
+    y, s, labels = synthetic_scores(1500, seed=9)
+    policy = DecisionPolicy.fit(y, s, labels, min_positives=400)
+    assert all(not policy.codes[c].auto_level.startswith("code:") for c in labels)
+    assert policy.level_counts()["auto"]["code"] == 0

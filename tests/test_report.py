@@ -121,3 +121,16 @@ def test_html_escapes_stay_ids_and_labels() -> None:
                                      "label": "HTA & <b>", "score": 0.99, "raw_score": 0.99})
     page = render_html(report)
     assert "<img src=x>" not in page and "&lt;img src=x&gt;" in page
+
+
+def test_verdict_when_nothing_reaches_the_target() -> None:
+    # A model no better than chance ("Pas d'HTA connue" scored like "HTA") certifies nothing.
+    rng = np.random.default_rng(3)
+    y = rng.random((300, 4)) < 0.3
+    s = rng.random((300, 4))
+    labels = ["I10", "E11.9", "J13", "I50.0"]
+    policy = DecisionPolicy.fit(y, s, labels, min_positives=10)
+    report = build_report(y, s, labels, policy, stay_ids=[f"s{i}" for i in range(300)])
+    assert report["headline"]["n_auto"] == 0 and report["headline"]["auto_precision"] is None
+    page = render_html(report)
+    assert "rien n'est auto-codé" in page

@@ -179,6 +179,21 @@ def test_auto_coded_stays_are_apart_and_sampled_for_qc_by_hash(store: ReviewStor
     assert sampled == {i for i in ids if workflow.qc_draw(i) < 0.5}
 
 
+def test_only_the_best_rejected_candidates_are_stored(store: ReviewStore) -> None:
+    stay, prediction = make_case("sej-ic-long")
+    extra = prediction.codes[-1]
+    prediction.codes += [
+        extra.model_copy(update={"code": f"R{50 + i // 10}.{i % 10}", "score": 0.1 - i / 1000})
+        for i in range(40)
+    ]
+    with store.session() as session:
+        workflow.enqueue(session, stay, prediction)
+        view = workflow.stay_view(session, "sej-ic-long")
+    decisions = [s["decision"] for s in view["suggestions"]]
+    assert decisions.count("reject") == workflow.MAX_REJECTED_STORED
+    assert [s["code"] for s in view["suggestions"][:4]] == ["I50.0", "I10", "E11.9", "I26.9"]
+
+
 def test_enqueue_is_idempotent_and_refuses_another_text(store: ReviewStore) -> None:
     enqueue_cases(store, ["sej-ic-2"])
     enqueue_cases(store, ["sej-ic-2"])  # same text, same model: nothing new

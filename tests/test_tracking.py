@@ -229,3 +229,15 @@ def test_pyfunc_rejects_input_without_text() -> None:
         texts_from_input(pd.DataFrame({"id": [1], "report": ["HTA"]}))
     with pytest.raises(ModelInputError, match="must be a string"):
         texts_from_input([None])
+
+
+def test_param_logged_twice_with_another_value_keeps_the_first(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = local_tracking_uri(tmp_path / "store")
+    with RunTracker.start("codiesp-fr", "twice", tracking_uri=uri) as t:
+        t.log_params({"training": {"lr": 5e-5}})
+        t.log_params({"training": {"lr": 1e-4, "seed": 13}})
+    params = MlflowClient(tracking_uri=uri).get_run(t.run_id).data.params
+    assert params["training.lr"] == "5e-05"
+    assert params["training.seed"] == "13"

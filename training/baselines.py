@@ -464,6 +464,13 @@ def _check_labels(space: LabelSpace, saved: list[str], run_dir: str | Path) -> N
 # ====================================================================== edsnlp matcher
 
 
+Qualifier = Literal["negation", "hypothesis", "family"]
+
+
+def _all_qualifiers() -> list[Qualifier]:
+    return ["negation", "hypothesis", "family"]
+
+
 class MatcherParams(_Params):
     term_matcher: Literal["exact", "simstring"] = Field(
         "simstring",
@@ -476,8 +483,8 @@ class MatcherParams(_Params):
     simstring_measure: Literal["dice", "jaccard", "cosine", "overlap"] = Field(
         "dice", description="Similarity measure of simstring matching."
     )
-    qualifiers: list[Literal["negation", "hypothesis", "family"]] = Field(
-        default_factory=lambda: ["negation", "hypothesis", "family"],
+    qualifiers: list[Qualifier] = Field(
+        default_factory=_all_qualifiers,
         description="Mentions flagged by these edsnlp qualifiers are dropped.",
     )
     label_variants: bool = Field(
@@ -676,41 +683,11 @@ class EdsnlpMatcherScorer:
 # ====================================================================== harness
 
 
-def _train_and_validation(config: RunConfig) -> tuple[list[Any], list[Any]]:
-    """Training and validation stays, as the transformer's trainer takes them."""
-    from cimcoder.training.corpora import load_dataset, split
-
-    train = list(load_dataset(config.data.train).stays)
-    if config.data.max_train_stays is not None:
-        train = train[: config.data.max_train_stays]
-    if config.data.validation == "dev":
-        assert config.data.dev is not None  # checked by DataConfig
-        valid = list(load_dataset(config.data.dev).stays)
-    else:
-        parts = split(
-            train,
-            fractions={"train": 1 - config.data.holdout_fraction, "dev": config.data.holdout_fraction},
-            seed=config.training.seed,
-        )
-        train, valid = list(parts["train"].stays), list(parts["dev"].stays)
-    if not train:
-        raise BaselineError(f"no training stays in {config.data.train}")
-    return train, valid
-
-
-def _label_space(config: RunConfig, train: list[Any]) -> LabelSpace:
-    from cimcoder.training.labels import LabelSpace
-
-    if config.data.labels.terminology != "cim10":
+def _check_label_space(config: RunConfig, space: LabelSpace) -> None:
+    if config.model.name == "edsnlp_matcher" and space.terminology != "cim10":
         raise BaselineError(
-            "the baselines score CIM-10 labels only (edsnlp's matcher is CIM-10); "
-            "set data.labels.terminology=cim10"
+            "edsnlp_matcher matches CIM-10 terms only: set data.labels.terminology=cim10"
         )
-    if config.data.labels.include != "train":
-        raise BaselineError("the baselines use data.labels.include=train")
-    return LabelSpace.from_code_sets(
-        [s.codes for s in train], terminology="cim10", min_count=config.data.labels.min_count
-    )
 
 
 def evaluate_scores(
@@ -745,26 +722,39 @@ def fit_baseline(config: RunConfig, tracker: RunTracker | None = None) -> Path:
 
     if config.model.name not in ("tfidf_lr", "edsnlp_matcher"):
         raise BaselineError(f"{config.model.name!r} is not a baseline (tfidf_lr, edsnlp_matcher)")
+    from cimcoder.training.trainer import prepare_data
+
     t0 = time.perf_counter()
-    train, valid = _train_and_validation(config)
-    space = _label_space(config, train)
+    # The transformer's own data preparation: same splits, same label space.
+    data = prepare_data(config)
+    train, valid, space = data.train, data.validation, data.label_space
+    _check_label_space(config, space)
     model = build_model(config, space)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if tracker is not None:
         tracker.log_params(config.model_dump(mode="json"))
-        tracker.log_params({"data.n_train": len(train), "data.n_valid": len(valid), "labels": len(space)})
-    model.fit([s.text for s in train], [s.codes for s in train])  # type: ignore[attr-defined]
+        tracker.log_params(
+            {"data.n_train": len(train), "data.n_valid": len(valid), "labels": len(space)}
+        )
+    model.fit([s.text for s in train], [s.codes for s in train])
     fit_s = time.perf_counter() - t0
+    if not valid:
+        raise BaselineError(f"no validation stays ({data.validation_source})")
     t1 = time.perf_counter()
-    scores = model.predict_scores([s.text for s in valid], batch_size=config.training.eval_batch_size)
+    scores = model.predict_scores(
+        [s.text for s in valid], batch_size=config.training.eval_batch_size
+    )
     score_s = time.perf_counter() - t1
-    y_valid = np.asarray(space.encode([s.codes for s in valid]), dtype=bool).reshape(len(valid), len(space))
+    y_valid = np.asarray(space.encode([s.codes for s in valid]), dtype=bool).reshape(
+        len(valid), len(space)
+    )
     n_gold = [len(set(s.codes)) for s in valid]
     metrics = evaluate_scores(y_valid, scores, n_gold)
     metrics.update(
         {
-            "split": config.data.validation,
+            "validation": data.validation_source,
+            "validation_metric": "map",
             "fit_seconds": round(fit_s, 2),
             "score_seconds": round(score_s, 2),
             "gold_outside_label_space": int(sum(n_gold) - int(y_valid.sum())),

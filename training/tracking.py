@@ -322,7 +322,13 @@ class RunTracker:
         from mlflow.entities import Param
 
         flat = flatten_params(params)
-        new = {k: v for k, v in flat.items() if self._journal.params.get(k) != v}
+        # MLflow params are write-once: a changed value would fail the whole batch.
+        changed = sorted(
+            k for k, v in flat.items() if k in self._journal.params and self._journal.params[k] != v
+        )
+        if changed:
+            logger.warning("params already logged with another value, first kept: %s", changed[:10])
+        new = {k: v for k, v in flat.items() if k not in self._journal.params}
         if not new:
             return
         self._journal.params.update(new)
@@ -477,7 +483,15 @@ def read_run_metric(run_dir: str | Path, metric: str = "map") -> float | None:
     for key in sorted(flat, key=len):
         if key.endswith("." + metric):
             return flat[key]
+    # The trainer writes its early-stopping metric as `dev_metric`, named by
+    # `validation_metric` (the pipeline validates on mean_average_precision).
+    named = str(data.get("validation_metric", ""))
+    if "dev_metric" in flat and named in _METRIC_ALIASES.get(metric, {metric}):
+        return flat["dev_metric"]
     return None
+
+
+_METRIC_ALIASES = {"map": {"map", "mean_average_precision"}, "micro_f1": {"micro_f1"}}
 
 
 @dataclass
@@ -533,7 +547,7 @@ def _fluent_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved_tracking)
+        mlflow.set_tracking_uri(saved_tracking)  # type: ignore[arg-type]  # None unsets it
         registry_utils._registry_uri = saved_registry
         for key, value in saved_env.items():
             if value is None:
@@ -613,7 +627,10 @@ def register_run_model(
                 await_registration_for=60,
             )
         except Exception as exc:
-            raise TrackingError(f"could not log/register the model at {tracker.tracking_uri}: {exc}") from exc
+            raise TrackingError(
+                f"could not log/register the model at {_redact(tracker.tracking_uri)}: {exc}. "
+                f"The run folder {root} is intact: register it again once MLflow is reachable"
+            ) from exc
         finally:
             # Leave the run RUNNING: the caller's tracker ends it.
             mlflow.end_run(status="RUNNING")
@@ -661,7 +678,8 @@ def _pyfunc_class() -> type:
     training; resolving it by name keeps `training` free of import-time upward dependencies.
     """
     module_name, _, attr = PYFUNC_CLASS.partition(":")
-    return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+    cls: type = getattr(importlib.import_module(module_name), attr)
+    return cls
 
 
 def _alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

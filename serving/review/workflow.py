@@ -39,6 +39,9 @@ from sqlalchemy.orm import Session
 logger = logging.getLogger(__name__)
 
 QC_RATE_KEY = "qc_rate"
+# Rejected candidates kept per stay (best first): enough for a coder to rescue a missed code
+# and for score monitoring; the full ranking stays in the predictions JSONL.
+MAX_REJECTED_STORED = 30
 SYSTEM_ACTOR = "system"
 
 
@@ -215,6 +218,8 @@ def enqueue(
         ReviewDocument(position=i, doc_type=d.doc_type, doc_date=d.date, text=d.text)
         for i, d in enumerate(documents)
     ]
+    rejected = [c for c in pred.codes if c.decision == "reject"][:MAX_REJECTED_STORED]
+    stored = [c for c in pred.codes if c.decision != "reject" or c in rejected]
     row.predictions = [
         Prediction(
             rank=i,
@@ -232,7 +237,7 @@ def enqueue(
             input_hash=digest,
             created_at=now,
         )
-        for i, c in enumerate(pred.codes)
+        for i, c in enumerate(stored)
     ]
     session.add(row)
     session.flush()

@@ -91,8 +91,10 @@ class Chunker:
             chunks: list[list[int]] = []
             chunk_offs: list[list[tuple[int, int]]] = []
             start = 0
+            kept_end = 0
             while start < len(ids) and len(chunks) < self.config.max_chunks:
                 piece = ids[start : start + body]
+                kept_end = start + len(piece)
                 chunks.append([self.cls_id, *piece, self.sep_id])
                 chunk_offs.append([(-1, -1), *[tuple(o) for o in offs[start : start + body]], (-1, -1)])
                 if start + body >= len(ids):
@@ -101,7 +103,6 @@ class Chunker:
             if not chunks:  # empty report: one chunk with specials only
                 chunks.append([self.cls_id, self.sep_id])
                 chunk_offs.append([(-1, -1), (-1, -1)])
-            kept_end = min(len(ids), start + body) if ids else 0
             out.append(
                 ChunkedText(
                     input_ids=chunks,

@@ -206,7 +206,8 @@
         const ul = el("ul", { class: "codes" });
         for (const r of list) ul.append(codeRow(r, index++));
         const total = suggestions.filter((s) => s.decision === g.key).length;
-        const title = g.title + " (" + total + ")" + (g.key === "reject" && total > list.length ? " — " + list.length + " meilleurs affichés" : "");
+        const undecided = g.key === "review" ? suggestions.filter((s) => s.decision === "review" && state.decisions[s.code].action === null).length : 0;
+        const title = g.title + " (" + total + (undecided ? ", " + undecided + " non décidés" : "") + ")" + (g.key === "reject" && total > list.length ? " — " + list.length + " meilleurs affichés" : "");
         const group = el("div", { class: "group group-" + g.key, id: "group-" + g.key }, [el("h3", { text: title })]);
         group.append(list.length ? ul : el("p", { class: "empty", text: "Aucun code." }));
         box.append(group);
@@ -244,6 +245,13 @@
       state.decisions[code] = { action };
       const after = finalCode(code);
       if (state.dp && state.dp === before) state.dp = after; // the DP follows its code
+      render();
+    }
+
+    function rejectUndecided() {
+      for (const s of suggestions) {
+        if (state.decisions[s.code].action === null) state.decisions[s.code] = { action: "reject" };
+      }
       render();
     }
 
@@ -370,6 +378,7 @@
 
     document.getElementById("save").addEventListener("click", () => save("validated"));
     document.getElementById("save-draft").addEventListener("click", () => save("in_review"));
+    document.getElementById("reject-rest").addEventListener("click", rejectUndecided);
 
     document.addEventListener("keydown", (e) => {
       const tag = (e.target && e.target.tagName) || "";
@@ -386,6 +395,7 @@
         case "d": if (code) setDp(code); break;
         case "/": state.changing = null; render(); searchBox.focus(); break;
         case "s": save("validated"); break;
+        case "x": rejectUndecided(); break;
         default: return;
       }
       e.preventDefault();
