@@ -148,6 +148,17 @@ def _load(base: str, headers: dict[str, str], reports: list[dict[str, str]], arg
         thread.join()
     wall = time.perf_counter() - started
 
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        metrics = client.get("/metrics").text
+    sums = {
+        name: float(value)
+        for name, value in (
+            line.split()[:2] for line in metrics.splitlines() if line.startswith("cimcoder_batch_size_")
+        )
+    }
+    batches = sums.get("cimcoder_batch_size_count", 0.0)
+    mean_batch = sums.get("cimcoder_batch_size_sum", 0.0) / batches if batches else float("nan")
+
     single_p50 = statistics.median(single)
     p50 = _percentile(latencies, 50)
     print(f"model             : {model}")
@@ -157,6 +168,7 @@ def _load(base: str, headers: dict[str, str], reports: list[dict[str, str]], arg
     print(f"latency p50/p95/p99: {p50 * 1000:.0f} / {_percentile(latencies, 95) * 1000:.0f} / {_percentile(latencies, 99) * 1000:.0f} ms")
     print(f"single request p50: {single_p50 * 1000:.0f} ms ({args.single} sequential requests, same server)")
     print(f"ratio p50 loaded / single: {p50 / single_p50:.2f}")
+    print(f"micro-batching    : {batches:.0f} model calls, {mean_batch:.2f} reports per call on average")
     return 0 if not errors else 1
 
 

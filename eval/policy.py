@@ -198,6 +198,7 @@ class DecisionPolicy:
     bound: BoundMethod = "wilson"
     min_positives: int = 50
     terminology: Literal["cim10", "cim11"] = "cim10"
+    edition: str | None = None  # terminology edition of the model's label space
     fitted_on: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     content_hash: str = ""
@@ -218,6 +219,7 @@ class DecisionPolicy:
         calibration: CalibrationMethod = "isotonic",
         min_positives: int = 50,
         terminology: Literal["cim10", "cim11"] = "cim10",
+        edition: str | None = None,
         fitted_on: dict[str, Any] | None = None,
         calibrator: Calibrator | None = None,
         calibration_folds: int = 5,
@@ -311,6 +313,7 @@ class DecisionPolicy:
             bound=bound,
             min_positives=min_positives,
             terminology=terminology,
+            edition=edition,
             fitted_on=dict(fitted_on or {}),
             created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
@@ -387,6 +390,7 @@ class DecisionPolicy:
         return {
             "format": POLICY_FORMAT,
             "terminology": self.terminology,
+            "edition": self.edition,
             "target_precision": self.target_precision,
             "target_recall": self.target_recall,
             "confidence": self.confidence,
@@ -454,6 +458,7 @@ class DecisionPolicy:
                 bound=data["bound"],
                 min_positives=int(data["min_positives"]),
                 terminology=data.get("terminology", "cim10"),
+                edition=data.get("edition"),
                 fitted_on=dict(data.get("fitted_on") or {}),
                 created_at=str(data["version"]["created_at"]),
             )

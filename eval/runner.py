@@ -230,6 +230,7 @@ def calibrate_run(
         fit_data.y, fit_data.scores, labels,
         target_precision=target_precision, target_recall=target_recall, confidence=confidence,
         bound=bound, calibration=calibration, min_positives=min_positives, terminology=terminology,
+        edition=getattr(getattr(model, "label_space", None), "edition", None),
         fitted_on={"data": spec, "dataset": name, "half": half, "n_stays": len(fit_data.stay_ids),
                    "n_gold_in_space": int(fit_data.y.sum()), "half_salt": HALF_SALT},
     )
@@ -259,6 +260,7 @@ def _target_sweep(
             fit.y, fit.scores, labels, target_precision=t, target_recall=policy.target_recall,
             confidence=policy.confidence, bound=policy.bound, min_positives=policy.min_positives,
             calibration=policy.calibrator.method, terminology=policy.terminology,
+            edition=policy.edition,
         )
         rows.append(measure(p, held_out, labels))
     return rows

@@ -218,7 +218,7 @@ def create_app(settings: Settings | None = None, predictor: Any = None) -> FastA
     app.include_router(codes_router)
     _include_review(app, settings)
 
-    # Outermost last: size limit first, then metrics around everything else.
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # The last added is the outermost: metrics see every answer, 413s included.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

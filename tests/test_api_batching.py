@@ -6,7 +6,6 @@ import asyncio
 import threading
 
 import pytest
-
 from cimcoder.serving.batching import MicroBatcher
 
 

@@ -119,7 +119,10 @@ def test_calibrate_on_half_a_measures_on_half_b(run_dir: Path) -> None:
     assert abs(m["measured_precision"] - 0.95) <= 0.03
     assert m["automation_rate"] > 0.3
     labels = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))["codes"]
-    assert DecisionPolicy.load(run_dir, labels=labels).version == result.policy.version
+    loaded = DecisionPolicy.load(run_dir, labels=labels)
+    assert loaded.version == result.policy.version
+    space = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+    assert loaded.edition == space.get("edition") and loaded.terminology == space["terminology"]
 
 
 def test_evaluate_measures_only_the_other_half_and_writes_the_report(run_dir: Path) -> None:

@@ -270,8 +270,9 @@ def test_same_text_same_answer(predictor) -> None:  # type: ignore[no-untyped-de
 def test_unregistered_champion_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cimcoder.errors import CimcoderError
     from cimcoder.inference import DEFAULT_MODEL_URI, Predictor
+
+    from cimcoder.errors import CimcoderError
 
     # An empty local MLflow store: no model is registered as cimcoder@champion yet.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())

@@ -23,7 +23,7 @@ from test_eval_synthetic import FREQUENT, RARE, synthetic_scores
 @pytest.fixture(scope="module")
 def fitted() -> tuple[DecisionPolicy, np.ndarray, np.ndarray, list[str]]:
     y, s, labels = synthetic_scores(3000, seed=0)
-    policy = DecisionPolicy.fit(y, s, labels, target_precision=0.95,
+    policy = DecisionPolicy.fit(y, s, labels, target_precision=0.95, edition="cim10-fr-test",
                                 fitted_on={"data": "synthetic", "half": "A"})
     y_new, s_new, _ = synthetic_scores(3000, seed=1)
     return policy, y_new, s_new, labels
@@ -120,6 +120,7 @@ def test_save_load_round_trip_gives_identical_decisions(tmp_path, fitted) -> Non
     assert data["codes"]["I10"]["auto_level"] == "code:I10"
     again = DecisionPolicy.load(tmp_path, labels=labels)
     assert again.version == policy.version
+    assert again.edition == policy.edition == "cim10-fr-test"
     p1, p2 = policy.calibrate(s_new, labels), again.calibrate(s_new, labels)
     assert np.array_equal(p1, p2)
     assert np.array_equal(policy.decide(p1, labels), again.decide(p2, labels))

@@ -8,7 +8,9 @@ Where runs go:
   needed; view it with `mlflow ui --backend-store-uri sqlite:///<dir>/mlflow.db`.
 - If a tracking server (http/https URI) does not answer a short probe, or fails during the
   run, training goes on: the run is kept in the local store, with a warning saying where and
-  how to view it (see `FALLBACK_HINT`).
+  how to view it (see `FALLBACK_HINT`). When the server dies mid-run, MLflow's HTTP client
+  first retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT bound that);
+  then a new local run receives everything logged so far, and logging continues there.
 
 The tracker talks to MLflow through `MlflowClient` (no global active run), so several trackers
 can coexist in one process and tests can point each one at its own temporary store.

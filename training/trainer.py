@@ -275,14 +275,9 @@ def _prepare_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
                     "Choose another tracking.run_name, or restart it with resume disabled."
                 )
             return run_dir, True
-        if resume and not ckpt.exists():
-            logger.info("%s has no checkpoint; training from scratch", run_dir)
-        for stale in (CHECKPOINT_DIR,):
-            p = run_dir / stale / CHECKPOINT_FILE
-            if p.exists():
-                p.unlink()
-        for name in (METRICS_FILE,):
-            (run_dir / name).unlink(missing_ok=True)
+        logger.info("%s: training from scratch (overwriting the previous run)", run_dir)
+        ckpt.unlink(missing_ok=True)
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, False
 
