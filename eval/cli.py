@@ -7,6 +7,11 @@ from typing import Any
 
 from cimcoder.errors import CimcoderError
 
+# Plain constants, repeated here so that building the parser imports nothing heavy;
+# tests/test_policy.py checks they match cimcoder.eval.policy.
+DEFAULT_MAX_REVIEW = 10
+DEFAULT_MIN_REVIEW_PROBABILITY = 0.05
+
 
 def _fraction(text: str) -> float:
     try:
@@ -15,6 +20,28 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.95), got {text}")
+    return value
+
+
+def _review_cap(text: str) -> int | None:
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r} (or 'none')") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (e.g. 0.05), got {text}")
     return value
 
 
@@ -41,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="one-sided lower confidence bound on auto precision (default wilson)")
     p.add_argument("--min-positives", type=int, default=50,
                    help="positive stays a code needs for its own calibration map and review threshold (default 50)")
+    p.add_argument("--max-review", type=_review_cap, default=DEFAULT_MAX_REVIEW, metavar="N",
+                   help="at most N codes per stay go to review, the most probable; the others "
+                   f"are rejected ('none': no cap; default {DEFAULT_MAX_REVIEW}). Auto-coding is never capped")
+    p.add_argument("--min-review-probability", type=_probability,
+                   default=DEFAULT_MIN_REVIEW_PROBABILITY, metavar="P",
+                   help="calibrated probability below which a code is rejected rather than "
+                   f"reviewed (default {DEFAULT_MIN_REVIEW_PROBABILITY})")
     p.set_defaults(handler=_calibrate)
 
     p = subparsers.add_parser(
@@ -61,6 +95,14 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _num(x: Any, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _prf(m: dict[str, Any]) -> str:
+    return " / ".join(_num(m[k], ".3f") for k in ("micro_precision", "micro_recall", "micro_f1"))
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from cimcoder.eval.runner import calibrate_run
 
@@ -69,7 +111,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     result = calibrate_run(
         args.run, data=args.data, target_precision=args.target_precision,
         target_recall=args.target_recall, calibration=args.calibration, bound=args.bound,
-        min_positives=args.min_positives,
+        min_positives=args.min_positives, max_review_per_stay=args.max_review,
+        min_review_probability=args.min_review_probability,
     )
     pol = result.policy
     levels = pol.level_counts()
@@ -87,6 +130,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"  measured precision {_pct(m['measured_precision'])} "
               f"({'n/a' if gap is None else f'{gap:+.1f} points'}, {m['n_auto']} codes auto-coded)")
         print(f"  automation rate    {_pct(m['automation_rate'])} of true codes (goal 90.0%)")
+        cap = "no cap" if pol.max_review_per_stay is None else f"cap {pol.max_review_per_stay}"
+        print(f"  review per stay    {m['review_per_stay_mean']:.1f} mean, {m['review_per_stay_p90']:.0f} p90 "
+              f"({cap}, floor {pol.min_review_probability:g}); auto+review keep "
+              f"{_pct(m['recall_auto_or_review'])} of true codes")
+        if m.get("micro_f1") is not None:
+            print(f"  micro-F1           {m['micro_f1']:.3f} at the global F1 threshold "
+                  f"{pol.f1_threshold:.4g} (raw scores, chosen on the fitting data)")
     return 0
 
 
@@ -105,17 +155,23 @@ def _evaluate(args: argparse.Namespace) -> int:
          f"(95% lower bound {_pct(h['auto_precision_lower_bound'])})"),
         ("automation rate", f"{_pct(h['automation_rate'])} of true codes (goal {_pct(h['goal'])})"),
         ("stays fully auto-coded", _pct(h["share_stays_fully_auto_coded"])),
-        ("codes to review per stay", f"{h['review_per_stay_mean']:.2f} (median {h['review_per_stay_median']:.0f})"),
+        ("codes to review per stay", f"{h['review_per_stay_mean']:.2f} (p90 {h['review_per_stay_p90']:.0f}, "
+         + ("no cap" if h["max_review_per_stay"] is None else f"cap {h['max_review_per_stay']}")
+         + f"; uncapped {h['review_per_stay_mean_uncapped']:.1f})"),
+        ("auto + review recall", f"{_pct(h['recall_auto_or_review'])} of true codes "
+         f"(uncapped {_pct(h['recall_auto_or_review_uncapped'])})"),
         ("auto-coded errors", str(h["n_auto_errors"])),
-        ("MAP", f"{m['map']:.3f}"),
-        ("micro P / R / F1 (auto)", f"{m['micro_precision']:.3f} / {m['micro_recall']:.3f} / {m['micro_f1']:.3f}"),
-        ("macro F1 (auto)", f"{m['macro_f1']:.3f}"),
+        ("MAP (raw scores)", f"{m['map']:.3f}"),
+        ("micro P / R / F1", _prf(m) + f" at F1 threshold {_num(m.get('f1_threshold'), '.4g')}"),
+        ("macro F1", _num(m["macro_f1"], ".3f")),
+        ("micro P / R / F1 (auto)", _prf(m["auto"])),
         ("P@5 / R@5", f"{m['p@5']:.3f} / {m['r@5']:.3f}"),
         ("micro AUC", "n/a" if m["micro_auc"] is None else f"{m['micro_auc']:.3f}"),
     ]
     if m.get("principal_diagnosis_accuracy") is not None:
         rows.append(("DP ranked first", _pct(m["principal_diagnosis_accuracy"])))
     width = max(len(k) for k, _ in rows)
+    print(h.get("statement_fr", ""))
     for k, v in rows:
         print(f"  {k.ljust(width)}  {v}")
     sweep = report.get("target_sweep") or []
@@ -123,6 +179,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         print("target vs measured (thresholds fitted on the other half):")
         for r in sweep:
             print(f"  target {_pct(r['target_precision'])}  measured {_pct(r['measured_precision'])}  "
-                  f"automation {_pct(r['automation_rate'])}")
+                  f"automation {_pct(r['automation_rate'])}  review/stay {r.get('review_per_stay_mean', 0):.1f}")
     print(f"report: {report['files']['folder']}/automation_report.html")
     return 0

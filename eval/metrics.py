@@ -138,6 +138,32 @@ def macro_prf(y_true: np.ndarray, decisions: np.ndarray) -> PRF:
     )
 
 
+def best_f1_threshold(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    n_gold: np.ndarray | Sequence[int] | None = None,
+) -> tuple[float, float] | None:
+    """One global threshold on `scores` maximising micro-F1 of `scores >= threshold`.
+
+    Returns (threshold, micro-F1 there), or None when there is no gold code. The threshold is
+    one of the scores (a cut keeps all its ties); on equal F1 the highest threshold wins.
+    With `n_gold`, out-of-space gold codes count as missed, as in `micro_prf`.
+    """
+    y, s = _as_arrays(y_true, scores)
+    total = float(_n_gold(y, n_gold).sum())
+    if total <= 0 or not y.any():
+        return None
+    sv, yv = s.ravel(), y.ravel()
+    order = np.argsort(-sv, kind="stable")
+    ss, tp = sv[order], np.cumsum(yv[order])
+    last_of_run = np.ones(ss.size, dtype=bool)
+    last_of_run[:-1] = ss[:-1] != ss[1:]
+    cand = np.flatnonzero(last_of_run)
+    f1 = 2.0 * tp[cand] / (cand + 1 + total)  # 2 tp / (predicted + gold)
+    best = int(np.argmax(f1))  # first maximum: the highest threshold
+    return float(ss[cand[best]]), float(f1[best])
+
+
 # --------------------------------------------------------------------------- rankings
 
 

@@ -11,6 +11,15 @@ lower confidence bound (Wilson or Clopper-Pearson, 95% by default) still reaches
 precision the DIM sets: a point estimate of 95% on 40 codes is not a promise of 95%.
 The review threshold keeps ``target_recall`` of the true codes out of "reject".
 
+The review band must stay reviewable by a DIM coder: with a weak model, the threshold that
+keeps 95% of the true codes can send hundreds of codes per stay to review. Two workload
+limits therefore apply on top of it, per stay: a code goes to review only if its calibrated
+probability is at least ``min_review_probability``, and at most ``max_review_per_stay``
+codes (the most probable) go to review; the others are rejected. Auto-coding is never capped.
+
+For model comparisons, the policy also stores ``f1_threshold``: the one global threshold on
+*raw* model scores that maximises micro-F1 on the fitting data, applied unchanged elsewhere.
+
 A code whose own fitting data cannot support a threshold inherits one fitted on the pooled
 data of its 3-character category, then its chapter, then all remaining codes ("global"); the
 level each code uses is recorded. An inherited auto threshold is withdrawn from a code whose
@@ -34,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 from cimcoder.eval.calibration import CalibrationMethod, Calibrator
 from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, node_name
+from cimcoder.eval.metrics import best_f1_threshold
 from scipy.stats import beta as beta_dist
 from scipy.stats import norm
 
@@ -42,7 +52,10 @@ from cimcoder.errors import CimcoderError
 logger = logging.getLogger(__name__)
 
 POLICY_FILE = "policy.json"
-POLICY_FORMAT = 1
+POLICY_FORMAT = 2
+READABLE_FORMATS = (1, 2)  # format 1: no review cap, no F1 threshold
+DEFAULT_MAX_REVIEW = 10
+DEFAULT_MIN_REVIEW_PROBABILITY = 0.05
 AUTO, REVIEW, REJECT = "auto", "review", "reject"
 BoundMethod = Literal["wilson", "clopper-pearson"]
 
@@ -202,6 +215,12 @@ class DecisionPolicy:
     fitted_on: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     content_hash: str = ""
+    # Coder workload, per stay: None = no cap (format-1 policies).
+    max_review_per_stay: int | None = DEFAULT_MAX_REVIEW
+    min_review_probability: float = DEFAULT_MIN_REVIEW_PROBABILITY
+    # Global micro-F1-optimal threshold on raw scores of the fitting data (model comparisons).
+    f1_threshold: float | None = None
+    policy_format: int = POLICY_FORMAT
 
     # ------------------------------------------------------------------ fit
 
@@ -223,6 +242,9 @@ class DecisionPolicy:
         fitted_on: dict[str, Any] | None = None,
         calibrator: Calibrator | None = None,
         calibration_folds: int = 5,
+        max_review_per_stay: int | None = DEFAULT_MAX_REVIEW,
+        min_review_probability: float = DEFAULT_MIN_REVIEW_PROBABILITY,
+        n_gold: np.ndarray | Sequence[int] | None = None,
     ) -> DecisionPolicy:
         """Fit calibration (unless given) then thresholds on held-out gold and raw scores.
 
@@ -231,6 +253,10 @@ class DecisionPolicy:
         per-code isotonic map judged on its own fitting stays looks better than it is and
         would push the thresholds too low. The saved calibrator is fitted on all stays.
         With a given `calibrator`, its in-sample probabilities are used as they are.
+
+        `max_review_per_stay` / `min_review_probability` bound the review band per stay (see
+        the module docstring). `n_gold` (per-stay count of all gold codes, including those
+        outside the label space) only enters the choice of `f1_threshold`.
         """
         if not 0.5 <= target_precision < 1.0:
             raise PolicyError(f"target precision must be in [0.5, 1), got {target_precision}")
@@ -238,6 +264,10 @@ class DecisionPolicy:
             raise PolicyError(f"target recall must be in (0, 1], got {target_recall}")
         if not 0.5 <= confidence < 1.0:
             raise PolicyError(f"confidence must be in [0.5, 1), got {confidence}")
+        if max_review_per_stay is not None and max_review_per_stay < 0:
+            raise PolicyError(f"max review per stay must be >= 0 (or None), got {max_review_per_stay}")
+        if not 0.0 <= min_review_probability < 1.0:
+            raise PolicyError(f"min review probability must be in [0, 1), got {min_review_probability}")
         labels = list(labels)
         y = np.asarray(y_true, dtype=bool)
         s = np.asarray(scores, dtype=float)
@@ -302,6 +332,7 @@ class DecisionPolicy:
             if auto is not None:
                 review = min(review, auto)
             codes[code] = CodePolicy(auto, review, a_key, r_key, vetoed)
+        best = best_f1_threshold(y, s, n_gold)
 
         policy = cls(
             labels=labels,
@@ -316,9 +347,13 @@ class DecisionPolicy:
             edition=edition,
             fitted_on=dict(fitted_on or {}),
             created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            max_review_per_stay=None if max_review_per_stay is None else int(max_review_per_stay),
+            min_review_probability=float(min_review_probability),
+            f1_threshold=None if best is None else best[0],
         )
         policy.content_hash = policy._hash()
-        logger.info("decision policy fitted: %s", policy.level_counts())
+        logger.info("decision policy fitted: %s; F1 threshold %s", policy.level_counts(),
+                    policy.f1_threshold)
         return policy
 
     # ------------------------------------------------------------------ apply
@@ -353,16 +388,36 @@ class DecisionPolicy:
         review = np.array([self.codes[c].review for c in self.labels])
         return auto, review
 
-    def decide(self, probs: np.ndarray, labels: Sequence[str]) -> np.ndarray:
-        """Array [n, L] of "auto" / "review" / "reject" from calibrated probabilities."""
+    def decide(
+        self, probs: np.ndarray, labels: Sequence[str], *, review_cap: bool = True
+    ) -> np.ndarray:
+        """Array [n, L] of "auto" / "review" / "reject" from calibrated probabilities.
+
+        Each row is one stay: the review floor and the per-stay cap apply row by row, keeping
+        the most probable review codes (ties: label order). `review_cap=False` gives the
+        uncapped review band (to report what the cap costs in recall).
+        """
         self.check_labels(labels)
         p = np.asarray(probs, dtype=float)
         if p.ndim != 2 or p.shape[1] != len(self.labels):
             raise PolicyError(f"probabilities {p.shape} do not match {len(self.labels)} labels")
         auto, review = self.thresholds()
+        is_auto = p >= auto
+        is_review = (p >= review) & ~is_auto
+        if review_cap:
+            is_review &= p >= self.min_review_probability
+            cap = self.max_review_per_stay
+            if cap is not None:
+                over = np.flatnonzero(is_review.sum(axis=1) > cap)
+                if over.size:
+                    sub = np.where(is_review[over], p[over], -np.inf)
+                    order = np.argsort(-sub, axis=1, kind="stable")
+                    rank = np.empty_like(order)
+                    np.put_along_axis(rank, order, np.arange(p.shape[1])[None, :].repeat(over.size, 0), axis=1)
+                    is_review[over] &= rank < cap
         out = np.full(p.shape, REJECT, dtype="<U6")
-        out[p >= review] = REVIEW
-        out[p >= auto] = AUTO
+        out[is_review] = REVIEW
+        out[is_auto] = AUTO
         return out
 
     def level_counts(self) -> dict[str, dict[str, int]]:
@@ -387,8 +442,17 @@ class DecisionPolicy:
         return {"hash": self.content_hash or self._hash(), "created_at": self.created_at}
 
     def _content(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.policy_format >= 2:  # format 1 files must keep hashing as they were written
+            extra = {
+                "review_cap": {
+                    "max_review_per_stay": self.max_review_per_stay,
+                    "min_review_probability": self.min_review_probability,
+                },
+                "f1_threshold": self.f1_threshold,
+            }
         return {
-            "format": POLICY_FORMAT,
+            "format": self.policy_format,
             "terminology": self.terminology,
             "edition": self.edition,
             "target_precision": self.target_precision,
@@ -400,6 +464,7 @@ class DecisionPolicy:
             "labels": self.labels,
             "calibration": self.calibrator.to_dict(),
             "codes": {c: self.codes[c].to_dict() for c in self.labels},
+            **extra,
         }
 
     def _hash(self) -> str:
@@ -416,6 +481,7 @@ class DecisionPolicy:
         if out.is_dir():
             out = out / POLICY_FILE
         out.parent.mkdir(parents=True, exist_ok=True)
+        self.content_hash = self._hash()
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
         tmp.replace(out)
@@ -433,10 +499,13 @@ class DecisionPolicy:
             data = json.loads(src.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PolicyError(f"{src} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
             raise PolicyError(f"{src}: unsupported policy format {data.get('format')!r}"
                               if isinstance(data, dict) else f"{src}: not a policy object")
         try:
+            fmt = int(data["format"])
+            cap = data.get("review_cap") or {}
+            f1_t = data.get("f1_threshold")
             label_list = [str(c) for c in data["labels"]]
             codes = {}
             for c in label_list:
@@ -461,6 +530,12 @@ class DecisionPolicy:
                 edition=data.get("edition"),
                 fitted_on=dict(data.get("fitted_on") or {}),
                 created_at=str(data["version"]["created_at"]),
+                # Format 1 predates the workload limits: applied as written (no cap, no floor).
+                max_review_per_stay=None if fmt < 2 or cap.get("max_review_per_stay") is None
+                else int(cap["max_review_per_stay"]),
+                min_review_probability=float(cap.get("min_review_probability", 0.0)) if fmt >= 2 else 0.0,
+                f1_threshold=None if f1_t is None else float(f1_t),
+                policy_format=fmt,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"{src}: malformed policy ({exc!r})") from None
@@ -471,6 +546,9 @@ class DecisionPolicy:
                 f"{src}: content does not match its version hash (edited by hand?); "
                 "re-run `cimcoder calibrate`"
             )
+        if policy.policy_format < POLICY_FORMAT:
+            logger.warning("%s: policy format %d has no review cap nor F1 threshold; "
+                           "re-run `cimcoder calibrate` to get them", src, policy.policy_format)
         if labels is not None:
             policy.check_labels(labels)
         return policy

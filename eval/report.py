@@ -112,11 +112,17 @@ def build_report(
     run: str = "",
     target_sweep: Sequence[Mapping[str, Any]] | None = None,
     notes: Sequence[str] = (),
+    f1_threshold: float | None = None,
 ) -> dict[str, Any]:
     """The automation report (a JSON-ready dict) of one scored data set under `policy`.
 
     `y_true`: gold codes inside the label space; `n_gold`: per-stay count of all gold
     codes, including those outside the label space (they count as not auto-coded).
+
+    `metrics` holds the model-comparison figures: ranking metrics (MAP, P@k, AUC) on raw
+    scores, and micro/macro P/R/F1 of `raw score >= f1_threshold`, one global threshold
+    chosen on the policy's fitting data (default `policy.f1_threshold`), never on these
+    stays. The figures of the auto-coded decisions are under `metrics["auto"]`.
     """
     labels = list(labels)
     y = np.asarray(y_true, dtype=bool)
@@ -127,6 +133,7 @@ def build_report(
         )
     probs = policy.calibrate(s, labels)
     d = policy.decide(probs, labels)
+    d_uncapped = policy.decide(probs, labels, review_cap=False)
     hierarchy = Hierarchy(policy.terminology)
     g = np.asarray(n_gold, dtype=float) if n_gold is not None else y.sum(axis=1).astype(float)
     title_of: Callable[[str], str | None]
@@ -141,6 +148,9 @@ def build_report(
     op = _operating_point(y, d, n_gold=float(g.sum()), confidence=policy.confidence)
     auto, review = d == AUTO, d == REVIEW
     review_per_stay = review.sum(axis=1)
+    review_uncapped = d_uncapped == REVIEW
+    review_per_stay_uncapped = review_uncapped.sum(axis=1)
+    total_true = float(g.sum())
     missed_per_stay = g - (y & auto).sum(axis=1)  # true codes a coder must still add/confirm
     errors_per_stay = (~y & auto).sum(axis=1)
     no_review = review_per_stay == 0
@@ -158,10 +168,22 @@ def build_report(
         "share_stays_fully_auto_coded": _share(fully_right.sum(), y.shape[0]),
         "review_per_stay_mean": float(review_per_stay.mean()) if y.shape[0] else 0.0,
         "review_per_stay_median": float(np.median(review_per_stay)) if y.shape[0] else 0.0,
+        "review_per_stay_p90": float(np.percentile(review_per_stay, 90)) if y.shape[0] else 0.0,
+        "max_review_per_stay": policy.max_review_per_stay,
+        "min_review_probability": policy.min_review_probability,
+        # What the workload cap costs: true codes found by auto + review, with and without it.
+        "recall_auto_or_review": _share(float((y & (auto | review)).sum()), total_true),
+        "recall_auto_or_review_uncapped": _share(float((y & (auto | review_uncapped)).sum()), total_true),
+        "review_per_stay_mean_uncapped": float(review_per_stay_uncapped.mean()) if y.shape[0] else 0.0,
+        "review_per_stay_p90_uncapped": float(np.percentile(review_per_stay_uncapped, 90))
+        if y.shape[0] else 0.0,
         "recall_kept_out_of_reject": _share(y.sum() - op["n_true_rejected"], y.sum()),
         "meets_target": bool(op["auto_precision"] is not None
                              and op["auto_precision"] >= policy.target_precision - 0.02),
     }
+    headline.update(_automation_diagnosis(y, probs, policy, target_sweep or [], total_true,
+                                          op["n_auto"]))
+    headline["statement_fr"] = headline_statement(headline, policy)
 
     # -- auto-coded errors, most confident first
     rows, cols = np.nonzero(~y & auto)
@@ -201,18 +223,38 @@ def build_report(
     by_band = group_block(band_of) if bands else {}
 
     # -- metrics
-    cy, cs, cats = M.collapse_to_groups(y, probs, labels, hierarchy.category)
+    # Flat figures compare models: raw-score rankings, and P/R/F1 at one global threshold
+    # fitted on the policy's data (the usual micro-F1). Auto-coded figures live in "auto".
+    t_f1 = policy.f1_threshold if f1_threshold is None else float(f1_threshold)
+    at_f1 = s >= t_f1 if t_f1 is not None else np.zeros_like(y)
+    chapter_of = dict(zip(labels, chapters, strict=True))
+    band_map = dict(zip(labels, band_of, strict=True))
+    cy, cs, cats = M.collapse_to_groups(y, s, labels, hierarchy.category)
+    cy_p, cs_p, _ = M.collapse_to_groups(y, probs, labels, hierarchy.category)
     _, cauto, _ = M.collapse_to_groups(y, auto.astype(float), labels, hierarchy.category)
-    # Flat figures are those of the auto-coded decisions (what the pipeline compares).
     metrics: dict[str, Any] = {
-        "decisions": "auto",
-        **M.summarize(y, probs, auto, n_gold=g),
+        "decisions": "raw score >= f1_threshold (one global threshold fitted on the policy's data)",
+        "f1_threshold": t_f1,
+        **M.summarize(y, s, at_f1, n_gold=g),
+        "category_level": M.summarize(cy, cs, cs >= t_f1 if t_f1 is not None else cy & False),
+        "by_chapter": M.breakdown(y, s, labels, chapter_of, at_f1),
+        "by_band": M.breakdown(y, s, labels, band_map, at_f1) if bands else {},
+        "auto": {
+            "decisions": "auto (calibrated probabilities, per-code thresholds)",
+            **M.summarize(y, probs, auto, n_gold=g),
+            "category_level": M.summarize(cy_p, cs_p, cauto >= 1.0),
+            "by_chapter": M.breakdown(y, probs, labels, chapter_of, auto),
+            "by_band": M.breakdown(y, probs, labels, band_map, auto) if bands else {},
+        },
         "auto_or_review": M.summarize(y, probs, auto | review, n_gold=g),
-        "category_level": M.summarize(cy, cs, cauto >= 1.0),
-        "by_chapter": M.breakdown(y, probs, labels, dict(zip(labels, chapters, strict=True)), auto),
-        "by_band": M.breakdown(y, probs, labels, dict(zip(labels, band_of, strict=True)), auto)
-        if bands else {},
     }
+    if t_f1 is None:  # no threshold to apply: say "unknown", not a misleading 0
+        for key in ("micro_precision", "micro_recall", "micro_f1",
+                    "macro_precision", "macro_recall", "macro_f1"):
+            metrics[key] = None
+            metrics["category_level"][key] = None
+            for block in (*metrics["by_chapter"].values(), *metrics["by_band"].values()):
+                block[key] = None
     metrics["n_categories"] = len(cats)
     if principal is not None:
         acc, n_dp = M.principal_diagnosis_accuracy(s, labels, principal)
@@ -236,6 +278,9 @@ def build_report(
             "calibration": policy.calibrator.method,
             "fitted_on": policy.fitted_on,
             "levels": policy.level_counts(),
+            "max_review_per_stay": policy.max_review_per_stay,
+            "min_review_probability": policy.min_review_probability,
+            "f1_threshold": policy.f1_threshold,
         },
         "headline": headline,
         "target_sweep": [dict(r) for r in (target_sweep or [])],
@@ -248,15 +293,135 @@ def build_report(
         },
         "reliability": {"before": rel_before, "after": rel_after},
         "metrics": metrics,
-        # Recall/precision of auto-coded codes per frequency band, for model comparisons.
+        # Per frequency band, for model comparisons: recall/precision/F1 at the global F1
+        # threshold on raw scores, and the auto-coded figures beside them.
         "bands": {
             b: {"recall": m["micro_recall"], "precision": m["micro_precision"], "f1": m["micro_f1"],
-                "map": m["map"], "n_codes": m["n_codes"]}
+                "map": m["map"], "n_codes": m["n_codes"],
+                "auto_recall": metrics["auto"]["by_band"][b]["micro_recall"],
+                "auto_precision": metrics["auto"]["by_band"][b]["micro_precision"]}
             for b, m in metrics["by_band"].items()
         },
         "automation": {"headline": headline},
         "notes": list(notes),
     }
+
+
+def min_auto_for_margin(target: float, *, confidence: float = 0.95, method: str = "wilson",
+                        limit: int = 100_000) -> int | None:
+    """Fewest auto-coded codes, all correct, whose precision lower bound reaches `target`."""
+    n = np.arange(1, limit + 1)
+    ok = np.flatnonzero(lower_bound(n, n, confidence=confidence, method=method) >= target)  # type: ignore[arg-type]
+    return int(n[ok[0]]) if ok.size else None
+
+
+def _automation_diagnosis(
+    y: np.ndarray, probs: np.ndarray, policy: DecisionPolicy,
+    sweep: Sequence[Mapping[str, Any]], total_true: float, n_auto: int,
+) -> dict[str, Any]:
+    """Why nothing is auto-coded (if so) and what lower targets would give."""
+    target = policy.target_precision
+    n_min = min_auto_for_margin(target, confidence=policy.confidence, method=policy.bound)
+    # Precision of the model's n_min most confident proposals on these stays.
+    pv, yv = probs.ravel(), y.ravel()
+    top_precision = None
+    if n_min is not None and pv.size:
+        k = min(n_min, pv.size)
+        top = np.argsort(-pv, kind="stable")[:k]
+        top_precision = float(yv[top].mean())
+    reason = None
+    if n_auto == 0:
+        reason = ("model_precision_too_low"
+                  if top_precision is None or top_precision < target else "too_few_stays")
+    best = None
+    automated = [r for r in sweep if r.get("n_auto")]
+    if automated:
+        r = max(automated, key=lambda r: r["target_precision"])
+        best = {"target_precision": r["target_precision"],
+                "measured_precision": r.get("measured_precision"),
+                "automation_rate": r.get("automation_rate"), "source": "target_sweep"}
+    elif not sweep and total_true > 0:
+        # No refit on another half: read the curve of these stays (indicative, in-sample).
+        curve = automation_curve(y, probs, n_gold=total_true)
+        for level in (0.9, 0.8, 0.7, 0.6, 0.5):
+            if level >= target:
+                continue
+            pts = [p for p in curve if p["precision"] >= level and p["n_auto"] >= 1]
+            if pts:
+                p = max(pts, key=lambda q: q["share"])
+                best = {"target_precision": level, "measured_precision": p["precision"],
+                        "automation_rate": p["share"], "source": "curve"}
+                break
+    return {
+        "nothing_auto_reason": reason,
+        "min_auto_for_margin": n_min,
+        "top_precision_at_margin": top_precision,
+        "best_target_with_automation": best,
+        "lowest_target_tried": min((r["target_precision"] for r in sweep), default=None),
+    }
+
+
+def headline_statement(h: Mapping[str, Any], policy: DecisionPolicy) -> str:
+    """The headline in plain French: rate, measured precision, target, and why not more."""
+    target, goal, rate = policy.target_precision, h.get("goal", NATIONAL_GOAL), h.get("automation_rate")
+    parts: list[str] = []
+    if h.get("n_auto"):
+        parts.append(
+            f"À la précision cible fixée par le DIM ({_pct(target, 0)}), cimcoder auto-code "
+            f"{_pct(rate)} des diagnostics attendus, avec une précision mesurée de "
+            f"{_pct(h.get('auto_precision'))} (borne basse {_pct(h.get('auto_precision_lower_bound'))})."
+        )
+        gap = goal - (rate or 0.0)
+        parts.append(f"L'objectif national est de {_pct(goal, 0)} : "
+                     + ("atteint." if gap <= 0 else f"il manque {_num(100 * gap, 1)} points."))
+    else:
+        parts.append(
+            f"À la précision cible fixée par le DIM ({_pct(target, 0)}), rien n'est auto-codé "
+            f"(taux d'automatisation 0 %) : aucun seuil n'atteint cette précision avec la marge "
+            f"statistique requise (borne basse de confiance à {_pct(policy.confidence, 0)})."
+        )
+        n_min, top = h.get("min_auto_for_margin"), h.get("top_precision_at_margin")
+        fitted = policy.fitted_on or {}
+        if h.get("nothing_auto_reason") == "model_precision_too_low":
+            parts.append(
+                "Raison : la précision du modèle est trop faible. "
+                + (f"Même ses {n_min} propositions les plus sûres ne sont justes qu'à {_pct(top)} "
+                   f"ici, alors qu'il faut au moins {n_min} codes justes sans erreur pour "
+                   f"garantir {_pct(target, 0)}." if n_min and top is not None else "")
+            )
+        else:
+            parts.append(
+                "Raison : trop peu de séjours pour la marge statistique. "
+                + (f"Les {n_min} propositions les plus sûres du modèle sont justes à {_pct(top)} "
+                   "ici, mais " if n_min and top is not None else "")
+                + (f"l'ajustement ne disposait que de {fitted.get('n_stays')} séjours "
+                   f"({fitted.get('n_gold_in_space')} codes vrais) ; " if fitted.get("n_stays") else "")
+                + f"garantir {_pct(target, 0)} demande au moins {n_min} codes auto-codés sans "
+                f"erreur, et {policy.min_positives} codes vrais par code, catégorie ou chapitre "
+                "pour en fixer le seuil."
+            )
+        best = h.get("best_target_with_automation")
+        if best:
+            where = ("seuils ajustés sur l'autre moitié, mesurés ici" if best["source"] == "target_sweep"
+                     else "lu sur la courbe de ces séjours, indicatif")
+            parts.append(
+                f"À une cible plus basse de {_pct(best['target_precision'], 0)}, "
+                f"{_pct(best['automation_rate'])} des diagnostics seraient auto-codés, avec une "
+                f"précision mesurée de {_pct(best['measured_precision'])} ({where})."
+            )
+        elif h.get("lowest_target_tried") is not None:
+            parts.append(f"Même à la cible la plus basse essayée ({_pct(h['lowest_target_tried'], 0)}), "
+                         "rien ne serait auto-codé.")
+        parts.append(f"L'objectif national est de {_pct(goal, 0)} des diagnostics auto-codés.")
+    cap = policy.max_review_per_stay
+    parts.append(
+        f"Revue : {_num(h.get('review_per_stay_mean'), 1)} codes par séjour en moyenne "
+        f"(90e centile {_num(h.get('review_per_stay_p90'), 0)}"
+        + (f", plafond {cap}" if cap is not None else ", sans plafond")
+        + f") ; auto + revue retrouvent {_pct(h.get('recall_auto_or_review'))} des diagnostics "
+        f"({_pct(h.get('recall_auto_or_review_uncapped'))} sans plafond ni plancher)."
+    )
+    return " ".join(parts)
 
 
 def _roman_key(key: str) -> tuple[int, str]:
@@ -442,21 +607,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'{_e(report.get("run"))} · politique {_e(pol["version"]["hash"][:12])} '
         f'({_e(pol["version"]["created_at"])}) · généré le {_e(report.get("created_at"))}</p>',
     ]
-    if not h.get("n_auto"):
-        verdict = (
-            f"À la précision exigée par le DIM ({_pct(target, 0)}), aucun code n'atteint ce niveau "
-            "avec la marge statistique requise : <b>rien n'est auto-codé</b>, tout passe par la "
-            f"revue. L'objectif national est de {_pct(goal, 0)}."
-        )
-    else:
-        verdict = (
-            f"Au seuil de précision fixé par le DIM ({_pct(target, 0)}), cimcoder code seul "
-            f"<b>{_pct(rate)}</b> des diagnostics attendus, avec une précision mesurée de "
-            f"<b>{_pct(prec)}</b>. L'objectif national est de {_pct(goal, 0)} : "
-            + ("<b>atteint</b>." if rate is not None and rate >= goal
-               else f"il manque <b>{_num(100 * (goal - (rate or 0.0)), 1)} points</b>.")
-        )
-    out.append(f'<p class="verdict" id="verdict">{verdict}</p>')
+    statement = h.get("statement_fr") or ""
+    out.append(f'<p class="verdict" id="verdict">{html.escape(statement, quote=False)}</p>')
 
     def card(value: str, label: str, css: str = "", cid: str = "") -> str:
         return (f'<div class="card {css}" id="{cid}"><div class="value">{value}</div>'
@@ -472,8 +624,10 @@ def render_html(report: Mapping[str, Any]) -> str:
     out.append(card(_pct(h.get("share_stays_fully_auto_coded")),
                     f"des séjours entièrement auto-codés sans erreur ({h['stays_fully_auto_coded']} "
                     f"sur {h['n_stays']})", "", "kpi-stays"))
+    cap = h.get("max_review_per_stay")
     out.append(card(_num(h.get("review_per_stay_mean"), 1),
-                    f"codes à revoir par séjour en moyenne (médiane {_num(h.get('review_per_stay_median'), 0)})",
+                    f"codes à revoir par séjour en moyenne (90e centile {_num(h.get('review_per_stay_p90'), 0)}, "
+                    + (f"plafond {cap})" if cap is not None else "sans plafond)"),
                     "", "kpi-workload"))
     out.append("</div>")
     out.append(
@@ -487,6 +641,13 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'<tr><td class="l">Codes vrais rejetés (à ajouter par le codeur)</td><td>{h["n_true_rejected"]}</td></tr>'
         f'<tr><td class="l">Codes vrais gardés hors rejet (cible {_pct(pol["target_recall"], 0)})</td>'
         f'<td>{_pct(h.get("recall_kept_out_of_reject"))}</td></tr>'
+        f'<tr><td class="l">Charge de revue : plafond par séjour / probabilité minimale</td>'
+        f'<td>{_e("aucun" if cap is None else cap)} / {_pct(h.get("min_review_probability"))}</td></tr>'
+        f'<tr><td class="l">Codes à revoir par séjour, moyenne / 90e centile (sans plafond)</td>'
+        f'<td>{_num(h.get("review_per_stay_mean"), 1)} / {_num(h.get("review_per_stay_p90"), 0)} '
+        f'({_num(h.get("review_per_stay_mean_uncapped"), 1)} / {_num(h.get("review_per_stay_p90_uncapped"), 0)})</td></tr>'
+        f'<tr><td class="l">Diagnostics retrouvés par auto + revue (sans plafond)</td>'
+        f'<td>{_pct(h.get("recall_auto_or_review"))} ({_pct(h.get("recall_auto_or_review_uncapped"))})</td></tr>'
         f'<tr><td class="l">Séjours sans aucune revue</td><td>{h["stays_without_review"]} '
         f'({_pct(h.get("share_stays_without_review"))})</td></tr></table>'
     )
@@ -497,11 +658,14 @@ def render_html(report: Mapping[str, Any]) -> str:
         out.append('<p class="note">Seuils ajustés sur une partie des séjours, mesurés sur une autre '
                    "partie jamais vue pendant l'ajustement.</p>")
         out.append('<table id="target-sweep"><tr><th>Précision cible</th><th>Précision mesurée</th>'
-                   "<th>Écart (points)</th><th>Codes vrais auto-codés</th></tr>")
+                   "<th>Écart (points)</th><th>Codes vrais auto-codés</th><th>Revue par séjour</th>"
+                   "<th>Auto + revue</th></tr>")
         for r in sweep:
             gap = None if r.get("measured_precision") is None else 100 * (r["measured_precision"] - r["target_precision"])
             out.append(f"<tr><td>{_pct(r['target_precision'], 0)}</td><td>{_pct(r.get('measured_precision'))}</td>"
-                       f"<td>{_num(gap, 1)}</td><td>{_pct(r.get('automation_rate'))}</td></tr>")
+                       f"<td>{_num(gap, 1)}</td><td>{_pct(r.get('automation_rate'))}</td>"
+                       f"<td>{_num(r.get('review_per_stay_mean'), 1)}</td>"
+                       f"<td>{_pct(r.get('recall_auto_or_review'))}</td></tr>")
         out.append("</table>")
 
     # automation curve
@@ -576,8 +740,10 @@ def render_html(report: Mapping[str, Any]) -> str:
     out.append('<table id="metrics-table"><tr><th class="l">Décisions</th><th>Précision micro</th>'
                "<th>Rappel micro</th><th>F1 micro</th><th>F1 macro</th><th>MAP</th><th>P@5</th>"
                "<th>R@5</th><th>AUC micro</th></tr>")
-    for key, name in (("", "auto-codés"), ("auto_or_review", "auto-codés + revue"),
-                      ("category_level", "auto-codés, catégorie (3 caractères)")):
+    t_f1 = met.get("f1_threshold")
+    f1_name = f"seuil F1 global sur scores bruts ({_num(t_f1, 3)})"
+    for key, name in (("", f1_name), ("category_level", f"{f1_name}, catégorie (3 caractères)"),
+                      ("auto", "auto-codés"), ("auto_or_review", "auto-codés + revue")):
         m = met[key] if key else met
         out.append(f'<tr><td class="l">{name}</td><td>{_pct(m["micro_precision"])}</td>'
                    f"<td>{_pct(m['micro_recall'])}</td><td>{_pct(m['micro_f1'])}</td>"
@@ -585,6 +751,10 @@ def render_html(report: Mapping[str, Any]) -> str:
                    f"<td>{_num(m['p@5'], 3)}</td><td>{_num(m['r@5'], 3)}</td>"
                    f"<td>{_num(m['micro_auc'], 3)}</td></tr>")
     out.append("</table>")
+    out.append('<p class="note">Les deux premières lignes comparent les modèles : MAP, P@5 et AUC '
+               "sur les scores bruts, F1 à un seul seuil global choisi sur les données "
+               "d'ajustement de la politique (jamais sur ces séjours). Les lignes « auto-codés » "
+               "décrivent les décisions de la politique.</p>")
     if "principal_diagnosis_accuracy" in met:
         out.append(f'<p class="note">Diagnostic principal classé en tête : '
                    f'{_pct(met["principal_diagnosis_accuracy"])} des {met["n_stays_with_principal"]} '
@@ -640,6 +810,8 @@ def write_report(
         flat = {f"auto.{k}": v for k, v in h.items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and v is not None}
         flat.update({f"eval.{k}": v for k, v in report["metrics"].items()
+                     if isinstance(v, int | float) and not isinstance(v, bool)})
+        flat.update({f"eval.auto.{k}": v for k, v in report["metrics"].get("auto", {}).items()
                      if isinstance(v, int | float) and not isinstance(v, bool)})
         tracker.log_metrics(flat)
         tracker.log_artifacts(out, artifact_path)

@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 from cimcoder.eval.calibration import CalibrationMethod
-from cimcoder.eval.policy import AUTO, POLICY_FILE, BoundMethod, DecisionPolicy
+from cimcoder.eval.metrics import best_f1_threshold, micro_prf
+from cimcoder.eval.policy import (
+    AUTO,
+    DEFAULT_MAX_REVIEW,
+    DEFAULT_MIN_REVIEW_PROBABILITY,
+    POLICY_FILE,
+    REVIEW,
+    BoundMethod,
+    DecisionPolicy,
+)
 from cimcoder.eval.report import Tracker, build_report, write_report
 
 from cimcoder.errors import CimcoderError
@@ -27,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 HALF_SALT = "cimcoder-calibration-v1"
 HALVES = ("A", "B")
-DEFAULT_SWEEP = (0.85, 0.90, 0.95, 0.98)
+# Low targets too: when nothing is auto-coded at the DIM's target, the report says which
+# lower target would automate something (the policy refuses targets below 0.5).
+DEFAULT_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.85, 0.90, 0.95, 0.98)
 
 
 class EvalDataError(CimcoderError):
@@ -174,18 +185,28 @@ class CalibrationResult:
 
 
 def measure(policy: DecisionPolicy, data: ScoredData, labels: Sequence[str]) -> dict[str, Any]:
-    """Auto precision and automation rate of `policy` on scored data."""
+    """Auto precision, automation rate, review workload and F1 of `policy` on scored data."""
     d = policy.decide(policy.calibrate(data.scores, labels), labels)
-    auto = d == AUTO
+    auto, review = d == AUTO, d == REVIEW
     n_auto, right = int(auto.sum()), int((data.y & auto).sum())
-    return {
+    total = float(data.n_gold.sum())
+    per_stay = review.sum(axis=1)
+    out: dict[str, Any] = {
         "data": data.name,
         "n_stays": len(data.stay_ids),
         "target_precision": policy.target_precision,
         "measured_precision": right / n_auto if n_auto else None,
         "n_auto": n_auto,
-        "automation_rate": right / float(data.n_gold.sum()) if data.n_gold.sum() else None,
+        "automation_rate": right / total if total else None,
+        "review_per_stay_mean": float(per_stay.mean()) if per_stay.size else 0.0,
+        "review_per_stay_p90": float(np.percentile(per_stay, 90)) if per_stay.size else 0.0,
+        "recall_auto_or_review": float((data.y & (auto | review)).sum()) / total if total else None,
+        "f1_threshold": policy.f1_threshold,
+        "micro_f1": None,
     }
+    if policy.f1_threshold is not None:
+        out["micro_f1"] = micro_prf(data.y, data.scores >= policy.f1_threshold, data.n_gold).f1
+    return out
 
 
 def calibrate_run(
@@ -198,6 +219,8 @@ def calibrate_run(
     bound: BoundMethod = "wilson",
     confidence: float = 0.95,
     min_positives: int = 50,
+    max_review_per_stay: int | None = DEFAULT_MAX_REVIEW,
+    min_review_probability: float = DEFAULT_MIN_REVIEW_PROBABILITY,
     scorer: Any | None = None,
     measure_other_half: bool = True,
     tracker: Any | None = None,
@@ -231,6 +254,8 @@ def calibrate_run(
         target_precision=target_precision, target_recall=target_recall, confidence=confidence,
         bound=bound, calibration=calibration, min_positives=min_positives, terminology=terminology,
         edition=getattr(getattr(model, "label_space", None), "edition", None),
+        max_review_per_stay=max_review_per_stay, min_review_probability=min_review_probability,
+        n_gold=fit_data.n_gold,
         fitted_on={"data": spec, "dataset": name, "half": half, "n_stays": len(fit_data.stay_ids),
                    "n_gold_in_space": int(fit_data.y.sum()), "half_salt": HALF_SALT},
     )
@@ -260,7 +285,8 @@ def _target_sweep(
             fit.y, fit.scores, labels, target_precision=t, target_recall=policy.target_recall,
             confidence=policy.confidence, bound=policy.bound, min_positives=policy.min_positives,
             calibration=policy.calibrator.method, terminology=policy.terminology,
-            edition=policy.edition,
+            edition=policy.edition, max_review_per_stay=policy.max_review_per_stay,
+            min_review_probability=policy.min_review_probability, n_gold=fit.n_gold,
         )
         rows.append(measure(p, held_out, labels))
     return rows
@@ -325,12 +351,20 @@ def evaluate_run(
         )
         logger.info("policy fitted on %s: measuring %s#%s only", fitted.get("data"), name, measure_half)
     stays = _load_stays(name)
-    if fit_half is not None and sweep:
+    f1_threshold = policy.f1_threshold
+    need_fit_data = sweep or f1_threshold is None
+    if fit_half is not None and need_fit_data:
         scored_all = score_stays(model, stays, name)
         halves = np.array([stay_half(i) for i in scored_all.stay_ids])
         fit_data = scored_all.subset(halves == fit_half, f"{name}#{fit_half}")
         scored = scored_all.subset(halves == measure_half, f"{name}#{measure_half}")
-        sweep_rows = _target_sweep(policy, fit_data, scored, labels)
+        sweep_rows = _target_sweep(policy, fit_data, scored, labels) if sweep else []
+        if f1_threshold is None and fit_data.y.any():
+            # Older policy files lack it: choose it on the policy's own fitting half, never
+            # on the measured one.
+            best = best_f1_threshold(fit_data.y, fit_data.scores, fit_data.n_gold)
+            f1_threshold = None if best is None else best[0]
+            notes.append(f"Seuil F1 global choisi sur {fit_data.name} (politique d'un ancien format).")
     else:
         scored = score_stays(model, select_half(stays, measure_half),
                              name if measure_half is None else f"{name}#{measure_half}")
@@ -341,7 +375,7 @@ def evaluate_run(
         scored.y, scored.scores, labels, policy, stay_ids=scored.stay_ids, n_gold=scored.n_gold,
         principal=scored.principal if any(scored.principal) else None, bands=bands or None,
         code_titles=_code_titles(terminology), dataset=scored.name, run=str(path),
-        target_sweep=sweep_rows, notes=notes,
+        target_sweep=sweep_rows, notes=notes, f1_threshold=f1_threshold,
     )
     folder = Path(output) if output is not None else path / "eval" / _safe_name(scored.name)
     write_report(report, folder, tracker=tracker, artifact_path=f"eval/{_safe_name(scored.name)}")

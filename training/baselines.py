@@ -691,10 +691,17 @@ def _check_label_space(config: RunConfig, space: LabelSpace) -> None:
 
 
 def evaluate_scores(
-    y_true: np.ndarray, scores: np.ndarray, n_gold: Sequence[int] | None = None
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    n_gold: Sequence[int] | None = None,
+    label_space: LabelSpace | None = None,
 ) -> dict[str, Any]:
     """MAP, P@k, and micro/macro F1 at the single global threshold that maximises micro-F1
-    on these stays (an optimistic oracle cut: `cimcoder calibrate` tunes real ones)."""
+    on these stays (an optimistic oracle cut: `cimcoder calibrate` tunes real ones).
+
+    With `label_space`, also the recall of gold codes by training-frequency band at that
+    threshold; gold codes outside the label space are the "unseen" band (with `n_gold`).
+    """
     from cimcoder.eval.metrics import micro_prf, summarize
 
     best_t, best_f1 = 0.5, -1.0
@@ -707,6 +714,17 @@ def evaluate_scores(
             best_t, best_f1 = float(t), f1
     summary = summarize(y_true, scores, scores >= best_t, n_gold=n_gold, ks=(1, 5, 10))
     summary["threshold"] = best_t
+    if label_space is not None:
+        decided = scores >= best_t
+        bands = np.array(label_space.bands())
+        for band in ("frequent", "rare", "unseen"):
+            cols = bands == band
+            gold = int(y_true[:, cols].sum())
+            hit = int((y_true[:, cols] & decided[:, cols]).sum())
+            if band == "unseen" and n_gold is not None:
+                gold += int(sum(n_gold) - y_true.sum())
+            summary[f"recall_{band}"] = hit / gold if gold else None
+            summary[f"n_gold_{band}"] = gold
     summary["threshold_rule"] = "global, max micro-F1 on the validation split"
     return summary
 
@@ -750,7 +768,7 @@ def fit_baseline(config: RunConfig, tracker: RunTracker | None = None) -> Path:
         len(valid), len(space)
     )
     n_gold = [len(set(s.codes)) for s in valid]
-    metrics = evaluate_scores(y_valid, scores, n_gold)
+    metrics = evaluate_scores(y_valid, scores, n_gold, label_space=space)
     metrics.update(
         {
             "validation": data.validation_source,

@@ -138,10 +138,14 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_dataset(name: str) -> Corpus:
+def _load_dataset(spec: str) -> Corpus:
+    """A data set by name or path; `NAME#A` / `NAME#B` selects the evaluation's fixed half."""
+    from cimcoder.eval.runner import parse_data_spec, select_half
     from cimcoder.training.corpora import load_dataset
 
-    return load_dataset(name)
+    name, half = parse_data_spec(spec)
+    corpus = load_dataset(name)
+    return corpus if half is None else corpus.subset(select_half(corpus.stays, half), spec)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -175,6 +179,8 @@ def _scripted(args: argparse.Namespace) -> int:
         f"validated {summary.reviewed} stay(s): {summary.accepted} suggestion(s) accepted, "
         f"{summary.rejected} rejected, {summary.added} missed code(s) added "
         f"({summary.codes_not_addable} gold code(s) outside the terminology, "
-        f"{summary.skipped_no_gold} stay(s) without gold left in the queue)"
+        f"{summary.dp_changed} gold DP(s) not allowed as DP replaced, "
+        f"{summary.skipped_no_gold} stay(s) without gold and {summary.skipped_invalid} "
+        "breaking a PMSI rule left in the queue)"
     )
     return 0

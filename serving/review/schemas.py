@@ -93,7 +93,7 @@ class ReviewIn(BaseModel):
         description="Client-generated id (UUID): a retried save is applied once.",
     )
     base_version: int = Field(ge=1, description="Stay version the coder saw (optimistic lock).")
-    codes: list[CodeDecisionIn] = Field(default_factory=list, max_length=500)
+    codes: list[CodeDecisionIn] = Field(default_factory=list, max_length=2000)
     dp: str | None = Field(default=None, max_length=16, description="Chosen DP (final code).")
     status: Literal["validated", "in_review"] = Field(
         default="validated", description="validated: coding done; in_review: draft."

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cimcoder.serving.review.schemas import CodeDecisionIn, ReviewIn
 from cimcoder.serving.review.store import ReviewStay, ReviewStore, StayStatus
-from cimcoder.serving.review.workflow import InvalidReview, check_code, save_review
+from cimcoder.serving.review.workflow import InvalidReview, check_code, check_dp, save_review
 from sqlalchemy import select
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,16 @@ class ScriptedSummary:
     rejected: int = 0
     added: int = 0
     codes_not_addable: int = 0
+    skipped_invalid: int = 0
+    dp_changed: int = 0
+
+
+def _allowed_dp(code: str, terminology: str) -> bool:
+    try:
+        check_dp(code, terminology)
+    except InvalidReview:
+        return False
+    return True
 
 
 def review_with_gold(
@@ -77,12 +87,20 @@ def review_with_gold(
             summary.skipped_no_gold += 1
             continue
         dp_gold = next((c for c, role in codes if role == "DP"), None)
+        ordered = ([dp_gold] if dp_gold in finals else []) + [c for c in finals if c != dp_gold]
+        dp = next((c for c in ordered if _allowed_dp(c, terminology)), None)
+        if dp is None:
+            summary.skipped_invalid += 1
+            continue
         body = ReviewIn(
-            decision_id=uuid.uuid4().hex,
-            base_version=version,
-            codes=decisions,
-            dp=dp_gold if dp_gold in finals else finals[0],
+            decision_id=uuid.uuid4().hex, base_version=version, codes=decisions, dp=dp
         )
-        save_review(store, stay_id, body, coder)
+        try:
+            save_review(store, stay_id, body, coder)
+        except InvalidReview as exc:
+            logger.info("stay %s left in the queue: %s", stay_id, exc)
+            summary.skipped_invalid += 1
+            continue
         summary.reviewed += 1
+        summary.dp_changed += int(dp_gold is not None and dp != dp_gold)
     return summary

@@ -9,6 +9,7 @@
     { key: "reject", title: "Rejetés par le modèle" },
   ];
   const MAX_REJECTED_SHOWN = 10;
+  const MAX_UNDECIDED_HIGHLIGHTED = 8;
 
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
@@ -105,9 +106,16 @@
     function renderText() {
       const text = stay.text;
       const marks = []; // [start, end, code]
+      const focused0 = currentCode();
+      let undecidedShown = 0;
       for (const s of suggestions) {
         const d = state.decisions[s.code];
-        if (s.decision === "reject" && (!d || d.implicit)) continue;
+        if (s.code !== focused0) {
+          if (s.decision === "reject" && (!d || d.implicit)) continue;
+          // A weak model may leave hundreds of codes to review: colour only the best
+          // undecided ones (and the focused code), or the report would drown in colour.
+          if (d && d.action === null && ++undecidedShown > MAX_UNDECIDED_HIGHLIGHTED) continue;
+        }
         for (const ev of s.evidence || []) marks.push([ev.start, ev.end, s.code]);
       }
       const cuts = new Set([0, text.length]);
