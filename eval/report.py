@@ -8,6 +8,7 @@ to MLflow when a tracker is given.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import html
 import json
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 NATIONAL_GOAL = 0.90
 REPORT_JSON = "automation_report.json"
 REPORT_HTML = "automation_report.html"
+TRADEOFF_CAPS = (5, 10, 20, 50, None)  # review codes per stay shown to the DIM (None: no cap)
 MAX_LISTED_ERRORS = 200
 BAND_ORDER = ("frequent", "rare", "unseen")
 BAND_FR = {"frequent": "fréquents", "rare": "rares", "unseen": "jamais vus", "?": "inconnus"}
@@ -181,6 +183,7 @@ def build_report(
         "meets_target": bool(op["auto_precision"] is not None
                              and op["auto_precision"] >= policy.target_precision - 0.02),
     }
+    headline["review_cap_tradeoff"] = review_cap_tradeoff(y, probs, policy, total_true)
     headline.update(_automation_diagnosis(y, probs, policy, target_sweep or [], total_true,
                                           op["n_auto"]))
     headline["statement_fr"] = headline_statement(headline, policy)
@@ -307,6 +310,26 @@ def build_report(
     }
 
 
+def review_cap_tradeoff(
+    y: np.ndarray, probs: np.ndarray, policy: DecisionPolicy, total_true: float,
+    caps: Sequence[int | None] = TRADEOFF_CAPS,
+) -> list[dict[str, Any]]:
+    """Coder workload against recall of auto + review, for several per-stay review caps."""
+    rows = []
+    for cap in sorted({*caps, policy.max_review_per_stay}, key=lambda c: math.inf if c is None else c):
+        d = dataclasses.replace(policy, max_review_per_stay=cap).decide(probs, policy.labels)
+        review = d == REVIEW
+        per_stay = review.sum(axis=1)
+        rows.append({
+            "max_review_per_stay": cap,
+            "review_per_stay_mean": float(per_stay.mean()) if per_stay.size else 0.0,
+            "review_per_stay_p90": float(np.percentile(per_stay, 90)) if per_stay.size else 0.0,
+            "recall_auto_or_review": _share(float((y & ((d == AUTO) | review)).sum()), total_true),
+            "policy": cap == policy.max_review_per_stay,
+        })
+    return rows
+
+
 def min_auto_for_margin(target: float, *, confidence: float = 0.95, method: str = "wilson",
                         limit: int = 100_000) -> int | None:
     """Fewest auto-coded codes, all correct, whose precision lower bound reaches `target`."""
@@ -322,11 +345,12 @@ def _automation_diagnosis(
     """Why nothing is auto-coded (if so) and what lower targets would give."""
     target = policy.target_precision
     n_min = min_auto_for_margin(target, confidence=policy.confidence, method=policy.bound)
-    # Precision of the model's n_min most confident proposals on these stays.
+    # Precision of the model's n_min most confident proposals on these stays (fewer when
+    # there are fewer true codes: then the data, not the model, is the limit).
     pv, yv = probs.ravel(), y.ravel()
-    top_precision = None
+    top_precision, k = None, 0
     if n_min is not None and pv.size:
-        k = min(n_min, pv.size)
+        k = max(1, min(n_min, int(yv.sum()), pv.size))
         top = np.argsort(-pv, kind="stable")[:k]
         top_precision = float(yv[top].mean())
     reason = None
@@ -356,9 +380,16 @@ def _automation_diagnosis(
         "nothing_auto_reason": reason,
         "min_auto_for_margin": n_min,
         "top_precision_at_margin": top_precision,
+        "top_precision_n": k,
         "best_target_with_automation": best,
         "lowest_target_tried": min((r["target_precision"] for r in sweep), default=None),
+        "lowest_target_row": _slim(min(sweep, key=lambda r: r["target_precision"])) if sweep else None,
     }
+
+
+def _slim(row: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("target_precision", "measured_precision", "automation_rate", "n_auto")
+    return {k: row.get(k) for k in keys}
 
 
 def headline_statement(h: Mapping[str, Any], policy: DecisionPolicy) -> str:
@@ -392,7 +423,7 @@ def headline_statement(h: Mapping[str, Any], policy: DecisionPolicy) -> str:
         else:
             parts.append(
                 "Raison : trop peu de séjours pour la marge statistique. "
-                + (f"Les {n_min} propositions les plus sûres du modèle sont justes à {_pct(top)} "
+                + (f"Les {h.get('top_precision_n')} propositions les plus sûres du modèle sont justes à {_pct(top)} "
                    "ici, mais " if n_min and top is not None else "")
                 + (f"l'ajustement ne disposait que de {fitted.get('n_stays')} séjours "
                    f"({fitted.get('n_gold_in_space')} codes vrais) ; " if fitted.get("n_stays") else "")
@@ -409,6 +440,12 @@ def headline_statement(h: Mapping[str, Any], policy: DecisionPolicy) -> str:
                 f"{_pct(best['automation_rate'])} des diagnostics seraient auto-codés, avec une "
                 f"précision mesurée de {_pct(best['measured_precision'])} ({where})."
             )
+            low = h.get("lowest_target_row")
+            if low and low["target_precision"] < best["target_precision"] and low.get("n_auto"):
+                parts.append(
+                    f"À {_pct(low['target_precision'], 0)}, ce serait {_pct(low.get('automation_rate'))} "
+                    f"(précision mesurée {_pct(low.get('measured_precision'))})."
+                )
         elif h.get("lowest_target_tried") is not None:
             parts.append(f"Même à la cible la plus basse essayée ({_pct(h['lowest_target_tried'], 0)}), "
                          "rien ne serait auto-codé.")
@@ -651,6 +688,22 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'<tr><td class="l">Séjours sans aucune revue</td><td>{h["stays_without_review"]} '
         f'({_pct(h.get("share_stays_without_review"))})</td></tr></table>'
     )
+
+    tradeoff = h.get("review_cap_tradeoff") or []
+    if tradeoff:
+        out.append("<h2>Charge de revue du codeur</h2>")
+        out.append('<p class="note">Au-delà du plafond, les codes les moins probables sont rejetés '
+                   "(les codes auto-codés ne sont jamais plafonnés) : moins de codes à revoir, mais "
+                   "moins de diagnostics retrouvés. La ligne en gras est la politique appliquée.</p>")
+        out.append('<table id="review-tradeoff"><tr><th>Plafond par séjour</th><th>Codes à revoir '
+                   "par séjour (moyenne)</th><th>90e centile</th><th>Diagnostics retrouvés par auto + "
+                   "revue</th></tr>")
+        for r in tradeoff:
+            cells = (f"<td>{_e('aucun' if r['max_review_per_stay'] is None else r['max_review_per_stay'])}</td>"
+                     f"<td>{_num(r['review_per_stay_mean'], 1)}</td><td>{_num(r['review_per_stay_p90'], 0)}</td>"
+                     f"<td>{_pct(r['recall_auto_or_review'])}</td>")
+            out.append(f'<tr style="font-weight:bold">{cells}</tr>' if r.get("policy") else f"<tr>{cells}</tr>")
+        out.append("</table>")
 
     sweep = report.get("target_sweep") or []
     if sweep:

@@ -211,6 +211,9 @@ def test_fit_baseline_writes_a_loadable_run_folder(tmp_path: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["map"] == pytest.approx(1.0)
     assert metrics["p@1"] == pytest.approx(1.0)
+    # Every held-out code was seen 5-7 times in training: all five gold codes are "rare".
+    assert metrics["n_gold_rare"] == 5 and metrics["n_gold_frequent"] == 0
+    assert metrics["threshold_rule"].startswith("global, max micro-F1")
     scorer = load_scorer(run_dir)
     assert isinstance(scorer, TfidfLrScorer)
     scores = scorer.predict_scores(["Fracture du col du fémur après une chute."])

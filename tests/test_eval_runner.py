@@ -147,16 +147,28 @@ def test_evaluate_measures_only_the_other_half_and_writes_the_report(run_dir: Pa
 
 
 def test_cli_calibrate_and_evaluate(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["calibrate", str(run_dir), "--target-precision", "0.9"]) == 0
+    assert main(["calibrate", str(run_dir), "--target-precision", "0.9", "--max-review", "2",
+                 "--min-review-probability", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "target precision   90.0%" in out and "measured precision" in out
+    assert "review per stay" in out and "(cap 2, floor 0.1)" in out and "micro-F1" in out
+    policy = DecisionPolicy.load(run_dir)
+    assert policy.max_review_per_stay == 2 and policy.min_review_probability == 0.1
     out_dir = run_dir / "report-cli"
     dev = str(run_dir.parent.parent.parent / "dev.jsonl")
     assert main(["evaluate", str(run_dir), "--data", dev, "--output", str(out_dir)]) == 0
     out = capsys.readouterr().out
     assert "measured auto precision" in out and "automation rate" in out
     assert "target vs measured" in out
+    assert "À la précision cible fixée par le DIM (90 %)" in out
     assert (out_dir / "automation_report.html").is_file()
+    saved = json.loads((out_dir / "automation_report.json").read_text(encoding="utf-8"))
+    assert saved["headline"]["review_per_stay_p90"] <= 2 and saved["headline"]["max_review_per_stay"] == 2
+    with pytest.raises(SystemExit):
+        main(["calibrate", str(run_dir), "--max-review", "-1"])
+    assert "must be 0 or more" in capsys.readouterr().err
+    assert main(["calibrate", str(run_dir), "--max-review", "none"]) == 0
+    assert DecisionPolicy.load(run_dir).max_review_per_stay is None
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, run_dir: Path,
@@ -183,3 +195,38 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, run_dir: Path,
         assert "another label space" in capsys.readouterr().err
     finally:
         (run_dir / "policy.keep").replace(run_dir / "policy.json")
+
+
+def test_report_feeds_the_pipeline_comparison_table(run_dir: Path) -> None:
+    from cimcoder.eval.metrics import micro_prf
+    from cimcoder.eval.runner import _load_scorer, _load_stays, score_stays
+
+    from cimcoder.pipeline import comparison_row
+
+    result = calibrate_run(run_dir)
+    dev = str(run_dir.parent.parent.parent / "dev.jsonl")
+    report = evaluate_run(run_dir, data=dev, sweep=False)
+    row = comparison_row(report)
+    for key in ("map", "micro_f1", "macro_f1", "p@5", "recall_frequent"):
+        assert isinstance(row[key], float), key
+    # micro-F1 is the one at the threshold fitted on half A, applied to half B.
+    t = result.policy.f1_threshold
+    assert report["metrics"]["f1_threshold"] == t is not None
+    scored = score_stays(_load_scorer(run_dir), select_half(_load_stays(dev), "B"), "B")
+    assert row["micro_f1"] == pytest.approx(micro_prf(scored.y, scored.scores >= t, scored.n_gold).f1)
+    assert row["micro_f1"] > 0.5  # the word model finds most of the eight codes
+    assert report["automation"]["headline"]["statement_fr"]
+
+
+def test_older_policy_files_get_an_f1_threshold_from_their_fitting_half(run_dir: Path) -> None:
+    result = calibrate_run(run_dir)
+    old = DecisionPolicy(**{**result.policy.__dict__, "policy_format": 1})
+    old.save(run_dir)
+    try:
+        dev = str(run_dir.parent.parent.parent / "dev.jsonl")
+        report = evaluate_run(run_dir, data=dev, sweep=False)
+        assert report["metrics"]["f1_threshold"] == pytest.approx(result.policy.f1_threshold)
+        assert any("ancien format" in n for n in report["notes"])
+        assert report["headline"]["max_review_per_stay"] is None
+    finally:
+        result.policy.save(run_dir)

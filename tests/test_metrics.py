@@ -142,3 +142,30 @@ def test_bad_shapes_are_refused_clearly() -> None:
         M.mean_average_precision(Y, S[:, :3])
     with pytest.raises(M.MetricInputError, match="NaN"):
         M.micro_auc(Y, np.full(Y.shape, np.nan))
+
+
+def test_best_f1_threshold_hand_computed() -> None:
+    # Pairs by decreasing score: 0.9 J13 (gold), 0.8 (no), 0.7 (no), 0.6 (gold), 0.4 (gold),
+    # 0.3 (no); 3 gold codes. Cutting after k pairs gives F1 = 2 tp / (k + 3):
+    # 2/4, 2/5, 2/6, 4/7, 6/8, 6/9 -> best 6/8 at 0.4.
+    y = np.array([[1, 0, 1], [0, 1, 0]], dtype=bool)
+    s = np.array([[0.9, 0.8, 0.4], [0.7, 0.6, 0.3]])
+    assert M.best_f1_threshold(y, s) == (0.4, pytest.approx(6 / 8))
+    assert M.micro_prf(y, s >= 0.4).f1 == pytest.approx(6 / 8)
+    # A gold code outside the label space: 4 gold codes, best is still 0.4 with 6/9.
+    assert M.best_f1_threshold(y, s, n_gold=[3, 1]) == (0.4, pytest.approx(6 / 9))
+    # Tied scores are cut together; no gold code at all: no threshold.
+    tied = np.array([[0.5, 0.5, 0.1]])
+    assert M.best_f1_threshold(np.array([[1, 0, 0]], dtype=bool), tied) == (0.5, pytest.approx(2 / 3))
+    assert M.best_f1_threshold(np.zeros((2, 3), dtype=bool), s) is None
+
+
+def test_best_f1_threshold_is_the_brute_force_optimum() -> None:
+    rng = np.random.default_rng(4)
+    y = rng.random((40, 12)) < 0.2
+    s = np.round(np.clip(y * 0.3 + rng.random((40, 12)) * 0.7, 0, 1), 2)  # with ties
+    t, f1 = M.best_f1_threshold(y, s)
+    brute = max(M.micro_prf(y, s >= v).f1 for v in np.unique(s))
+    assert f1 == pytest.approx(brute)
+    _, _, f, _ = precision_recall_fscore_support(y, s >= t, average="micro", zero_division=0)
+    assert f == pytest.approx(f1)

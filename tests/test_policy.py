@@ -6,10 +6,16 @@ import json
 
 import numpy as np
 import pytest
+from cimcoder.eval import cli as eval_cli
+from cimcoder.eval.calibration import Calibrator
+from cimcoder.eval.metrics import best_f1_threshold
 from cimcoder.eval.policy import (
     AUTO,
+    DEFAULT_MAX_REVIEW,
+    DEFAULT_MIN_REVIEW_PROBABILITY,
     REJECT,
     REVIEW,
+    CodePolicy,
     DecisionPolicy,
     PolicyError,
     PolicyMismatchError,
@@ -164,3 +170,91 @@ def test_small_codes_cannot_certify_their_own_threshold() -> None:
     policy = DecisionPolicy.fit(y, s, labels, min_positives=400)
     assert all(not policy.codes[c].auto_level.startswith("code:") for c in labels)
     assert policy.level_counts()["auto"]["code"] == 0
+
+
+# A stay of a cardiology ward with many plausible codes, most of them only "possible".
+CAP_LABELS = ["I10", "I50.0", "I50.1", "I48.2", "I25.1", "I21.4", "I35.0", "I44.7", "I49.5",
+              "I26.9", "I27.2", "E11.9", "E66.0", "N18.3"]
+
+
+def hand_policy(cap: int | None = 10, floor: float = 0.05) -> DecisionPolicy:
+    """Same thresholds for every code: auto at 0.9, review from 0.01."""
+    labels = CAP_LABELS
+    y = np.zeros((2, len(labels)), dtype=bool)
+    y[0, 0] = True
+    cal = Calibrator.fit(y, np.full(y.shape, 0.5), labels, method="none")
+    codes = {c: CodePolicy(0.9, 0.01, "global", "global") for c in labels}
+    return DecisionPolicy(labels=labels, calibrator=cal, codes=codes,
+                          max_review_per_stay=cap, min_review_probability=floor)
+
+
+def test_review_cap_turns_the_eleventh_review_into_reject_and_never_caps_auto() -> None:
+    policy = hand_policy()
+    p = np.zeros((3, len(CAP_LABELS)))
+    # Stay 1: eleven review candidates (0.60, 0.55, ..., 0.10) and three sure codes.
+    p[0, :11] = np.linspace(0.60, 0.10, 11)
+    p[0, 11:] = 0.95
+    # Stay 2: thirteen sure codes, more than the cap, and one code at 3 % (below the floor).
+    p[1, :13] = 0.97
+    p[1, 13] = 0.03
+    # Stay 3: exactly ten review candidates, listed in reverse order of probability.
+    p[2, :10] = np.linspace(0.1, 0.5, 10)
+    d = policy.decide(p, CAP_LABELS)
+    assert list(d[0, :10]) == [REVIEW] * 10
+    assert d[0, 10] == REJECT  # the 11th most probable review code (p = 0.10)
+    assert list(d[0, 11:]) == [AUTO] * 3
+    assert (d[1, :13] == AUTO).all()  # auto-coding is never capped
+    assert d[1, 13] == REJECT  # 0.03 >= the review threshold 0.01, but below the 0.05 floor
+    assert (d[2, :10] == REVIEW).all() and (d[2, 10:] == REJECT).all()
+    # Rows are independent: deciding one stay alone gives the same answer.
+    assert np.array_equal(policy.decide(p[:1], CAP_LABELS), d[:1])
+    # Uncapped view (what the report compares with): 11 reviews, and 0.03 goes to review.
+    free = policy.decide(p, CAP_LABELS, review_cap=False)
+    assert (free[0, :11] == REVIEW).all() and free[1, 13] == REVIEW
+    # No cap at all, or a cap of 0 (nothing to review).
+    assert (hand_policy(cap=None).decide(p, CAP_LABELS)[0, :11] == REVIEW).all()
+    none = hand_policy(cap=0).decide(p, CAP_LABELS)
+    assert not (none == REVIEW).any() and (none == AUTO).sum() == (d == AUTO).sum()
+
+
+def test_review_cap_ties_keep_label_order() -> None:
+    p = np.zeros((1, len(CAP_LABELS)))
+    p[0, :12] = 0.4
+    d = hand_policy().decide(p, CAP_LABELS)
+    assert list(d[0, :12]) == [REVIEW] * 10 + [REJECT] * 2
+
+
+def test_fit_stores_the_workload_limits_and_the_f1_threshold(tmp_path) -> None:
+    y, s, labels = synthetic_scores(800, seed=12)
+    policy = DecisionPolicy.fit(y, s, labels, max_review_per_stay=3, min_review_probability=0.1)
+    assert policy.max_review_per_stay == 3 and policy.min_review_probability == 0.1
+    assert policy.f1_threshold == best_f1_threshold(y, s)[0]  # raw scores, not calibrated
+    d = policy.decide(policy.calibrate(s, labels), labels)
+    assert (d == REVIEW).sum(axis=1).max() <= 3
+    again = DecisionPolicy.load(policy.save(tmp_path), labels=labels)
+    assert (again.max_review_per_stay, again.min_review_probability, again.f1_threshold) == \
+        (3, 0.1, policy.f1_threshold)
+    assert again.version == policy.version
+    data = json.loads((tmp_path / "policy.json").read_text(encoding="utf-8"))
+    assert data["format"] == 2
+    assert data["review_cap"] == {"max_review_per_stay": 3, "min_review_probability": 0.1}
+    # Defaults, and the CLI's copies of them.
+    default = DecisionPolicy.fit(y, s, labels)
+    assert default.max_review_per_stay == DEFAULT_MAX_REVIEW == eval_cli.DEFAULT_MAX_REVIEW
+    assert default.min_review_probability == DEFAULT_MIN_REVIEW_PROBABILITY \
+        == eval_cli.DEFAULT_MIN_REVIEW_PROBABILITY
+    with pytest.raises(PolicyError, match="min review probability"):
+        DecisionPolicy.fit(y, s, labels, min_review_probability=1.0)
+
+
+def test_format_1_policy_files_still_load_without_cap(tmp_path, fitted) -> None:
+    policy, _, s_new, labels = fitted
+    old = DecisionPolicy(**{**policy.__dict__, "policy_format": 1})
+    path = old.save(tmp_path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["format"] == 1 and "review_cap" not in data and "f1_threshold" not in data
+    loaded = DecisionPolicy.load(path, labels=labels)
+    assert loaded.max_review_per_stay is None and loaded.min_review_probability == 0.0
+    assert loaded.f1_threshold is None
+    p = loaded.calibrate(s_new, labels)
+    assert np.array_equal(loaded.decide(p, labels), policy.decide(p, labels, review_cap=False))

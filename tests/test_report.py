@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cimcoder.eval.policy import AUTO, DecisionPolicy
+from cimcoder.eval.metrics import macro_prf, micro_prf
+from cimcoder.eval.policy import AUTO, REVIEW, DecisionPolicy
 from cimcoder.eval.report import REPORT_HTML, REPORT_JSON, build_report, render_html, write_report
 from test_eval_synthetic import FREQUENT, synthetic_scores
 
@@ -78,10 +79,11 @@ def test_curves_breakdowns_and_reliability(built) -> None:
     assert {"IV", "IX", "X", "XI", "XIV"} <= set(report["automation_curve"]["by_chapter"])
     assert report["reliability"]["after"]["ece"] < report["reliability"]["before"]["ece"]
     met = report["metrics"]
-    assert met["micro_precision"] == pytest.approx(report["headline"]["auto_precision"])
-    assert met["auto_or_review"]["micro_recall"] >= met["micro_recall"]
+    assert met["auto"]["micro_precision"] == pytest.approx(report["headline"]["auto_precision"])
+    assert met["auto_or_review"]["micro_recall"] >= met["auto"]["micro_recall"]
     assert set(report["bands"]) == {"frequent", "rare", "unseen"}
     assert report["bands"]["rare"]["recall"] == met["by_band"]["rare"]["micro_recall"]
+    assert report["bands"]["rare"]["auto_recall"] == met["auto"]["by_band"]["rare"]["micro_recall"]
     assert report["automation"]["headline"] == report["headline"]
     assert 0 < met["principal_diagnosis_accuracy"] <= 1
     assert "IX" in met["by_chapter"] and "rare" in met["by_band"]
@@ -130,7 +132,118 @@ def test_verdict_when_nothing_reaches_the_target() -> None:
     s = rng.random((300, 4))
     labels = ["I10", "E11.9", "J13", "I50.0"]
     policy = DecisionPolicy.fit(y, s, labels, min_positives=10)
-    report = build_report(y, s, labels, policy, stay_ids=[f"s{i}" for i in range(300)])
-    assert report["headline"]["n_auto"] == 0 and report["headline"]["auto_precision"] is None
+    sweep = [{"target_precision": 0.5, "measured_precision": 0.55, "automation_rate": 0.04, "n_auto": 20},
+             {"target_precision": 0.7, "measured_precision": 0.66, "automation_rate": 0.01, "n_auto": 5},
+             {"target_precision": 0.95, "measured_precision": None, "automation_rate": 0.0, "n_auto": 0}]
+    report = build_report(y, s, labels, policy, stay_ids=[f"s{i}" for i in range(300)],
+                          target_sweep=sweep)
+    h = report["headline"]
+    assert h["n_auto"] == 0 and h["auto_precision"] is None
+    assert h["nothing_auto_reason"] == "model_precision_too_low"
+    assert h["min_auto_for_margin"] == 52  # 52/52 right is the least that certifies 95 %
+    assert h["best_target_with_automation"]["target_precision"] == 0.7
+    text = h["statement_fr"]
+    assert "rien n'est auto-codé" in text and "précision du modèle est trop faible" in text
+    assert "À une cible plus basse de 70 %, 1,0 % des diagnostics" in text
+    assert "À 50 %, ce serait 4,0 %" in text and "objectif national" in text
     page = render_html(report)
     assert "rien n'est auto-codé" in page
+    # Without a sweep, the curve of these stays gives the indication.
+    bare = build_report(y, s, labels, policy, stay_ids=[f"s{i}" for i in range(300)])
+    assert bare["headline"]["best_target_with_automation"]["source"] == "curve"
+
+
+def test_too_few_stays_is_told_apart_from_a_weak_model() -> None:
+    # A perfect model ("HTA" only when HTA is coded) on 30 stays: 30/30 right cannot
+    # certify 95 % (52 are needed), so the reason is the amount of data, not the model.
+    y = np.zeros((30, 2), dtype=bool)
+    y[:, 0] = True
+    s = np.where(y, 0.9, 0.1)
+    labels = ["I10", "E11.9"]
+    policy = DecisionPolicy.fit(y, s, labels, min_positives=5, fitted_on={"n_stays": 30, "n_gold_in_space": 30})
+    report = build_report(y, s, labels, policy, stay_ids=[f"s{i}" for i in range(30)])
+    h = report["headline"]
+    assert h["n_auto"] == 0 and h["nothing_auto_reason"] == "too_few_stays"
+    assert "trop peu de séjours" in h["statement_fr"] and "30 séjours" in h["statement_fr"]
+
+
+def test_comparison_metrics_use_the_fitted_f1_threshold_on_raw_scores(built) -> None:
+    report, policy, (y, s, _, n_gold) = built
+    met = report["metrics"]
+    t = policy.f1_threshold
+    assert met["f1_threshold"] == t is not None
+    assert met["micro_f1"] == pytest.approx(micro_prf(y, s >= t, n_gold).f1)
+    assert met["macro_f1"] == pytest.approx(macro_prf(y, s >= t).f1)
+    # The keys the pipeline's comparison table reads.
+    for key in ("map", "micro_f1", "macro_f1", "p@5"):
+        assert isinstance(met[key], float), key
+    for band in ("frequent", "rare", "unseen"):
+        assert isinstance(report["bands"][band]["recall"], float)
+    # The usual micro-F1 is far above the auto-only one, which trades recall for precision.
+    assert met["micro_f1"] > met["auto"]["micro_f1"] - 0.2
+
+
+def tiny_policy_and_stays() -> tuple[DecisionPolicy, np.ndarray, np.ndarray, list[str]]:
+    labels = ["I10", "E11.9", "J13"]
+    # Fitting stays ("HTA", "DT2", "HTA + pneumopathie à pneumocoque", nothing coded).
+    # Pairs by raw score: 0.9 0.8 0.7 (gold) 0.6 0.5 (not) 0.4 (gold) ...; 4 gold codes:
+    # F1 after 3 pairs = 6/7, the best (after 6 pairs: 8/10) -> threshold 0.7.
+    y_fit = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 0]], dtype=bool)
+    s_fit = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.2], [0.7, 0.6, 0.4], [0.5, 0.1, 0.35]])
+    policy = DecisionPolicy.fit(y_fit, s_fit, labels, calibration="none", min_positives=1)
+    # Measured stays: "HTA, diabète de type 2" and "pneumopathie à pneumocoque".
+    y = np.array([[1, 1, 0], [0, 0, 1]], dtype=bool)
+    s = np.array([[0.75, 0.65, 0.1], [0.7, 0.2, 0.9]])
+    return policy, y, s, labels
+
+
+def test_micro_and_macro_f1_hand_computed() -> None:
+    policy, y, s, labels = tiny_policy_and_stays()
+    assert policy.f1_threshold == 0.7
+    bands = {"I10": "frequent", "E11.9": "frequent", "J13": "rare"}
+    # Stay 1 also has a code outside the label space.
+    report = build_report(y, s, labels, policy, stay_ids=["s1", "s2"], n_gold=[3, 1], bands=bands)
+    met = report["metrics"]
+    # At 0.7: I10 in s1 (right), I10 in s2 (wrong), J13 in s2 (right); E11.9 and the
+    # out-of-space code are missed: P = 2/3, R = 2/4.
+    assert met["micro_precision"] == pytest.approx(2 / 3)
+    assert met["micro_recall"] == pytest.approx(2 / 4)
+    assert met["micro_f1"] == pytest.approx(4 / 7)
+    # Per code F1: I10 2/3, E11.9 0, J13 1.
+    assert met["macro_f1"] == pytest.approx(5 / 9)
+    assert report["bands"]["frequent"]["recall"] == pytest.approx(1 / 2)
+    assert report["bands"]["rare"]["recall"] == pytest.approx(1.0)
+    # An explicit threshold (e.g. chosen for an older policy) replaces the policy's.
+    other = build_report(y, s, labels, policy, stay_ids=["s1", "s2"], n_gold=[3, 1], f1_threshold=0.6)
+    assert other["metrics"]["micro_recall"] == pytest.approx(3 / 4)
+
+
+def test_review_workload_and_what_the_cap_costs(built) -> None:
+    report, policy, (_, s, labels, _) = built
+    h = report["headline"]
+    d = policy.decide(policy.calibrate(s, labels), labels)
+    per_stay = (d == REVIEW).sum(axis=1)
+    assert h["max_review_per_stay"] == policy.max_review_per_stay == 10
+    assert h["review_per_stay_mean"] == pytest.approx(per_stay.mean())
+    assert h["review_per_stay_p90"] == pytest.approx(np.percentile(per_stay, 90))
+    assert per_stay.max() <= 10
+    assert h["recall_auto_or_review"] <= h["recall_auto_or_review_uncapped"]
+    assert h["review_per_stay_mean"] <= h["review_per_stay_mean_uncapped"]
+    caps = [r["max_review_per_stay"] for r in h["review_cap_tradeoff"]]
+    assert caps == [5, 10, 20, 50, None]
+    recalls = [r["recall_auto_or_review"] for r in h["review_cap_tradeoff"]]
+    assert recalls == sorted(recalls)
+    assert [r["policy"] for r in h["review_cap_tradeoff"]] == [False, True, False, False, False]
+    page = render_html(report)
+    assert 'id="review-tradeoff"' in page and "Charge de revue" in page
+
+
+def test_headline_states_rate_precision_and_target_in_french(built) -> None:
+    report, *_ = built
+    h = report["headline"]
+    text = h["statement_fr"]
+    assert h["n_auto"] > 0 and h["nothing_auto_reason"] is None
+    assert f"{100 * h['automation_rate']:.1f} %".replace(".", ",") in text
+    assert f"{100 * h['auto_precision']:.1f} %".replace(".", ",") in text
+    assert "précision cible fixée par le DIM (95 %)" in text and "objectif national" in text
+    assert "codes par séjour" in text
