@@ -46,7 +46,7 @@ def bench_synthetic(n: int, n_labels: int) -> None:
     print(f"synthetic {n} stays x {n_labels} codes ({int(y.sum())} gold codes)")
     print(f"  summarize (MAP, P/R/F1, AUC, P@k): {t_metrics:.2f} s   MAP {summary['map']:.3f}")
     print(f"  policy fit (isotonic + thresholds): {t_fit:.2f} s   levels {policy.level_counts()['auto']}")
-    print(f"  calibrate + decide (held-out): {t_apply:.3f} s")
+    print(f"  calibrate + decide (held-out, review cap {policy.max_review_per_stay}): {t_apply:.3f} s")
     print(f"  ECE raw {expected_calibration_error(y2, s2):.4f} -> calibrated {expected_calibration_error(y2, p2):.4f}")
     print(f"  held-out auto precision {(y2 & auto).sum() / max(auto.sum(), 1):.4f} (target 0.95), "
           f"automation {(y2 & auto).sum() / y2.sum():.4f}")
@@ -71,12 +71,17 @@ def bench_run(run: str, data: str) -> None:
     a, b = scored.subset(halves == "A", f"{data}#A"), scored.subset(halves == "B", f"{data}#B")
     print(f"half A {len(a.stay_ids)} stays ({int(a.y.sum())} in-space gold), "
           f"half B {len(b.stay_ids)} stays ({int(b.y.sum())} in-space gold, {int(b.n_gold.sum())} all gold)")
-    print("target  measured(B)  n_auto  automation(B)")
+    print("target  measured(B)  n_auto  automation(B)  review/stay(B)  auto+review recall(B)")
     for target in DEFAULT_SWEEP:
-        policy = DecisionPolicy.fit(a.y, a.scores, labels, target_precision=target)
+        t = time.perf_counter()
+        policy = DecisionPolicy.fit(a.y, a.scores, labels, target_precision=target, n_gold=a.n_gold)
+        t_fit = time.perf_counter() - t
         m = measure(policy, b, labels)
         mp = "n/a" if m["measured_precision"] is None else f"{m['measured_precision']:.4f}"
-        print(f"{target:.2f}    {mp:>8}    {m['n_auto']:>6}  {m['automation_rate']:.4f}")
+        print(f"{target:.2f}    {mp:>8}    {m['n_auto']:>6}  {m['automation_rate']:.4f}"
+              f"         {m['review_per_stay_mean']:5.1f}           {m['recall_auto_or_review']:.4f}"
+              f"   (fit {t_fit:.1f} s)")
+    print(f"micro-F1(B) at the F1 threshold {policy.f1_threshold:.4g} fitted on A: {m['micro_f1']:.4f}")
 
 
 def main() -> None:

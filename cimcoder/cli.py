@@ -25,6 +25,7 @@ _AREAS = (
     "cimcoder.eval.cli",
     "cimcoder.inference.cli",
     "cimcoder.serving.cli",
+    "cimcoder.serving.review.cli",
     "cimcoder.pipeline",
 )
 

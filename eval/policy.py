@@ -389,18 +389,23 @@ class DecisionPolicy:
         return auto, review
 
     def decide(
-        self, probs: np.ndarray, labels: Sequence[str], *, review_cap: bool = True
+        self, probs: np.ndarray, labels: Sequence[str], *, review_cap: bool = True,
+        tiebreak: np.ndarray | None = None,
     ) -> np.ndarray:
         """Array [n, L] of "auto" / "review" / "reject" from calibrated probabilities.
 
         Each row is one stay: the review floor and the per-stay cap apply row by row, keeping
-        the most probable review codes (ties: label order). `review_cap=False` gives the
-        uncapped review band (to report what the cap costs in recall).
+        the most probable review codes. Calibration maps are step functions, so many codes
+        can share a probability: `tiebreak` (the raw scores, [n, L]) orders them, then label
+        order. `review_cap=False` gives the uncapped review band (what the cap costs).
         """
         self.check_labels(labels)
         p = np.asarray(probs, dtype=float)
         if p.ndim != 2 or p.shape[1] != len(self.labels):
             raise PolicyError(f"probabilities {p.shape} do not match {len(self.labels)} labels")
+        tb = None if tiebreak is None else np.asarray(tiebreak, dtype=float)
+        if tb is not None and tb.shape != p.shape:
+            raise PolicyError(f"tiebreak {tb.shape} does not match probabilities {p.shape}")
         auto, review = self.thresholds()
         is_auto = p >= auto
         is_review = (p >= review) & ~is_auto
@@ -411,7 +416,10 @@ class DecisionPolicy:
                 over = np.flatnonzero(is_review.sum(axis=1) > cap)
                 if over.size:
                     sub = np.where(is_review[over], p[over], -np.inf)
-                    order = np.argsort(-sub, axis=1, kind="stable")
+                    if tb is None:
+                        order = np.argsort(-sub, axis=1, kind="stable")
+                    else:
+                        order = np.lexsort((-tb[over], -sub), axis=-1)
                     rank = np.empty_like(order)
                     np.put_along_axis(rank, order, np.arange(p.shape[1])[None, :].repeat(over.size, 0), axis=1)
                     is_review[over] &= rank < cap

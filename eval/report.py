@@ -134,7 +134,7 @@ def build_report(
             f"gold {y.shape}, scores {s.shape}, {len(labels)} labels, {len(stay_ids)} stays"
         )
     probs = policy.calibrate(s, labels)
-    d = policy.decide(probs, labels)
+    d = policy.decide(probs, labels, tiebreak=s)
     d_uncapped = policy.decide(probs, labels, review_cap=False)
     hierarchy = Hierarchy(policy.terminology)
     g = np.asarray(n_gold, dtype=float) if n_gold is not None else y.sum(axis=1).astype(float)
@@ -183,7 +183,7 @@ def build_report(
         "meets_target": bool(op["auto_precision"] is not None
                              and op["auto_precision"] >= policy.target_precision - 0.02),
     }
-    headline["review_cap_tradeoff"] = review_cap_tradeoff(y, probs, policy, total_true)
+    headline["review_cap_tradeoff"] = review_cap_tradeoff(y, probs, policy, total_true, scores=s)
     headline.update(_automation_diagnosis(y, probs, policy, target_sweep or [], total_true,
                                           op["n_auto"]))
     headline["statement_fr"] = headline_statement(headline, policy)
@@ -312,12 +312,22 @@ def build_report(
 
 def review_cap_tradeoff(
     y: np.ndarray, probs: np.ndarray, policy: DecisionPolicy, total_true: float,
-    caps: Sequence[int | None] = TRADEOFF_CAPS,
+    caps: Sequence[int | None] = TRADEOFF_CAPS, *, scores: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Coder workload against recall of auto + review, for several per-stay review caps."""
+    """Coder workload against recall of auto + review, for several per-stay review caps.
+
+    Every row keeps the policy's probability floor, except the last one (no cap, no floor).
+    """
     rows = []
-    for cap in sorted({*caps, policy.max_review_per_stay}, key=lambda c: math.inf if c is None else c):
-        d = dataclasses.replace(policy, max_review_per_stay=cap).decide(probs, policy.labels)
+    settings: list[tuple[int | None, float]] = [
+        (cap, policy.min_review_probability)
+        for cap in sorted({*caps, policy.max_review_per_stay}, key=lambda c: math.inf if c is None else c)
+    ]
+    if policy.min_review_probability > 0:
+        settings.append((None, 0.0))
+    for cap, floor in settings:
+        d = dataclasses.replace(policy, max_review_per_stay=cap,
+                                min_review_probability=floor).decide(probs, policy.labels, tiebreak=scores)
         review = d == REVIEW
         per_stay = review.sum(axis=1)
         rows.append({
@@ -325,7 +335,8 @@ def review_cap_tradeoff(
             "review_per_stay_mean": float(per_stay.mean()) if per_stay.size else 0.0,
             "review_per_stay_p90": float(np.percentile(per_stay, 90)) if per_stay.size else 0.0,
             "recall_auto_or_review": _share(float((y & ((d == AUTO) | review)).sum()), total_true),
-            "policy": cap == policy.max_review_per_stay,
+            "min_review_probability": floor,
+            "policy": cap == policy.max_review_per_stay and floor == policy.min_review_probability,
         })
     return rows
 
@@ -695,11 +706,12 @@ def render_html(report: Mapping[str, Any]) -> str:
         out.append('<p class="note">Au-delà du plafond, les codes les moins probables sont rejetés '
                    "(les codes auto-codés ne sont jamais plafonnés) : moins de codes à revoir, mais "
                    "moins de diagnostics retrouvés. La ligne en gras est la politique appliquée.</p>")
-        out.append('<table id="review-tradeoff"><tr><th>Plafond par séjour</th><th>Codes à revoir '
-                   "par séjour (moyenne)</th><th>90e centile</th><th>Diagnostics retrouvés par auto + "
-                   "revue</th></tr>")
+        out.append('<table id="review-tradeoff"><tr><th>Plafond par séjour</th><th>Probabilité '
+                   "minimale</th><th>Codes à revoir par séjour (moyenne)</th><th>90e centile</th>"
+                   "<th>Diagnostics retrouvés par auto + revue</th></tr>")
         for r in tradeoff:
             cells = (f"<td>{_e('aucun' if r['max_review_per_stay'] is None else r['max_review_per_stay'])}</td>"
+                     f"<td>{_pct(r.get('min_review_probability'))}</td>"
                      f"<td>{_num(r['review_per_stay_mean'], 1)}</td><td>{_num(r['review_per_stay_p90'], 0)}</td>"
                      f"<td>{_pct(r['recall_auto_or_review'])}</td>")
             out.append(f'<tr style="font-weight:bold">{cells}</tr>' if r.get("policy") else f"<tr>{cells}</tr>")

@@ -186,7 +186,7 @@ class CalibrationResult:
 
 def measure(policy: DecisionPolicy, data: ScoredData, labels: Sequence[str]) -> dict[str, Any]:
     """Auto precision, automation rate, review workload and F1 of `policy` on scored data."""
-    d = policy.decide(policy.calibrate(data.scores, labels), labels)
+    d = policy.decide(policy.calibrate(data.scores, labels), labels, tiebreak=data.scores)
     auto, review = d == AUTO, d == REVIEW
     n_auto, right = int(auto.sum()), int((data.y & auto).sum())
     total = float(data.n_gold.sum())

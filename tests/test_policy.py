@@ -217,11 +217,18 @@ def test_review_cap_turns_the_eleventh_review_into_reject_and_never_caps_auto() 
     assert not (none == REVIEW).any() and (none == AUTO).sum() == (d == AUTO).sum()
 
 
-def test_review_cap_ties_keep_label_order() -> None:
+def test_review_cap_ties_are_broken_by_raw_score_then_label_order() -> None:
+    # A step-function calibration maps twelve codes to the same 40 %.
     p = np.zeros((1, len(CAP_LABELS)))
     p[0, :12] = 0.4
     d = hand_policy().decide(p, CAP_LABELS)
     assert list(d[0, :12]) == [REVIEW] * 10 + [REJECT] * 2
+    raw = np.zeros_like(p)
+    raw[0, :12] = np.linspace(0.1, 0.2, 12)  # the model itself ranks the last ones first
+    d = hand_policy().decide(p, CAP_LABELS, tiebreak=raw)
+    assert list(d[0, :12]) == [REJECT] * 2 + [REVIEW] * 10
+    with pytest.raises(PolicyError, match="tiebreak"):
+        hand_policy().decide(p, CAP_LABELS, tiebreak=raw[:, :3])
 
 
 def test_fit_stores_the_workload_limits_and_the_f1_threshold(tmp_path) -> None:

@@ -229,11 +229,13 @@ def test_review_workload_and_what_the_cap_costs(built) -> None:
     assert per_stay.max() <= 10
     assert h["recall_auto_or_review"] <= h["recall_auto_or_review_uncapped"]
     assert h["review_per_stay_mean"] <= h["review_per_stay_mean_uncapped"]
-    caps = [r["max_review_per_stay"] for r in h["review_cap_tradeoff"]]
-    assert caps == [5, 10, 20, 50, None]
-    recalls = [r["recall_auto_or_review"] for r in h["review_cap_tradeoff"]]
+    rows = h["review_cap_tradeoff"]
+    assert [r["max_review_per_stay"] for r in rows] == [5, 10, 20, 50, None, None]
+    assert [r["min_review_probability"] for r in rows] == [0.05] * 5 + [0.0]
+    recalls = [r["recall_auto_or_review"] for r in rows]
     assert recalls == sorted(recalls)
-    assert [r["policy"] for r in h["review_cap_tradeoff"]] == [False, True, False, False, False]
+    assert rows[-1]["recall_auto_or_review"] == h["recall_auto_or_review_uncapped"]
+    assert [r["policy"] for r in rows] == [False, True, False, False, False, False]
     page = render_html(report)
     assert 'id="review-tradeoff"' in page and "Charge de revue" in page
 

@@ -137,6 +137,12 @@ def test_pages_need_login_and_show_the_queue(client: TestClient) -> None:
     assert client.get("/review/static/review.js").status_code == 200
     assert client.get("/review/static/../store.py").status_code == 404
     assert client.get("/review/monitoring").status_code == 200
+    # The page's terminology search works with the session cookie alone.
+    found = client.get("/v1/review/codes/search", params={"q": "hypokaliémie", "limit": 5})
+    assert found.status_code == 200
+    assert "E87.68" in [hit["code"] for hit in found.json()["results"]]
+    by_code = client.get("/v1/review/codes/search", params={"q": "e8768"}).json()
+    assert by_code["results"][0] == {"code": "E87.68", "label": "Hypokaliémies, autres et sans précision", "score": 1.0}
 
 
 def test_report_text_cannot_break_out_of_the_page(client: TestClient) -> None:
