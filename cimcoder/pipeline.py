@@ -86,6 +86,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(handler=_compare_command)
 
+    p = subparsers.add_parser(
+        "promote",
+        help="compare a run with the champion on the same data; register it and move the "
+        "alias only if it is better",
+    )
+    p.add_argument("run", metavar="RUN", help="challenger run folder")
+    p.add_argument("--data", default="codiesp-fr/dev#B", help="data both are measured on")
+    p.add_argument("--metric", default="map", choices=[k for k, _ in COMPARE_COLUMNS])
+    p.add_argument("--name", default="cimcoder", help="registered model name")
+    p.add_argument("--alias", default="champion", help="alias to move")
+    p.add_argument("--force", action="store_true", help="promote even if not better")
+    p.set_defaults(handler=_promote_command)
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG", help="YAML run config")
@@ -238,6 +251,65 @@ def _compare_command(args: argparse.Namespace) -> int:
     else:
         print(format_comparison(rows, args.data))
     return 0
+
+
+def promote_run(
+    run_dir: Path,
+    data: str,
+    *,
+    metric: str = "map",
+    name: str = "cimcoder",
+    alias: str = "champion",
+    force: bool = False,
+) -> tuple[dict[str, dict[str, Any]], bool, Any]:
+    """Measure the challenger and the alias holder on `data`; register and promote if better.
+
+    Both are evaluated by the same code on the same stays, so the decision never rests on
+    figures each model computed on its own validation data.
+    """
+    from cimcoder.training.tracking import RunTracker, TrackingError, load_run_dir_from_uri
+
+    rows = {str(run_dir): _evaluate_model(run_dir, data, None)}
+    champion_value: float | None = None
+    try:
+        champion_dir = load_run_dir_from_uri(f"models:/{name}@{alias}")
+    except TrackingError as exc:
+        logger.info("no current @%s (%s): the challenger is promoted if it evaluates", alias, exc)
+    else:
+        champion_report = _evaluate_model(champion_dir, data, None)
+        rows[f"{alias} ({champion_dir.name})"] = champion_report
+        champion_value = comparison_row(champion_report)[metric]
+    challenger_value = comparison_row(rows[str(run_dir)])[metric]
+    better = challenger_value is not None and (
+        champion_value is None or challenger_value > champion_value
+    )
+    registered = None
+    if better or force:
+        from cimcoder.training.tracking import register_run_model
+
+        tracker = RunTracker.start(name, f"promote-{run_dir.name}", tags={"cimcoder.data": data})
+        try:
+            registered = register_run_model(run_dir, tracker, name=name, alias=alias, promote=True)
+            tracker.log_metrics({f"promotion.{metric}": challenger_value or 0.0})
+        except BaseException:
+            tracker.end("FAILED")
+            raise
+        tracker.end("FINISHED")
+    return rows, better, registered
+
+
+def _promote_command(args: argparse.Namespace) -> int:
+    rows, better, registered = promote_run(
+        Path(args.run), args.data, metric=args.metric, name=args.name, alias=args.alias,
+        force=args.force,
+    )
+    print(format_comparison(rows, args.data))
+    if registered is not None:
+        why = "better" if better else "forced"
+        print(f"promoted ({why}): {registered.model_uri} is now @{registered.alias}")
+        return 0
+    print(f"not promoted: {args.metric} is not better than @{args.alias} on {args.data}")
+    return 1
 
 
 # --------------------------------------------------------------------------- output
