@@ -13,6 +13,7 @@ import argparse
 import time
 
 import numpy as np
+
 from cimcoder.eval import metrics as M
 from cimcoder.eval.calibration import expected_calibration_error
 from cimcoder.eval.policy import AUTO, DecisionPolicy

@@ -340,8 +340,27 @@ def format_comparison(rows: dict[str, dict[str, Any]], data: str) -> str:
     return "\n".join(lines)
 
 
+AUTOMATION_FIGURES = (
+    ("target_precision", "target precision"),
+    ("auto_precision", "measured auto precision"),
+    ("automation_rate", "share of true codes auto-coded"),
+    ("share_stays_fully_auto_coded", "stays fully auto-coded"),
+    ("review_per_stay_mean", "codes to review per stay"),
+    ("recall_auto_or_review", "true codes found by auto + review"),
+)
+
+
 def _print_automation(report: dict[str, Any]) -> None:
-    auto = report.get("automation")
-    if not isinstance(auto, dict):
+    headline = report.get("headline")
+    if not isinstance(headline, dict):
         return
-    print(json.dumps({"automation": auto.get("headline", auto)}, indent=2, ensure_ascii=False))
+    print(f"\nAutomation on {report.get('dataset', '?')} (goal: 90% of diagnoses auto-coded)")
+    if headline.get("statement_fr"):
+        print(headline["statement_fr"])
+    for key, title in AUTOMATION_FIGURES:
+        value = headline.get(key)
+        if isinstance(value, int | float):
+            print(f"  {title:<36} {value:.3f}")
+    files = report.get("files", {})
+    if files.get("folder"):
+        print(f"  report (HTML + JSON): {files['folder']}")

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, node_name
 from scipy.optimize import minimize
 
 from cimcoder.errors import CimcoderError
+from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, node_name
 
 logger = logging.getLogger(__name__)
 

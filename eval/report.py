@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from cimcoder.eval import metrics as M
 from cimcoder.eval.calibration import reliability
 from cimcoder.eval.hierarchy import Hierarchy
@@ -850,7 +851,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         "cible ; un code sans assez de données hérite du seuil de sa catégorie, de son chapitre "
         f"ou du seuil global (codes au seuil propre : {levels['code']}, catégorie : "
         f"{levels['category']}, chapitre : {levels['chapter']}, global : {levels['global']}). "
-        f"Politique ajustée sur : {_e(json.dumps(pol.get('fitted_on') or {}, ensure_ascii=False))}.</p>"
+        + ("Pour que la revue reste faisable, au plus "
+           f"{_e(pol.get('max_review_per_stay'))} codes par séjour partent en revue (les plus "
+           f"probables, de probabilité au moins {_pct(pol.get('min_review_probability'))}) ; "
+           "les autres sont rejetés. " if pol.get("max_review_per_stay") is not None else "")
+        + f"Politique ajustée sur : {_e(json.dumps(pol.get('fitted_on') or {}, ensure_ascii=False))}.</p>"
     )
     for note in report.get("notes") or []:
         out.append(f'<p class="note">{_e(note)}</p>')

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cimcoder.errors import CimcoderError
 from cimcoder.eval.calibration import CalibrationMethod
 from cimcoder.eval.metrics import best_f1_threshold, micro_prf
 from cimcoder.eval.policy import (
@@ -29,8 +31,6 @@ from cimcoder.eval.policy import (
     DecisionPolicy,
 )
 from cimcoder.eval.report import Tracker, build_report, write_report
-
-from cimcoder.errors import CimcoderError
 
 logger = logging.getLogger(__name__)
 

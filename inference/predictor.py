@@ -340,7 +340,8 @@ class Predictor:
             return []
         raw, probs = self.scores([item.text for item in inputs], batch_size=batch_size)
         if self.policy is not None:
-            decisions = np.asarray(self.policy.decide(probs, self.labels))
+            # Raw scores break ties at the review cap, as in the evaluation report.
+            decisions = np.asarray(self.policy.decide(probs, self.labels, tiebreak=raw))
         else:
             decisions = np.full(probs.shape, "review", dtype=object)
         return [

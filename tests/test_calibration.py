@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_eval_synthetic import FREQUENT, RARE, synthetic_scores
+
 from cimcoder.eval.calibration import (
     CalibrationError,
     Calibrator,
     expected_calibration_error,
     reliability,
 )
-from test_eval_synthetic import FREQUENT, RARE, synthetic_scores
 
 
 # Temperature alone cannot shift a pooled base rate, so it is only asked to help.

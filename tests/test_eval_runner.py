@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cimcoder.cli import main
 from cimcoder.eval.policy import DecisionPolicy
 from cimcoder.eval.runner import (
     EvalDataError,
@@ -22,8 +24,6 @@ from cimcoder.eval.runner import (
     select_half,
     stay_half,
 )
-
-from cimcoder.cli import main
 
 MENTIONS = {
     "I10": ["Hypertension artérielle essentielle traitée par amlodipine.",
@@ -200,7 +200,6 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, run_dir: Path,
 def test_report_feeds_the_pipeline_comparison_table(run_dir: Path) -> None:
     from cimcoder.eval.metrics import micro_prf
     from cimcoder.eval.runner import _load_scorer, _load_stays, score_stays
-
     from cimcoder.pipeline import comparison_row
 
     result = calibrate_run(run_dir)

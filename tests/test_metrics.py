@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cimcoder.eval import metrics as M
 from sklearn.metrics import (
     average_precision_score,
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from cimcoder.eval import metrics as M
 
 # Three stays coded over five codes.
 #  s1 "Pneumopathie franche lobaire aiguë à pneumocoque, HTA":         J13, I10

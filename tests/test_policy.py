@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from test_eval_synthetic import FREQUENT, RARE, synthetic_scores
+
 from cimcoder.eval import cli as eval_cli
 from cimcoder.eval.calibration import Calibrator
 from cimcoder.eval.metrics import best_f1_threshold
@@ -23,7 +25,6 @@ from cimcoder.eval.policy import (
     lower_bound,
     review_threshold,
 )
-from test_eval_synthetic import FREQUENT, RARE, synthetic_scores
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_eval_synthetic import FREQUENT, synthetic_scores
+
 from cimcoder.eval.metrics import macro_prf, micro_prf
 from cimcoder.eval.policy import AUTO, REVIEW, DecisionPolicy
 from cimcoder.eval.report import REPORT_HTML, REPORT_JSON, build_report, render_html, write_report
-from test_eval_synthetic import FREQUENT, synthetic_scores
 
 TITLES = {
     "I10": "Hypertension essentielle (primitive)",

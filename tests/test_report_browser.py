@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from cimcoder.eval.report import write_report
 from test_report import make_report
+
+from cimcoder.eval.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
