@@ -48,12 +48,13 @@ def build_small_model(run_dir: Path = BENCH_MODEL_DIR) -> Path:
     if (run_dir / "labels.json").is_file():
         return run_dir
     import torch
+    from transformers import BertConfig, BertModel
+
     from cimcoder.terminologies import load_terminology
     from cimcoder.training import LabelSpace, build_model
     from cimcoder.training.config import ChunkingConfig, HeadConfig, ModelConfig, RunConfig
     from cimcoder.training.corpora import load_dataset
     from cimcoder.training.tokenizer import train_tokenizer
-    from transformers import BertConfig, BertModel
 
     print(f"building a small PLM-ICD in {run_dir} (once) ...", file=sys.stderr)
     torch.manual_seed(0)

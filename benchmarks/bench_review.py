@@ -17,11 +17,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.review import workflow
 from cimcoder.serving.review.schemas import CodeDecisionIn, ReviewIn
 from cimcoder.serving.review.store import Review, ReviewConflict, ReviewStay, ReviewStore
-from sqlalchemy import func, select
 
 TEXT = (
     "Motif : dyspnée. Évolution : insuffisance cardiaque congestive décompensée sous "

@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from cimcoder.inference.predictor import (
         DEFAULT_MODEL_URI,
         Predictor,
@@ -57,7 +59,6 @@ def run_predict(args: argparse.Namespace) -> int:
         prediction_json,
     )
     from cimcoder.inference.reader import Unreadable, dedupe, read_reports
-    from tqdm import tqdm
 
     if args.batch_size < 1:
         raise CimcoderError("--batch-size must be at least 1")

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cimcoder.training.tracking import load_run_dir_from_uri
 from mlflow.pyfunc import PythonModel
+
+from cimcoder.training.tracking import load_run_dir_from_uri
 
 __all__ = ["CimcoderPyfunc", "ModelInputError", "load_run_dir_from_uri", "texts_from_input"]
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cimcoder.errors import CimcoderError
 from cimcoder.inference.schemas import (
     CodePrediction,
     Decision,
@@ -27,8 +29,6 @@ from cimcoder.inference.schemas import (
     ModelInfo,
     StayPrediction,
 )
-
-from cimcoder.errors import CimcoderError
 
 logger = logging.getLogger(__name__)
 

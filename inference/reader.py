@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from cimcoder.inference.predictor import StayInput
-
 from cimcoder.errors import CimcoderError
+from cimcoder.inference.predictor import StayInput
 
 logger = logging.getLogger(__name__)
 

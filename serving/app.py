@@ -20,9 +20,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from cimcoder.serving.batching import MicroBatcher
-from cimcoder.serving.metrics import MetricsMiddleware, ServiceMetrics
-from cimcoder.serving.settings import Settings
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,6 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cimcoder import __version__
 from cimcoder.errors import CimcoderError
+from cimcoder.serving.batching import MicroBatcher
+from cimcoder.serving.metrics import MetricsMiddleware, ServiceMetrics
+from cimcoder.serving.settings import Settings
 
 logger = logging.getLogger(__name__)
 

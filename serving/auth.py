@@ -25,9 +25,10 @@ import hmac
 import logging
 from typing import Annotated
 
-from cimcoder.serving.settings import Settings
 from fastapi import Depends, HTTPException, Request, Response, status
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from cimcoder.serving.settings import Settings
 
 logger = logging.getLogger(__name__)
 

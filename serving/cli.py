@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with a readable error instead of a pydantic dump."""
-    from cimcoder.serving.settings import Settings
     from pydantic import ValidationError
+
+    from cimcoder.serving.settings import Settings
 
     try:
         return Settings(**overrides)
@@ -52,6 +53,7 @@ def load_settings(**overrides: object) -> Settings:
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
     from cimcoder.serving.app import create_app
 
     if not 0 < args.port < 65536:

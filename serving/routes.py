@@ -6,6 +6,10 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from cimcoder import __version__
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.auth import ApiClient, CurrentUser, get_settings, require_api_client
 from cimcoder.serving.batching import MicroBatcher
@@ -21,10 +25,6 @@ from cimcoder.serving.schemas import (
     SearchResponse,
     SearchResult,
 )
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
-
-from cimcoder import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime
 
-from cimcoder.inference.schemas import StayPrediction
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cimcoder.inference.schemas import StayPrediction
 
 # --- requests ---------------------------------------------------------------------------
 

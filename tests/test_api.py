@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cimcoder.serving.auth import CurrentUser
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from test_inference_predictor import build_tiny_run
+
+from cimcoder.serving.auth import CurrentUser
 
 KEY = "dim-hopital-nord:Vt9q2LxR7mKp4sWz8bNc"
 CLIENT_KEY = "Vt9q2LxR7mKp4sWz8bNc"
@@ -91,8 +92,9 @@ def test_bearer_token_and_api_key_both_work(client: TestClient) -> None:
 
 
 def test_session_cookie_authenticates_the_review_user(client: TestClient) -> None:
-    from cimcoder.serving.auth import SESSION_COOKIE, authenticate, set_session_cookie
     from starlette.responses import Response
+
+    from cimcoder.serving.auth import SESSION_COOKIE, authenticate, set_session_cookie
 
     settings = client.app.state.settings  # type: ignore[attr-defined]
     assert authenticate(settings, "dim-hopital-nord", CLIENT_KEY) == "dim-hopital-nord"

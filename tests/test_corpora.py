@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cimcoder.training.corpora import CorpusError, Diagnosis, Document, Stay, load_dataset
-from cimcoder.training.corpora.paths import ENV_VAR, shipped_path
 
 from cimcoder.cli import main
+from cimcoder.training.corpora import CorpusError, Diagnosis, Document, Stay, load_dataset
+from cimcoder.training.corpora.paths import ENV_VAR, shipped_path
 
 REPO = Path(__file__).resolve().parents[1]
 

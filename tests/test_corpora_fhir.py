@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cimcoder.training.corpora import CorpusError, load_dataset
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from cimcoder.training.corpora import CorpusError, Stay, load_dataset
 from cimcoder.training.corpora.files import load_csv, load_jsonl, write_jsonl
 

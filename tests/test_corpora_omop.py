@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from cimcoder.training.corpora import CorpusError, load_dataset
 from cimcoder.training.corpora.omop import load_omop
 

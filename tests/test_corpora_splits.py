@@ -6,6 +6,7 @@ import datetime
 from collections import Counter
 
 import pytest
+
 from cimcoder.training.corpora import CorpusError, Diagnosis, Document, Stay, split
 from cimcoder.training.corpora.synth import generate_corpus
 

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from cimcoder.terminologies import load_cim10
 from cimcoder.training.corpora import CorpusError, load_dataset
 from cimcoder.training.corpora.synth import generate_corpus, generate_stay, iter_stays, write_jsonl

@@ -13,11 +13,12 @@ def build_tiny_plm_run(run_dir: Path) -> Path:
     """A 1-layer BERT encoder + label-wise head over the tiny corpus's label space (untrained
     but with biases forced from training counts, so decoding is deterministic)."""
     import torch
+    from transformers import BertConfig, BertModel
+
     from cimcoder.terminologies import load_terminology
     from cimcoder.training import LabelSpace, build_model
     from cimcoder.training.config import ChunkingConfig, HeadConfig, ModelConfig, RunConfig
     from cimcoder.training.tokenizer import train_tokenizer
-    from transformers import BertConfig, BertModel
 
     texts, code_sets = tiny_corpus()
     torch.manual_seed(0)

@@ -240,9 +240,8 @@ def test_refuses_a_label_space_of_another_edition(tiny_run: Path, tmp_path: Path
 
 
 def test_refuses_a_policy_of_another_model(tiny_run: Path, tmp_path: Path) -> None:
-    from cimcoder.inference import Predictor
-
     from cimcoder.errors import CimcoderError
+    from cimcoder.inference import Predictor
 
     other = tmp_path / "other-policy"
     shutil.copytree(tiny_run, other)
@@ -270,9 +269,8 @@ def test_same_text_same_answer(predictor) -> None:  # type: ignore[no-untyped-de
 def test_unregistered_champion_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cimcoder.inference import DEFAULT_MODEL_URI, Predictor
-
     from cimcoder.errors import CimcoderError
+    from cimcoder.inference import DEFAULT_MODEL_URI, Predictor
 
     # An empty local MLflow store: no model is registered as cimcoder@champion yet.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_training_helpers import build_tiny_encoder
+
+from cimcoder.errors import CimcoderError
 from cimcoder.training.config import load_config
 from cimcoder.training.labels import LabelSpace
 from cimcoder.training.models.plm_icd import PLMICDScorer
 from cimcoder.training.registry import Scorer, build_model, load_scorer, registered_models
-from test_training_helpers import build_tiny_encoder
-
-from cimcoder.errors import CimcoderError
 
 CODES = ["J13", "I10", "E11.9", "N39.0"]
 NOTE = (

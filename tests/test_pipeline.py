@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cimcoder.cli import main
-from cimcoder.training.tracking import local_tracking_uri, load_run_dir_from_uri
+from cimcoder.training.tracking import load_run_dir_from_uri, local_tracking_uri
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cimcoder.serving.app import create_app
-from cimcoder.serving.settings import Settings
 from fastapi.testclient import TestClient
 from test_review_store import CRH_INSUFFISANCE_CARDIAQUE, make_case
+
+from cimcoder.serving.app import create_app
+from cimcoder.serving.settings import Settings
 
 KEY_DUPONT = "kR7vQ2mX9pL4tW8zDupont"
 KEY_MARTIN = "hB3nF6jY1cS5gU0eMartin"

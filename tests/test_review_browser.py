@@ -10,10 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cimcoder.serving.review.store import AuditEvent, Review, ReviewStay, ReviewStore
 from sqlalchemy import select
 from test_review_concurrency import KEY, key_of, review_server
 from test_review_store import make_case
+
+from cimcoder.serving.review.store import AuditEvent, Review, ReviewStay, ReviewStore
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

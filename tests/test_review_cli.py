@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from test_review_store import make_case
+
 from cimcoder.serving.review import cli
 from cimcoder.serving.review.store import ReviewError
 from cimcoder.training.corpora.schema import Stay
-from test_review_store import make_case
 
 
 def run(argv: list[str]) -> int:

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+from test_review_store import enqueue_cases, full_review, make_case
+
 from cimcoder.serving.review import workflow
 from cimcoder.serving.review.store import (
     AuditEvent,
@@ -27,8 +30,6 @@ from cimcoder.serving.review.store import (
     ReviewStay,
     ReviewStore,
 )
-from sqlalchemy import func, select
-from test_review_store import enqueue_cases, full_review, make_case
 
 KEY = "Vw4nP8sQ2xL6rT0yCoder"
 CODERS = [f"codeur-{i}" for i in range(6)]

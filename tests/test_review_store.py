@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select, text
+
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.review import audit, export, monitoring, workflow
 from cimcoder.serving.review.schemas import CodeDecisionIn, ReviewIn
@@ -25,7 +27,6 @@ from cimcoder.serving.review.store import (
     ReviewStore,
 )
 from cimcoder.training.corpora.schema import Stay
-from sqlalchemy import func, select, text
 
 # -- clinical cases (shared with the other review tests) ---------------------------------
 

@@ -32,6 +32,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import uvicorn
+
     from cimcoder.inference import Predictor
     from cimcoder.serving.app import create_app
 

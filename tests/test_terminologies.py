@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
+from cimcoder.errors import CimcoderError
 from cimcoder.terminologies import (
     InvalidCodeError,
     Terminology,
@@ -17,8 +19,6 @@ from cimcoder.terminologies import (
 from cimcoder.terminologies.cim11 import load_cim11
 from cimcoder.terminologies.codes import undotted
 from cimcoder.terminologies.crosswalk import load_crosswalk
-
-from cimcoder.errors import CimcoderError
 
 
 # --- normalisation ------------------------------------------------------------------------

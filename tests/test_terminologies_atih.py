@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from cimcoder.terminologies import TerminologyFileError, UnknownEditionError, load_cim10
 from cimcoder.terminologies.cache import cached
 

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from cimcoder.training.tracking import (
     RunTracker,
     TrackingError,
@@ -221,6 +222,7 @@ def test_load_run_dir_from_unknown_model_is_a_clear_error(tmp_path: Path) -> Non
 
 def test_pyfunc_rejects_input_without_text() -> None:
     import pandas as pd
+
     from cimcoder.inference.mlflow_model import ModelInputError, texts_from_input
 
     assert texts_from_input(pd.DataFrame({"text": ["HTA."]})) == ["HTA."]

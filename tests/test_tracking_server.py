@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cimcoder.training.tracking import RunTracker, load_run_dir_from_uri, register_run_model
 from mlflow_server import MlflowServer
 from test_tracking import make_run_dir
+
+from cimcoder.training.tracking import RunTracker, load_run_dir_from_uri, register_run_model
 
 pytestmark = pytest.mark.slow
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from cimcoder.errors import CimcoderError
 from cimcoder.training.config import (
     ConfigError,
     RunConfig,
@@ -15,8 +17,6 @@ from cimcoder.training.config import (
 )
 from cimcoder.training.labels import LabelSpace, LabelSpaceError
 from cimcoder.training.registry import get_model, register_model, registered_models
-
-from cimcoder.errors import CimcoderError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from cimcoder.training.tokenizer import train_tokenizer
 from transformers import BertConfig, BertModel
+
+from cimcoder.training.tokenizer import train_tokenizer
 
 # (sentence, codes): each note combines a few findings; negated findings carry no code.
 FINDINGS: list[tuple[str, set[str]]] = [

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cimcoder.training import load_config, load_scorer, train
-from cimcoder.training.trainer import TrainingError
 from sklearn.metrics import roc_auc_score
 from test_training_helpers import build_tiny_encoder, clinical_notes, write_text_folder
+
+from cimcoder.training import load_config, load_scorer, train
+from cimcoder.training.trainer import TrainingError
 
 
 def ranking_auc(y_true: np.ndarray, scores: np.ndarray) -> float:

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from cimcoder.training.config import load_config, load_pretrain_config
-from cimcoder.training.labels import LabelSpace
-from cimcoder.training.pretrain import PretrainError, collect_corpus, mask_tokens, pretrain
-from cimcoder.training.registry import build_model
 from test_training_helpers import clinical_notes
 from transformers import AutoModel, AutoTokenizer
 
 from cimcoder.cli import main
+from cimcoder.training.config import load_config, load_pretrain_config
+from cimcoder.training.labels import LabelSpace
+from cimcoder.training.pretrain import PretrainError, collect_corpus, mask_tokens, pretrain
+from cimcoder.training.registry import build_model
 
 TINY = [
     "corpus.codiesp_train=false",

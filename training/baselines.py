@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from cimcoder.training.registry import register_model
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cimcoder.errors import CimcoderError
+from cimcoder.training.registry import register_model
 
 if TYPE_CHECKING:
     from cimcoder.training.config import RunConfig

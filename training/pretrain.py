@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from cimcoder.training.config import PretrainConfig, dump_config
-from cimcoder.training.tokenizer import train_tokenizer
 from tqdm.auto import tqdm
 
 from cimcoder.errors import CimcoderError
+from cimcoder.training.config import PretrainConfig, dump_config
+from cimcoder.training.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from cimcoder.training.config import RunConfig, dump_config, read_run_config
-from cimcoder.training.labels import LabelSpace
-from cimcoder.training.registry import build_model, get_model
 from tqdm.auto import tqdm
 
 from cimcoder.errors import CimcoderError
+from cimcoder.training.config import RunConfig, dump_config, read_run_config
+from cimcoder.training.labels import LabelSpace
+from cimcoder.training.registry import build_model, get_model
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from cimcoder.serving.review.store import AuditEvent, ReviewError, ReviewStay, ReviewStore, utcnow
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from cimcoder.serving.review.store import AuditEvent, ReviewError, ReviewStay, ReviewStore, utcnow
 
 AUDIT_FIELDS = (
     "id",

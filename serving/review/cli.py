@@ -81,8 +81,9 @@ def _store(args: argparse.Namespace) -> ReviewStore:
 
     url = args.database_url
     if not url:
-        from cimcoder.serving.settings import Settings
         from pydantic import ValidationError
+
+        from cimcoder.serving.settings import Settings
 
         try:
             url = Settings().resolved_database_url()

@@ -6,10 +6,11 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from cimcoder.serving.review.store import Review, ReviewStay, ReviewStore, StayStatus
-from cimcoder.training.corpora.schema import Diagnosis, Document, Stay, StayContext
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
+
+from cimcoder.serving.review.store import Review, ReviewStay, ReviewStore, StayStatus
+from cimcoder.training.corpora.schema import Diagnosis, Document, Stay, StayContext
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.review.schemas import StayIn
 from cimcoder.serving.review.store import ReviewError
-from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
 

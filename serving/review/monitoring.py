@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from cimcoder.serving.review.store import (
     Prediction,
     Review,
@@ -25,7 +27,6 @@ from cimcoder.serving.review.store import (
     ReviewStay,
     ReviewStore,
 )
-from sqlalchemy import select
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.templating import Jinja2Templates
+
 from cimcoder.serving.auth import (
     CurrentUser,
     OptionalUser,
@@ -39,9 +43,6 @@ from cimcoder.serving.review.store import (
     open_store,
 )
 from cimcoder.serving.settings import Settings
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
-from fastapi.templating import Jinja2Templates
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime
 from typing import Literal
 
-from cimcoder.inference.schemas import StayPrediction
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cimcoder.inference.schemas import StayPrediction
 
 
 class ReviewDocumentIn(BaseModel):

@@ -13,10 +13,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
 from cimcoder.serving.review.schemas import CodeDecisionIn, ReviewIn
 from cimcoder.serving.review.store import ReviewStay, ReviewStore, StayStatus
 from cimcoder.serving.review.workflow import InvalidReview, check_code, check_dp, save_review
-from sqlalchemy import select
 
 logger = logging.getLogger(__name__)
 

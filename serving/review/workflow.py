@@ -10,6 +10,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.review import audit
 from cimcoder.serving.review.schemas import ReviewIn, StayIn
@@ -31,10 +36,6 @@ from cimcoder.serving.review.store import (
     utcnow,
 )
 from cimcoder.training.corpora.schema import DOCUMENT_SEPARATOR
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 

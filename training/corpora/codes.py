@@ -14,10 +14,9 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
+from cimcoder.errors import CimcoderError
 from cimcoder.training.corpora.errors import CorpusError
 from cimcoder.training.corpora.schema import CodeIssue, Diagnosis, LoadReport, Role
-
-from cimcoder.errors import CimcoderError
 
 if TYPE_CHECKING:
     from cimcoder.terminologies import Terminology

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from cimcoder.training.corpora.codes import CodeResolver, TerminologyName, UnknownPolicy
 from cimcoder.training.corpora.errors import CorpusError
 from cimcoder.training.corpora.schema import (
@@ -42,7 +44,6 @@ from cimcoder.training.corpora.schema import (
     Stay,
     StayContext,
 )
-from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
 

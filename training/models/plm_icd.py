@@ -20,6 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+from cimcoder.errors import CimcoderError
 from cimcoder.training.config import (
     ChunkingConfig,
     ConfigError,
@@ -29,11 +34,6 @@ from cimcoder.training.config import (
 )
 from cimcoder.training.labels import LabelSpace, describe_codes
 from cimcoder.training.registry import register_model
-from safetensors.torch import load_file, save_file
-from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-
-from cimcoder.errors import CimcoderError
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from cimcoder.serving.review.store import Base
 from sqlalchemy import create_engine
+
+from cimcoder.serving.review.store import Base
 
 target_metadata = Base.metadata
 config = context.config
