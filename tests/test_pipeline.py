@@ -103,3 +103,48 @@ def test_unknown_config_key_is_a_clear_error(
     assert main(["train", str(path), "training.learning_rate=1e-3"]) == 2
     err = capsys.readouterr().err
     assert "learning_rate" in err and "Traceback" not in err
+
+
+def test_cimcoder_train_logs_a_tiny_transformer_to_a_real_mlflow_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from mlflow_server import MlflowServer
+    from test_training_helpers import build_tiny_encoder, clinical_notes, write_text_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIMCODER_MLFLOW_DIR", str(tmp_path / "fallback"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    build_tiny_encoder(tmp_path / "encoder")
+    write_text_folder(tmp_path / "train", clinical_notes(40, seed=2), "sejour")
+    write_text_folder(tmp_path / "dev", clinical_notes(16, seed=3), "dev")
+    config = {
+        "data": {"train": str(tmp_path / "train"), "dev": str(tmp_path / "dev")},
+        "model": {
+            "name": "plm_icd",
+            "encoder": str(tmp_path / "encoder"),
+            "chunking": {"max_chunk_tokens": 32, "max_chunks": 4},
+        },
+        "training": {"epochs": 2, "lr": 1e-3, "head_lr": 1e-2, "num_threads": 1},
+        "tracking": {"experiment": "tiny", "run_name": "plm-tiny"},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "plm-tiny.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    with MlflowServer(tmp_path / "server") as server:
+        assert main(["train", str(path), f"tracking.tracking_uri={server.uri}"]) == 0
+        client = MlflowClient(tracking_uri=server.uri)
+        experiment = client.get_experiment_by_name("tiny")
+        assert experiment is not None
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert run.info.status == "FINISHED"
+        assert run.data.params["model.name"] == "plm_icd"
+        assert run.data.params["training.epochs"] == "2"
+        # One validation figure per epoch reached the server.
+        assert any(len(client.get_metric_history(run.info.run_id, k)) >= 2
+                   for k in run.data.metrics)
+        # The run folder (weights, labels, config) went through the server's artefact store.
+        assert any((tmp_path / "server").rglob("head.safetensors"))
+        assert any((tmp_path / "server").rglob("labels.json"))
+    assert not (tmp_path / "fallback" / "mlflow.db").exists(), "the server was up: no fallback"
