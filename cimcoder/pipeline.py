@@ -153,7 +153,7 @@ def ensure_encoder(encoder: str) -> None:
             "with `cimcoder pretrain`"
         )
     logger.info("offline encoder %s is missing: pretraining it first", encoder)
-    from cimcoder.training import pretrain
+    from cimcoder.training.pretrain import pretrain
     from cimcoder.training.config import load_pretrain_config
 
     pretrain(load_pretrain_config(DEFAULT_PRETRAIN_CONFIG), output_dir=path)

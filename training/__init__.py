@@ -1,5 +1,8 @@
 """cimcoder.training: models, label spaces, configs and the training loop.
 
+`pretrain` is imported from `cimcoder.training.pretrain`: exporting it here would clash with
+the sub-module of the same name.
+
 Heavy modules (torch, transformers) are imported lazily: `import cimcoder.training`
 only defines names.
 """
@@ -23,7 +26,6 @@ _EXPORTS = {
     "dump_config": "cimcoder.training.config",
     "read_run_config": "cimcoder.training.config",
     "train": "cimcoder.training.trainer",
-    "pretrain": "cimcoder.training.pretrain",
 }
 
 __all__ = sorted(_EXPORTS)
