@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 TRANSFORMER_MODELS = frozenset({"plm_icd"})
 DEFAULT_PRETRAIN_CONFIG = Path("configs/pretrain/mini.yaml")
+PRETRAIN_OVERRIDES: tuple[str, ...] = ()  # tests shrink the pretraining
 COMPARE_COLUMNS = (
     ("map", "MAP"),
     ("micro_f1", "micro-F1"),
@@ -156,7 +157,7 @@ def ensure_encoder(encoder: str) -> None:
     from cimcoder.training.pretrain import pretrain
     from cimcoder.training.config import load_pretrain_config
 
-    pretrain(load_pretrain_config(DEFAULT_PRETRAIN_CONFIG), output_dir=path)
+    pretrain(load_pretrain_config(DEFAULT_PRETRAIN_CONFIG, list(PRETRAIN_OVERRIDES)), output_dir=path)
 
 
 def _start_tracker(config_path: str | Path, overrides: Sequence[str]) -> Any:

@@ -148,3 +148,33 @@ def test_cimcoder_train_logs_a_tiny_transformer_to_a_real_mlflow_server(
         assert any((tmp_path / "server").rglob("head.safetensors"))
         assert any((tmp_path / "server").rglob("labels.json"))
     assert not (tmp_path / "fallback" / "mlflow.db").exists(), "the server was up: no fallback"
+
+
+def test_missing_default_encoder_is_pretrained_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo` on a fresh machine: the config names the offline encoder, which does not
+    exist yet, so `cimcoder run` builds it first (here with a tiny pretraining config)."""
+    from test_training_pretrain import TINY
+
+    import cimcoder.pipeline as pipeline
+    from cimcoder.training.config import DEFAULT_ENCODER
+
+    monkeypatch.chdir(tmp_path)
+    tiny = tmp_path / "tiny-pretrain.yaml"
+    tiny.write_text(
+        yaml.safe_dump({"corpus": {"synthetic_reports": 40}}), encoding="utf-8"
+    )
+    monkeypatch.setattr(pipeline, "DEFAULT_PRETRAIN_CONFIG", tiny)
+    monkeypatch.setattr(pipeline, "PRETRAIN_OVERRIDES", tuple(o for o in TINY if "synthetic" not in o))
+    pipeline.ensure_encoder(DEFAULT_ENCODER)
+    assert (tmp_path / DEFAULT_ENCODER / "config.json").is_file()
+    assert (tmp_path / DEFAULT_ENCODER / "tokenizer.json").is_file()
+
+
+def test_missing_user_encoder_is_a_clear_error(tmp_path: Path) -> None:
+    from cimcoder.errors import CimcoderError
+    from cimcoder.pipeline import ensure_encoder
+
+    with pytest.raises(CimcoderError, match="camembert-bio"):
+        ensure_encoder(str(tmp_path / "camembert-bio-base"))
