@@ -154,8 +154,8 @@ def ensure_encoder(encoder: str) -> None:
             "with `cimcoder pretrain`"
         )
     logger.info("offline encoder %s is missing: pretraining it first", encoder)
-    from cimcoder.training.pretrain import pretrain
     from cimcoder.training.config import load_pretrain_config
+    from cimcoder.training.pretrain import pretrain
 
     pretrain(load_pretrain_config(DEFAULT_PRETRAIN_CONFIG, list(PRETRAIN_OVERRIDES)), output_dir=path)
 
