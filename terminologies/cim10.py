@@ -11,11 +11,11 @@ import importlib.util
 import io
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from types import MappingProxyType
+from typing import ClassVar
 
 from cimcoder.terminologies.cache import cached, file_digest
 from cimcoder.terminologies.chapters import CIM10_CHAPTERS, Block, chapter_of_category, who_blocks
@@ -29,6 +29,7 @@ from cimcoder.terminologies.errors import (
 )
 from cimcoder.terminologies.model import Concept, Restrictions, SearchHit
 from cimcoder.terminologies.search import SearchIndex
+from cimcoder.terminologies.table import ConceptTable
 
 logger = logging.getLogger(__name__)
 
@@ -152,75 +153,20 @@ def read_atih_rows(path: Path) -> Iterator[_Row]:
 
 
 @dataclass(frozen=True)
-class Cim10Fr:
+class Cim10Fr(ConceptTable):
     """One edition of the CIM-10 FR à usage PMSI. Immutable; build with `load_cim10`."""
 
-    name: str
-    edition: str
-    source: str
-    _concepts: dict[str, Concept] = field(repr=False)
-    _codes: tuple[str, ...] = field(repr=False)
-    _children: dict[str, tuple[str, ...]] = field(repr=False)
+    terminology: ClassVar[str] = "cim10"
 
-    @property
-    def concepts(self) -> Mapping[str, Concept]:
-        """Every entry, chapters and blocks included, keyed by canonical code (read-only)."""
-        return MappingProxyType(self._concepts)
-
-    # --- look-up -------------------------------------------------------------------
-    def normalize(self, raw: str) -> str:
-        return normalize_code(raw, "cim10")
-
-    def _key(self, code: str) -> str | None:
-        try:
-            return normalize_code(code, "cim10")
-        except InvalidCodeError:
-            key = code.strip().upper() if isinstance(code, str) else ""
-            return key if key in self._concepts else None  # chapters ("IX"), blocks ("I30-I52")
-
-    def get(self, code: str) -> Concept | None:
-        key = self._key(code)
-        return self._concepts.get(key) if key else None
-
-    def __getitem__(self, code: str) -> Concept:
-        key = self._key(code)
-        if key is None:
-            normalize_code(code, "cim10")  # raises InvalidCodeError with the reason
-            raise AssertionError("unreachable")
-        concept = self._concepts.get(key)
-        if concept is None:
-            raise UnknownCodeError(key, self.edition, self.suggest(key))
-        return concept
-
-    def __contains__(self, code: object) -> bool:
-        return isinstance(code, str) and self.get(code) is not None
-
-    def __len__(self) -> int:
-        return len(self._codes)
-
-    def codes(self) -> Sequence[str]:
-        """Every code of the table (categories, subcategories, French extensions), in table
-        order; chapters, blocks and deleted codes excluded."""
-        return self._codes
+    def _grouping_key(self, key: str) -> str | None:
+        return key if key in self._concepts else None  # chapters ("IX"), blocks ("I30-I52")
 
     def codable_codes(self) -> Sequence[str]:
         """Codes the PMSI accepts in at least one role (type MCO/HAD other than 3)."""
         return tuple(c for c in self._codes if _codable(self._concepts[c]))
 
-    def children(self, code: str) -> tuple[str, ...]:
-        return self._children.get(self[code].code, ())
-
     def is_leaf(self, code: str) -> bool:
         return not self.children(code)
-
-    def ancestors(self, code: str) -> list[str]:
-        """Parents up to the chapter, nearest first: I50.01 -> I50.0, I50, I30-I52, IX."""
-        concept = self[code]
-        chain: list[str] = []
-        while concept.parent is not None:
-            chain.append(concept.parent)
-            concept = self._concepts[concept.parent]
-        return chain
 
     def chapter(self, code: str) -> str:
         """Chapter (roman numeral) of a code; works for well-formed codes of other editions too."""
@@ -232,9 +178,6 @@ class Cim10Fr:
         if chapter is None:
             raise UnknownCodeError(key, self.edition, self.suggest(key))
         return chapter
-
-    def chapter_title(self, chapter: str) -> str:
-        return self._concepts[chapter].label
 
     def chapters(self) -> list[Concept]:
         return [self._concepts[c[0]] for c in CIM10_CHAPTERS]

@@ -8,17 +8,18 @@ import importlib.metadata
 import importlib.util
 import logging
 import sqlite3
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from types import MappingProxyType
+from typing import ClassVar
 
 from cimcoder.terminologies.cache import cached, file_digest
 from cimcoder.terminologies.codes import normalize_code
-from cimcoder.terminologies.errors import InvalidCodeError, TerminologyFileError, UnknownCodeError
+from cimcoder.terminologies.errors import TerminologyFileError, UnknownCodeError
 from cimcoder.terminologies.model import Concept, SearchHit
 from cimcoder.terminologies.search import SearchIndex
+from cimcoder.terminologies.table import ConceptTable
 
 logger = logging.getLogger(__name__)
 
@@ -52,64 +53,13 @@ def default_edition() -> str:
 
 
 @dataclass(frozen=True)
-class Cim11:
+class Cim11(ConceptTable):
     """The CIM-11 MMS in French. Immutable; build with `load_cim11`."""
 
-    name: str
-    edition: str
-    source: str
-    _concepts: dict[str, Concept] = field(repr=False)
-    _codes: tuple[str, ...] = field(repr=False)
-    _children: dict[str, tuple[str, ...]] = field(repr=False)
+    terminology: ClassVar[str] = "cim11"
 
-    @property
-    def concepts(self) -> Mapping[str, Concept]:
-        return MappingProxyType(self._concepts)
-
-    def normalize(self, raw: str) -> str:
-        return normalize_code(raw, "cim11")
-
-    def _key(self, code: str) -> str | None:
-        try:
-            return normalize_code(code, "cim11")
-        except InvalidCodeError:
-            key = code.strip().upper() if isinstance(code, str) else ""
-            return key.zfill(2) if key.isdigit() or key in ("V", "X") else None  # chapters
-
-    def get(self, code: str) -> Concept | None:
-        key = self._key(code)
-        return self._concepts.get(key) if key else None
-
-    def __getitem__(self, code: str) -> Concept:
-        key = self._key(code)
-        if key is None:
-            normalize_code(code, "cim11")  # raises InvalidCodeError with the reason
-            raise AssertionError("unreachable")
-        concept = self._concepts.get(key)
-        if concept is None:
-            raise UnknownCodeError(key, self.edition, self.suggest(key))
-        return concept
-
-    def __contains__(self, code: object) -> bool:
-        return isinstance(code, str) and self.get(code) is not None
-
-    def __len__(self) -> int:
-        return len(self._codes)
-
-    def codes(self) -> Sequence[str]:
-        """Stem and extension codes (chapters and uncoded groupings excluded)."""
-        return self._codes
-
-    def children(self, code: str) -> tuple[str, ...]:
-        return self._children.get(self[code].code, ())
-
-    def ancestors(self, code: str) -> list[str]:
-        concept = self[code]
-        chain: list[str] = []
-        while concept.parent is not None:
-            chain.append(concept.parent)
-            concept = self._concepts[concept.parent]
-        return chain
+    def _grouping_key(self, key: str) -> str | None:
+        return key.zfill(2) if key.isdigit() or key in ("V", "X") else None  # chapters
 
     def chapter(self, code: str) -> str:
         concept = self.get(code)
@@ -120,9 +70,6 @@ class Cim11:
         if chapter is None:
             raise UnknownCodeError(key, self.edition, self.suggest(key))
         return chapter
-
-    def chapter_title(self, chapter: str) -> str:
-        return self._concepts[chapter].label
 
     def cluster(self, code: str) -> list[Concept]:
         """The concepts of a post-coordinated code: `1A00&XN8P1` -> [1A00, XN8P1]."""
