@@ -332,8 +332,14 @@ def comparison_row(report: dict[str, Any]) -> dict[str, float | None]:
 
 
 def format_comparison(rows: dict[str, dict[str, Any]], data: str) -> str:
+    # The stays actually measured: half B when the policies were fitted on half A.
+    measured = sorted({str(r.get("dataset") or data) for r in rows.values()})
     header = "| model | " + " | ".join(title for _, title in COMPARE_COLUMNS) + " |"
-    lines = [f"Comparison on {data}", header, "|" + "---|" * (len(COMPARE_COLUMNS) + 1)]
+    lines = [
+        f"Comparison on {', '.join(measured)}",
+        header,
+        "|" + "---|" * (len(COMPARE_COLUMNS) + 1),
+    ]
     for run, report in rows.items():
         row = comparison_row(report)
         cells = ["—" if row[k] is None else f"{row[k]:.3f}" for k, _ in COMPARE_COLUMNS]

@@ -200,7 +200,7 @@ class Calibrator:
                 # Every code found a node below; keep a global map for codes met only later.
                 all_cols = np.arange(len(labels))
                 cal.nodes["global"] = fit_node(all_cols) or fallback(all_cols)
-        logger.info(
+        logger.debug(
             "calibration %s fitted on %d stays x %d codes (%d nodes)",
             method, y.shape[0], y.shape[1], len(cal.nodes),
         )

@@ -355,7 +355,7 @@ class DecisionPolicy:
             f1_threshold=None if best is None else best[0],
         )
         policy.content_hash = policy._hash()
-        logger.info("decision policy fitted: %s; F1 threshold %s", policy.level_counts(),
+        logger.debug("decision policy fitted: %s; F1 threshold %s", policy.level_counts(),
                     policy.f1_threshold)
         return policy
 

@@ -51,7 +51,7 @@ class EvalDataError(CimcoderError):
 def parse_data_spec(spec: str) -> tuple[str, str | None]:
     """'codiesp-fr/dev#B' -> ('codiesp-fr/dev', 'B'); no suffix -> (spec, None)."""
     name, sep, half = spec.rpartition("#")
-    if not sep:
+    if not sep or Path(spec).exists():  # a file or folder whose own name holds a '#'
         return spec, None
     if half.upper() not in HALVES or not name:
         raise EvalDataError(f"bad data set {spec!r}: the part after '#' must be A or B")

@@ -92,6 +92,39 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+class InternalErrorMiddleware:
+    """Answers 500 to an unhandled error, logging its type and route template only.
+
+    Starlette's own last-resort handler re-raises the exception after answering, and the
+    server then logs it with its message, which may quote a report: nothing gets past here.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            logger.error("internal error on %s %s: %s", scope["method"], route, type(exc).__name__)
+            if started:  # half an answer is out: the server closes the connection
+                return
+            response = JSONResponse({"detail": "internal server error"}, status_code=500)
+            await response(scope, receive, tracking_send)
+
+
 async def _no_receive() -> Message:  # pragma: no cover - a JSONResponse never reads
     return {"type": "http.disconnect"}
 
@@ -218,7 +251,8 @@ def create_app(settings: Settings | None = None, predictor: Any = None) -> FastA
     app.include_router(codes_router)
     _include_review(app, settings)
 
-    # The last added is the outermost: metrics see every answer, 413s included.
+    # The last added is the outermost: metrics see every answer, 413s and 500s included.
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

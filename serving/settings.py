@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
+_RANDOM_SECRET_LOCK = threading.Lock()
 
 DEFAULT_MODEL_URI = "models:/cimcoder@champion"
 MIN_SECRET_LENGTH = 16
@@ -226,7 +228,10 @@ class Settings(BaseSettings):
         """The configured session secret, or a random one drawn once per Settings object."""
         if self.session_secret is not None:
             return self.session_secret.get_secret_value()
-        if self._random_secret is None:
-            self._random_secret = secrets.token_urlsafe(32)
-            logger.info("no CIMCODER_SESSION_SECRET: review sessions end when the process stops")
-        return self._random_secret
+        # Login runs in the thread pool: two first logins at once must not each draw a secret
+        # (the cookie signed with the overwritten one would be refused at once).
+        with _RANDOM_SECRET_LOCK:
+            if self._random_secret is None:
+                self._random_secret = secrets.token_urlsafe(32)
+                logger.info("no CIMCODER_SESSION_SECRET: review sessions end when the process stops")
+            return self._random_secret

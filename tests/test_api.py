@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +122,16 @@ def test_auth_disabled_only_when_asked(predictor, tmp_path: Path) -> None:  # ty
     assert response.json()["codes"][0]["code"] in {"I50.09", "I10"}
 
 
+def test_random_session_secret_is_drawn_once_under_concurrent_logins(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(20):
+        settings = make_settings(tmp_path, session_secret=None)
+        with ThreadPoolExecutor(8) as pool:
+            drawn = set(pool.map(type(settings).resolved_session_secret, [settings] * 8))
+        assert len(drawn) == 1 and len(drawn.pop()) >= 32
+
+
 def test_settings_refuse_placeholder_secrets(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
@@ -207,6 +218,33 @@ def test_bad_input_is_a_clear_422(client: TestClient, body: dict, expected: str)
     data = response.json()
     assert expected in data["detail"]
     assert data["errors"] and all("input" not in e for e in data["errors"])
+
+
+def test_internal_error_is_a_500_that_never_logs_the_report(
+    predictor, tmp_path: Path, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    from cimcoder.serving.app import create_app
+
+    class Exploding:  # the real predictor, but its scoring fails quoting the report
+        def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+            self._inner = inner
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self._inner, name)
+
+        def predict(self, items, batch_size=8, **_):  # type: ignore[no-untyped-def]
+            raise ValueError(f"tokenizer failed on {items[0].text!r}")
+
+    app = create_app(make_settings(tmp_path), predictor=Exploding(predictor))
+    # TestClient re-raises what would reach the server (and its traceback log): nothing must.
+    with caplog.at_level(logging.DEBUG), TestClient(app) as local:
+        response = local.post("/v1/code", json={"text": HEART}, headers=AUTH)
+        metrics = local.get("/metrics", headers=AUTH).text
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error"}
+    assert "internal error on POST /v1/code: ValueError" in caplog.text
+    assert "insuffisance cardiaque" not in caplog.text
+    assert 'route="/v1/code",status="500"} 1.0' in metrics
 
 
 def test_malformed_json_is_422_not_500(client: TestClient) -> None:

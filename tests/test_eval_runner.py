@@ -91,8 +91,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fit_baseline(config)
 
 
-def test_data_spec_and_halves_are_deterministic() -> None:
+def test_data_spec_and_halves_are_deterministic(tmp_path: Path) -> None:
     assert parse_data_spec("codiesp-fr/dev#B") == ("codiesp-fr/dev", "B")
+    export = tmp_path / "export#2.jsonl"  # a real file is never cut at its '#'
+    export.write_text("", encoding="utf-8")
+    assert parse_data_spec(str(export)) == (str(export), None)
+    assert parse_data_spec(f"{export}#A") == (str(export), "A")
     assert parse_data_spec("codiesp-fr/dev") == ("codiesp-fr/dev", None)
     with pytest.raises(EvalDataError, match="must be A or B"):
         parse_data_spec("codiesp-fr/dev#C")

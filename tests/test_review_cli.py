@@ -83,6 +83,23 @@ def test_bad_inputs_are_clear_errors(predicted: tuple[Path, Path], tmp_path: Pat
     broken.write_text(preds.read_text().splitlines()[0] + "\n{\"id\": \"crh-9\"}\n")
     with pytest.raises(ReviewError, match=r"broken.jsonl, line 2: not a prediction"):
         run(["review", "import", "--predictions", str(broken), "--texts", str(texts), *db])
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(preds.read_bytes() + '{"id": "crh-9", "note": "\u00e9t\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(ReviewError, match=r"latin1.jsonl: not UTF-8 text"):
+        run(["review", "import", "--predictions", str(latin1), "--texts", str(texts), *db])
+    twice = tmp_path / "textes.jsonl"
+    twice.write_text(
+        json.dumps({"id": "crh-0", "text": "Insuffisance cardiaque congestive."}) + "\n"
+        + json.dumps({"id": "crh-0", "text": "Pneumopathie franche lobaire aiguë."}) + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ReviewError, match=r"textes.jsonl, line 2: stay id 'crh-0' appears twice"):
+        run(["review", "import", "--predictions", str(preds), "--texts", str(twice), *db])
+    report = (texts / "crh-1.txt").read_text(encoding="utf-8")
+    (texts / "crh-1.txt").write_bytes((report + " \u00e9t\u00e9").encode("latin-1"))
+    with pytest.raises(ReviewError, match=r"crh-1.txt: not UTF-8 text"):
+        run(["review", "import", "--predictions", str(preds), "--texts", str(texts), *db])
+    (texts / "crh-1.txt").write_text(report, encoding="utf-8")
     (texts / "crh-2.txt").unlink()
     with pytest.raises(ReviewError, match=r"1 prediction\(s\) have no text"):
         run(["review", "import", "--predictions", str(preds), "--texts", str(texts), *db])

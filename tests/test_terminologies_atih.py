@@ -106,6 +106,19 @@ def test_unknown_bundled_edition() -> None:
         load_cim10(edition="2031")
 
 
+def test_cache_key_covers_the_code_of_every_pickled_class() -> None:
+    import inspect
+
+    from cimcoder.terminologies import load_cim10, load_cim11
+    from cimcoder.terminologies.cache import _NOT_IN_KEY
+
+    for table in (load_cim10(), load_cim11()):
+        for cls in type(table).__mro__:
+            if cls.__module__.startswith("cimcoder.terminologies"):
+                # e.g. the ConceptTable base (table.py): a change there must rebuild the cache.
+                assert Path(inspect.getfile(cls)).name not in _NOT_IN_KEY, cls
+
+
 def test_disk_cache_builds_once_and_survives_corruption(tmp_path: Path) -> None:
     calls: list[int] = []
 

@@ -90,6 +90,16 @@ def test_flatten_params_dots_nested_keys_and_truncates() -> None:
     assert len(flat["note"]) == 500 and flat["note"].endswith("...")
 
 
+def test_credentials_are_hidden_in_printed_uris() -> None:
+    from cimcoder.training.tracking import _redact
+
+    assert _redact("https://dim:s3cret@mlflow.chu.fr/api") == "https://***@mlflow.chu.fr/api"
+    # A password holding "@" must not leak its tail; an "@" in the path is not a password.
+    assert _redact("http://dim:p@ss@mlflow:5000") == "http://***@mlflow:5000"
+    assert _redact("http://mlflow:5000/runs/a@b") == "http://mlflow:5000/runs/a@b"
+    assert _redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
 def test_tracker_logs_params_metrics_and_artefacts(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -68,6 +68,10 @@ def test_missing_or_malformed_file(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("# cardiologie, \u00e9t\u00e9\ntraining:\n  epochs: 2\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin1)
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
@@ -110,6 +114,9 @@ def test_label_space_min_count_and_bad_file(tmp_path: Path) -> None:
     assert space.codes == ["J13"]
     (tmp_path / "labels.json").write_text("{pas du json", encoding="utf-8")
     with pytest.raises(LabelSpaceError, match="not valid JSON"):
+        LabelSpace.load(tmp_path)
+    (tmp_path / "labels.json").write_text('["J13", "I10"]', encoding="utf-8")
+    with pytest.raises(LabelSpaceError, match="JSON object"):
         LabelSpace.load(tmp_path)
     with pytest.raises(LabelSpaceError, match="duplicate"):
         LabelSpace("cim10", None, ["J13", "J13"])

@@ -165,10 +165,6 @@ def test_cim11_label_space(workspace: Path) -> None:
     from cimcoder import terminologies
 
     cfg = _config(workspace, "cim11", "data.labels.terminology=cim11", "training.epochs=1")
-    if not hasattr(terminologies, "load_crosswalk"):
-        with pytest.raises(TrainingError, match="crosswalk"):
-            train(cfg)
-        pytest.skip("the CIM-10 -> CIM-11 crosswalk is not available yet")
     run = train(cfg)
     labels = json.loads((run / "labels.json").read_text())
     assert labels["terminology"] == "cim11"

@@ -381,6 +381,8 @@ def _read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

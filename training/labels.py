@@ -148,8 +148,10 @@ class LabelSpace:
             raise LabelSpaceError(f"no label space file at {path}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LabelSpaceError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise LabelSpaceError(f"{path} must hold a JSON object, not {type(data).__name__}")
         missing = {"terminology", "codes"} - set(data)
         if missing:
             raise LabelSpaceError(f"{path} lacks {sorted(missing)}")

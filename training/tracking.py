@@ -287,7 +287,9 @@ class RunTracker:
             return fn(*args, **kwargs)
         except Exception as exc:
             if self.fell_back or not _is_remote(self.tracking_uri):
-                raise TrackingError(f"MLflow {what} failed at {self.tracking_uri}: {exc}") from exc
+                raise TrackingError(
+                    f"MLflow {what} failed at {_redact(self.tracking_uri)}: {exc}"
+                ) from exc
             self._switch_to_local(f"{what} failed: {type(exc).__name__}: {exc}")
             return None
 
@@ -433,10 +435,14 @@ class RunTracker:
 
 def _redact(uri: str) -> str:
     """Hide credentials in a URI before logging it."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
+    if "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    # The user part ends at the last "@" before the path: a password may hold "@" itself.
+    netloc, sep, path = rest.partition("/")
+    if "@" not in netloc:
+        return uri
+    return f"{scheme}://***@{netloc.rsplit('@', 1)[1]}{sep}{path}"
 
 
 def _get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:

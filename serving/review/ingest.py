@@ -28,7 +28,7 @@ def read_predictions(path: Path) -> Iterator[StayPrediction]:
     if not path.is_file():
         raise ReviewError(f"predictions file not found: {path}")
     with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(_utf8_lines(lines, path), start=1):
             if not line.strip():
                 continue
             try:
@@ -38,6 +38,22 @@ def read_predictions(path: Path) -> Iterator[StayPrediction]:
             if prediction.id is None:
                 raise ReviewError(f"{path}, line {number}: the prediction has no id")
             yield prediction
+
+
+def _utf8_lines(lines: Iterator[str], path: Path) -> Iterator[str]:
+    """The lines of a text file opened as UTF-8; a non-UTF-8 file is a user error, not a crash."""
+    try:
+        yield from lines
+    except UnicodeDecodeError as exc:
+        # Decoding runs on buffered chunks: neither a line number nor a file offset is exact.
+        raise ReviewError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _add_once(stays: dict[str, StayIn], stay: StayIn, where: str) -> None:
+    # Two texts under one id: which one the coder would see is a guess, so refuse.
+    if stay.id in stays:
+        raise ReviewError(f"{where}: stay id {stay.id!r} appears twice")
+    stays[stay.id] = stay
 
 
 def _stay_from_record(record: dict[str, Any], where: str) -> StayIn:
@@ -71,7 +87,12 @@ def read_texts(path_or_name: str) -> dict[str, StayIn]:
     stays: dict[str, StayIn] = {}
     if path.is_dir():
         for file in sorted(path.glob("*.txt")):
-            text = file.read_text(encoding="utf-8")
+            try:
+                text = file.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise ReviewError(
+                    f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                ) from None
             if text.strip():
                 stays[file.stem] = StayIn(id=file.stem, text=text)
             else:
@@ -87,11 +108,11 @@ def read_texts(path_or_name: str) -> dict[str, StayIn]:
             raise ReviewError(f"{path}: a Parquet file needs 'id' and 'text' columns")
         for i, row in enumerate(frame.to_dict("records")):
             stay = _stay_from_record(row, f"{path}, row {i + 1}")
-            stays[stay.id] = stay
+            _add_once(stays, stay, f"{path}, row {i + 1}")
         return stays
     if path.is_file():
         with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
+            for number, line in enumerate(_utf8_lines(lines, path), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -101,7 +122,7 @@ def read_texts(path_or_name: str) -> dict[str, StayIn]:
                 if not isinstance(record, dict):
                     raise ReviewError(f"{path}, line {number}: expected a JSON object")
                 stay = _stay_from_record(record, f"{path}, line {number}")
-                stays[stay.id] = stay
+                _add_once(stays, stay, f"{path}, line {number}")
         return stays
     return _from_dataset(path_or_name)
 

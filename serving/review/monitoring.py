@@ -98,6 +98,8 @@ def load_train_counts(path: Path) -> dict[str, int]:
     if path.is_dir():
         path = path / "labels.json"
     data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("train_counts", {}), dict):
+        raise ValueError(f"{path} is not a labels.json (no 'train_counts' object)")
     return {str(k): int(v) for k, v in data.get("train_counts", {}).items()}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import logging
 import threading
@@ -102,7 +103,9 @@ def get_store(request: Request) -> ReviewStore:
 StoreDep = Annotated[ReviewStore, Depends(get_store)]
 
 
+@functools.cache
 def _templates() -> Jinja2Templates:
+    # One environment for the process: a new one per request re-parses every template.
     return Jinja2Templates(directory=str(HERE / "templates"))
 
 
