@@ -6,11 +6,7 @@ import argparse
 from typing import Any
 
 from cimcoder.errors import CimcoderError
-
-# Plain constants, repeated here so that building the parser imports nothing heavy;
-# tests/test_policy.py checks they match cimcoder.eval.policy.
-DEFAULT_MAX_REVIEW = 10
-DEFAULT_MIN_REVIEW_PROBABILITY = 0.05
+from cimcoder.eval.defaults import DEFAULT_MAX_REVIEW, DEFAULT_MIN_REVIEW_PROBABILITY
 
 
 def _fraction(text: str) -> float:

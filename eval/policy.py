@@ -49,6 +49,7 @@ from scipy.stats import norm
 
 from cimcoder.errors import CimcoderError
 from cimcoder.eval.calibration import CalibrationMethod, Calibrator
+from cimcoder.eval.defaults import DEFAULT_MAX_REVIEW, DEFAULT_MIN_REVIEW_PROBABILITY
 from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, node_name
 from cimcoder.eval.metrics import best_f1_threshold
 
@@ -57,8 +58,6 @@ logger = logging.getLogger(__name__)
 POLICY_FILE = "policy.json"
 POLICY_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1: no review cap, no F1 threshold
-DEFAULT_MAX_REVIEW = 10
-DEFAULT_MIN_REVIEW_PROBABILITY = 0.05
 AUTO, REVIEW, REJECT = "auto", "review", "reject"
 BoundMethod = Literal["wilson", "clopper-pearson"]
 
