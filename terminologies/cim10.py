@@ -27,8 +27,7 @@ from cimcoder.terminologies.errors import (
     UnknownCodeError,
     UnknownEditionError,
 )
-from cimcoder.terminologies.model import Concept, Restrictions, SearchHit
-from cimcoder.terminologies.search import SearchIndex
+from cimcoder.terminologies.model import Concept, Restrictions
 from cimcoder.terminologies.table import ConceptTable
 
 logger = logging.getLogger(__name__)
@@ -236,34 +235,14 @@ class Cim10Fr(ConceptTable):
         """Build the lazy structures (search index...) now, e.g. before caching to disk."""
         _ = self._index, self._sorted_compact
 
-    @cached_property
-    def _index(self) -> SearchIndex:
-        entries = [
+    def _search_entries(self) -> list[tuple[str, str, str]]:
+        return [
             (c, self._concepts[c].short_label or "", self._concepts[c].long_label)
             for c in self._codes
         ]
-        leaves = frozenset(c for c in self._codes if c not in self._children)
-        return SearchIndex(entries, leaves)
 
-    def search(self, text: str, limit: int = 10) -> list[SearchHit]:
-        """Codes whose French labels best match `text` (a code typed as such comes first)."""
-        concept = self.get(text) if text.strip() else None
-        exact = (
-            concept
-            if concept is not None
-            and concept.code in self._concepts
-            and concept.restrictions is not None
-            else None
-        )
-        hits = [
-            SearchHit(code, label, score)
-            for code, label, score in self._index.search(text, limit)
-            if exact is None or code != exact.code
-        ]
-        if exact is not None:
-            best = max((hit.score for hit in hits), default=0.0)
-            hits.insert(0, SearchHit(exact.code, exact.long_label, best + 1.0))
-        return hits[:limit]
+    def _exact_hit(self, concept: Concept) -> bool:
+        return concept.restrictions is not None  # a code, not a chapter or block
 
 
 def _codable(concept: Concept) -> bool:

@@ -17,8 +17,7 @@ from typing import ClassVar
 from cimcoder.terminologies.cache import cached, file_digest
 from cimcoder.terminologies.codes import normalize_code
 from cimcoder.terminologies.errors import TerminologyFileError, UnknownCodeError
-from cimcoder.terminologies.model import Concept, SearchHit
-from cimcoder.terminologies.search import SearchIndex
+from cimcoder.terminologies.model import Concept
 from cimcoder.terminologies.table import ConceptTable
 
 logger = logging.getLogger(__name__)
@@ -130,27 +129,13 @@ class Cim11(ConceptTable):
     def warm(self) -> None:
         _ = self._index, self._sorted
 
-    @cached_property
-    def _index(self) -> SearchIndex:
-        entries = [
+    def _search_entries(self) -> list[tuple[str, str, str]]:
+        return [
             (c, self._concepts[c].label_en or "", self._concepts[c].label) for c in self._codes
         ]
-        leaves = frozenset(c for c in self._codes if c not in self._children)
-        return SearchIndex(entries, leaves)
 
-    def search(self, text: str, limit: int = 10) -> list[SearchHit]:
-        """Codes whose French labels best match `text` (a code typed as such comes first)."""
-        concept = self.get(text) if text.strip() else None
-        exact = concept if concept is not None and concept.kind != "chapter" else None
-        hits = [
-            SearchHit(code, label, score)
-            for code, label, score in self._index.search(text, limit)
-            if exact is None or code != exact.code
-        ]
-        if exact is not None:
-            best = max((hit.score for hit in hits), default=0.0)
-            hits.insert(0, SearchHit(exact.code, exact.label, best + 1.0))
-        return hits[:limit]
+    def _exact_hit(self, concept: Concept) -> bool:
+        return concept.kind != "chapter"
 
 
 def _dot(compact: str) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import ClassVar
 
 from cimcoder.terminologies.codes import normalize_code
 from cimcoder.terminologies.errors import InvalidCodeError, UnknownCodeError
-from cimcoder.terminologies.model import Concept
+from cimcoder.terminologies.model import Concept, SearchHit
+from cimcoder.terminologies.search import SearchIndex
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,33 @@ class ConceptTable:
 
     def suggest(self, code: str) -> list[str]:
         raise NotImplementedError
+
+    def _search_entries(self) -> list[tuple[str, str, str]]:
+        """(code, secondary text, main French label) of every code, for the search index."""
+        raise NotImplementedError
+
+    def _exact_hit(self, concept: Concept) -> bool:
+        """Whether a code typed as the query is itself a result (not a mere grouping)."""
+        return True
+
+    @cached_property
+    def _index(self) -> SearchIndex:
+        leaves = frozenset(c for c in self._codes if c not in self._children)
+        return SearchIndex(self._search_entries(), leaves)
+
+    def search(self, text: str, limit: int = 10) -> list[SearchHit]:
+        """Codes whose French labels best match `text` (a code typed as such comes first)."""
+        concept = self.get(text) if text.strip() else None
+        exact = concept if concept is not None and self._exact_hit(concept) else None
+        hits = [
+            SearchHit(code, label, score)
+            for code, label, score in self._index.search(text, limit)
+            if exact is None or code != exact.code
+        ]
+        if exact is not None:
+            best = max((hit.score for hit in hits), default=0.0)
+            hits.insert(0, SearchHit(exact.code, exact.long_label, best + 1.0))
+        return hits[:limit]
 
     def get(self, code: str) -> Concept | None:
         key = self._key(code)
