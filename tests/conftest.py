@@ -34,3 +34,18 @@ def postgres_url(postgres_server: PostgresServer) -> str:
     url = postgres_server.create_database("cimcoder_test")
     wait_ready(url)
     return url
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real TF-IDF run folder with its decision policy, fitted on French notes."""
+    from test_inference_predictor import build_tiny_run
+
+    return build_tiny_run(tmp_path_factory.mktemp("runs") / "tiny-tfidf")
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run: Path):  # type: ignore[no-untyped-def]
+    from cimcoder.inference import Predictor
+
+    return Predictor.load(tiny_run)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
-from test_inference_predictor import build_tiny_run
 
 from cimcoder.serving.auth import CurrentUser
 
@@ -21,18 +20,6 @@ HEART = (
     "Patient de 79 ans hospitalisé pour insuffisance cardiaque congestive décompensée. "
     "Hypertension artérielle essentielle traitée."
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_run(tmp_path_factory.mktemp("runs") / "tiny-tfidf")
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_run: Path):  # type: ignore[no-untyped-def]
-    from cimcoder.inference import Predictor
-
-    return Predictor.load(tiny_run)
 
 
 def make_settings(tmp: Path, **overrides: object):  # type: ignore[no-untyped-def]

@@ -106,18 +106,6 @@ def build_tiny_run(run_dir: Path, *, with_policy: bool = True) -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_run(tmp_path_factory.mktemp("runs") / "tiny-tfidf")
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_run: Path):  # type: ignore[no-untyped-def]
-    from cimcoder.inference import Predictor
-
-    return Predictor.load(tiny_run)
-
-
 NOTE = (
     "Patiente de 81 ans admise pour insuffisance cardiaque congestive décompensée. "
     "Antécédents : hypertension artérielle essentielle traitée. "

@@ -8,17 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_inference_predictor import build_tiny_run
 
 from cimcoder.cli import main
 
 HEART = "Insuffisance cardiaque congestive décompensée. Hypertension artérielle essentielle."
 LUNG = "Pneumonie à pneumocoque du lobe inférieur droit. Antigénurie pneumocoque positive."
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_run(tmp_path_factory.mktemp("runs") / "tiny-tfidf")
 
 
 def run(model: Path, source: Path, out: Path) -> int:
