@@ -198,10 +198,12 @@ def _train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_model(run_dir: Path, data: str, tracker: Any) -> dict[str, Any]:
+def _evaluate_model(
+    run_dir: Path, data: str, tracker: Any, scorer: Any = None
+) -> dict[str, Any]:
     from cimcoder.eval.runner import evaluate_run
 
-    return evaluate_run(run_dir, data=data, tracker=tracker)
+    return evaluate_run(run_dir, data=data, tracker=tracker, scorer=scorer)
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -212,12 +214,17 @@ def _run_command(args: argparse.Namespace) -> int:
 
     def job(tracker: Any) -> tuple[Path, dict[str, Any], Any]:
         from cimcoder.eval.runner import calibrate_run
+        from cimcoder.training import load_scorer
 
         run_dir = train_run(
             args.config, args.overrides, resume=not args.no_resume, tracker=tracker
         )
-        calibrate_run(run_dir, target_precision=args.target_precision, tracker=tracker)
-        report = _evaluate_model(run_dir, dev, tracker)
+        # One loaded scorer for both steps: the dev stays are scored once.
+        scorer = load_scorer(run_dir)
+        calibrate_run(
+            run_dir, target_precision=args.target_precision, tracker=tracker, scorer=scorer
+        )
+        report = _evaluate_model(run_dir, dev, tracker, scorer)
         registered = None
         if not args.no_register:
             from cimcoder.training.tracking import register_run_model

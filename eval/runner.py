@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,12 +104,32 @@ def gold_matrix(stays: Sequence[Any], labels: Sequence[str]) -> tuple[np.ndarray
     return y, n_gold, principal
 
 
+# Raw scores per loaded scorer and data set: `evaluate` on a run without a policy calibrates
+# first, and `cimcoder run` calibrates then evaluates, each on the same stays. Scoring is the
+# costly step (minutes for a transformer or the edsnlp matcher), so it is done once. Keyed
+# weakly by the scorer object: a scorer loaded again from disk is scored again.
+_SCORES: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], np.ndarray]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _raw_scores(scorer: Any, stays: Sequence[Any], name: str, batch_size: int) -> np.ndarray:
+    key = (name, tuple(str(s.id) for s in stays))
+    try:
+        memo = _SCORES.setdefault(scorer, {})
+    except TypeError:  # not weak-referenceable: no memo
+        memo = {}
+    if key not in memo:
+        texts = [s.text for s in stays]
+        memo[key] = np.asarray(scorer.predict_scores(texts, batch_size=batch_size), dtype=float)
+    return memo[key]
+
+
 def score_stays(scorer: Any, stays: Sequence[Any], name: str, batch_size: int = 8) -> ScoredData:
     labels = list(scorer.labels)
     if not stays:
         raise EvalDataError(f"data set {name} has no stay to score")
-    texts = [s.text for s in stays]
-    scores = np.asarray(scorer.predict_scores(texts, batch_size=batch_size), dtype=float)
+    scores = _raw_scores(scorer, stays, name, batch_size)
     if scores.shape != (len(stays), len(labels)):
         raise EvalDataError(f"model returned scores {scores.shape}, expected {(len(stays), len(labels))}")
     y, n_gold, principal = gold_matrix(stays, labels)

@@ -233,3 +233,30 @@ def test_older_policy_files_get_an_f1_threshold_from_their_fitting_half(run_dir:
         assert report["headline"]["max_review_per_stay"] is None
     finally:
         result.policy.save(run_dir)
+
+
+def test_a_run_without_policy_is_scored_once_for_calibration_and_evaluation(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from cimcoder.training import load_scorer
+
+    fresh = tmp_path / "fresh-run"
+    shutil.copytree(run_dir, fresh, ignore=shutil.ignore_patterns("policy.json", "eval"))
+    scorer = load_scorer(fresh)
+    calls: list[int] = []
+    predict = scorer.predict_scores
+
+    def counted(texts, batch_size=8):  # type: ignore[no-untyped-def]
+        calls.append(len(texts))
+        return predict(texts, batch_size=batch_size)
+
+    scorer.predict_scores = counted  # type: ignore[method-assign]
+    dev = str(run_dir.parent.parent.parent / "dev.jsonl")
+    report = evaluate_run(fresh, data=dev, scorer=scorer)
+    assert (fresh / "policy.json").is_file(), "evaluate calibrated the run first"
+    assert report["dataset"] == f"{dev}#B"
+    # Calibration on dev#A (measured on dev#B) and the evaluation's target sweep read the same
+    # 700 stays: one scoring pass serves both.
+    assert calls == [700]
