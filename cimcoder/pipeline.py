@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "alias only if it is better",
     )
     p.add_argument("run", metavar="RUN", help="challenger run folder")
-    p.add_argument("--data", default="codiesp-fr/dev#B", help="data both are measured on")
+    p.add_argument("--data", default="codiesp-fr/dev", help="data both are measured on")
     p.add_argument("--metric", default="map", choices=[k for k, _ in COMPARE_COLUMNS])
     p.add_argument("--name", default="cimcoder", help="registered model name")
     p.add_argument("--alias", default="champion", help="alias to move")

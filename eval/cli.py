@@ -6,7 +6,13 @@ import argparse
 from typing import Any
 
 from cimcoder.errors import CimcoderError
-from cimcoder.eval.defaults import DEFAULT_MAX_REVIEW, DEFAULT_MIN_REVIEW_PROBABILITY
+from cimcoder.eval.defaults import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_FOLDS,
+    DEFAULT_MAX_REVIEW,
+    DEFAULT_MIN_REVIEW_PROBABILITY,
+)
 
 
 def _fraction(text: str) -> float:
@@ -16,6 +22,13 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.95), got {text}")
+    return value
+
+
+def _confidence(text: str) -> float:
+    value = _fraction(text)
+    if not 0.5 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0.5, 1), got {text}")
     return value
 
 
@@ -47,19 +60,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrate",
         help="fit calibration + auto/review/reject thresholds of a run (writes RUN/policy.json)",
         description="Fit the decision policy of a model run on data kept apart from the test "
-        "data. Default: half A of the run's dev set (codiesp-fr/dev#A for a CodiEsp run); "
-        "the policy is then measured on half B and target vs measured precision is printed.",
+        "data. Default: the run's dev set (codiesp-fr/dev for a CodiEsp run), measured by "
+        "cross-fitting (each stay decided by a policy fitted without it); with DATASET#A, "
+        "fitted on half A and measured on half B. Target vs measured precision is printed.",
     )
     p.add_argument("run", metavar="RUN", help="model run folder (runs/<experiment>/<run_name>)")
     p.add_argument("--target-precision", type=_fraction, default=0.95,
                    help="precision the DIM requires of auto-coded codes (default 0.95)")
     p.add_argument("--data", default=None, metavar="DATASET",
-                   help="fitting data; DATASET#A / DATASET#B selects a fixed half "
-                   "(default: <run dev set>#A)")
+                   help="fitting data; DATASET#A / DATASET#B selects a fixed half, the other "
+                   "one measures (default: <run dev set>, cross-fitted)")
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, metavar="K",
+                   help="folds of the cross-fitted measurement on a whole data set "
+                   f"(default {DEFAULT_FOLDS}; 0: not measured)")
+    p.add_argument("--confidence", type=_confidence, default=DEFAULT_CONFIDENCE, metavar="C",
+                   help="one-sided confidence of the lower bound on auto precision that an auto "
+                   f"threshold must clear (default {DEFAULT_CONFIDENCE}; 0.95 is stricter and "
+                   "needs far more fitting data)")
     p.add_argument("--target-recall", type=_fraction, default=0.95,
                    help="share of true codes kept out of 'reject' (default 0.95)")
     p.add_argument("--calibration", choices=("isotonic", "platt", "temperature", "none"),
-                   default="isotonic", help="score calibration (default isotonic)")
+                   default=DEFAULT_CALIBRATION, help="score calibration (default "
+                   f"{DEFAULT_CALIBRATION}: one pooled map, which keeps the model's ranking of codes)")
     p.add_argument("--bound", choices=("wilson", "clopper-pearson"), default="wilson",
                    help="one-sided lower confidence bound on auto precision (default wilson)")
     p.add_argument("--min-positives", type=int, default=50,
@@ -78,7 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="metrics + automation report (HTML + JSON) of a run on a data set",
         description="Score DATASET with the run's model and policy; write "
         "automation_report.html/.json into RUN/eval/<dataset>/ (or --output) and print a "
-        "summary. If the policy was fitted on one half of DATASET, only the other half is measured.",
+        "summary. Decisions are never measured on the stays that fitted them: if the policy was "
+        "fitted on one half of DATASET, only the other half is measured; if on all of DATASET, "
+        "by cross-fitting.",
     )
     p.add_argument("run", metavar="RUN", help="model run folder")
     p.add_argument("--data", required=True, metavar="DATASET",
@@ -104,11 +128,14 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if args.min_positives < 1:
         raise CimcoderError("--min-positives must be at least 1")
+    if args.folds < 0 or args.folds == 1:
+        raise CimcoderError("--folds must be 0 (no measurement) or at least 2")
     result = calibrate_run(
         args.run, data=args.data, target_precision=args.target_precision,
         target_recall=args.target_recall, calibration=args.calibration, bound=args.bound,
         min_positives=args.min_positives, max_review_per_stay=args.max_review,
-        min_review_probability=args.min_review_probability,
+        min_review_probability=args.min_review_probability, folds=args.folds,
+        confidence=args.confidence,
     )
     pol = result.policy
     levels = pol.level_counts()
@@ -121,7 +148,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     m = result.measured
     if m is not None:
         gap = None if m["measured_precision"] is None else 100 * (m["measured_precision"] - m["target_precision"])
-        print(f"measured on {m['data']} ({m['n_stays']} stays, not used for fitting):")
+        how = ("not used for fitting" if not m.get("cross_fitted_folds") else
+               f"{m['cross_fitted_folds']}-fold cross-fitting: each stay decided by a policy fitted without it")
+        print(f"measured on {m['data']} ({m['n_stays']} stays, {how}):")
         print(f"  target precision   {_pct(m['target_precision'])}")
         print(f"  measured precision {_pct(m['measured_precision'])} "
               f"({'n/a' if gap is None else f'{gap:+.1f} points'}, {m['n_auto']} codes auto-coded)")
@@ -148,7 +177,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     rows = [
         ("target auto precision", _pct(h["target_precision"])),
         ("measured auto precision", f"{_pct(h['auto_precision'])} "
-         f"(95% lower bound {_pct(h['auto_precision_lower_bound'])})"),
+         f"({report['policy']['confidence']:.0%} lower bound {_pct(h['auto_precision_lower_bound'])})"),
         ("automation rate", f"{_pct(h['automation_rate'])} of true codes (goal {_pct(h['goal'])})"),
         ("stays fully auto-coded", _pct(h["share_stays_fully_auto_coded"])),
         ("codes to review per stay", f"{h['review_per_stay_mean']:.2f} (p90 {h['review_per_stay_p90']:.0f}, "
@@ -172,7 +201,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"  {k.ljust(width)}  {v}")
     sweep = report.get("target_sweep") or []
     if sweep:
-        print("target vs measured (thresholds fitted on the other half):")
+        print("target vs measured (each target refitted; never measured on its fitting stays):")
         for r in sweep:
             print(f"  target {_pct(r['target_precision'])}  measured {_pct(r['measured_precision'])}  "
                   f"automation {_pct(r['automation_rate'])}  review/stay {r.get('review_per_stay_mean', 0):.1f}")

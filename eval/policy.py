@@ -7,8 +7,13 @@ For each code, on calibrated probabilities ``p``:
 - **reject** below the review threshold.
 
 The auto threshold is the *lowest* threshold at which the auto-coded precision's one-sided
-lower confidence bound (Wilson or Clopper-Pearson, 95% by default) still reaches the target
-precision the DIM sets: a point estimate of 95% on 40 codes is not a promise of 95%.
+lower confidence bound (Wilson or Clopper-Pearson) still reaches the target precision the DIM
+sets: a point estimate of 95% on 40 codes is not a promise of 95%. The bound's confidence is
+80% by default (`confidence`). At 95% the margin eats the data a hospital has: certifying 95%
+then takes at least 52 auto-coded codes in a row all right, so on a few hundred validation
+stays nothing is ever auto-coded, and what is lands far above the target. The promise is
+checked where it matters, on stays the policy did not see: the held-out (cross-fitted)
+precision is measured and reported with every policy, and QC sampling checks it in production.
 The review threshold keeps ``target_recall`` of the true codes out of "reject".
 
 The review band must stay reviewable by a DIM coder: with a weak model, the threshold that
@@ -33,6 +38,7 @@ The policy is saved as ``policy.json`` next to the model and applied unchanged a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -49,7 +55,12 @@ from scipy.stats import norm
 
 from cimcoder.errors import CimcoderError
 from cimcoder.eval.calibration import CalibrationMethod, Calibrator
-from cimcoder.eval.defaults import DEFAULT_MAX_REVIEW, DEFAULT_MIN_REVIEW_PROBABILITY
+from cimcoder.eval.defaults import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MAX_REVIEW,
+    DEFAULT_MIN_REVIEW_PROBABILITY,
+)
 from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, node_name
 from cimcoder.eval.metrics import best_f1_threshold
 
@@ -209,7 +220,7 @@ class DecisionPolicy:
     codes: dict[str, CodePolicy]
     target_precision: float = 0.95
     target_recall: float = 0.95
-    confidence: float = 0.95
+    confidence: float = DEFAULT_CONFIDENCE
     bound: BoundMethod = "wilson"
     min_positives: int = 50
     terminology: Literal["cim10", "cim11"] = "cim10"
@@ -235,9 +246,9 @@ class DecisionPolicy:
         *,
         target_precision: float = 0.95,
         target_recall: float = 0.95,
-        confidence: float = 0.95,
+        confidence: float = DEFAULT_CONFIDENCE,
         bound: BoundMethod = "wilson",
-        calibration: CalibrationMethod = "isotonic",
+        calibration: CalibrationMethod = DEFAULT_CALIBRATION,
         min_positives: int = 50,
         terminology: Literal["cim10", "cim11"] = "cim10",
         edition: str | None = None,
@@ -442,6 +453,26 @@ class DecisionPolicy:
             vetoed += cp.vetoed
         return {"auto": auto, "review": review, "never_auto": {"codes": never, "vetoed": vetoed}}
 
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments of `fit` that reproduce this policy's choices on other data."""
+        return {
+            "target_precision": self.target_precision,
+            "target_recall": self.target_recall,
+            "confidence": self.confidence,
+            "bound": self.bound,
+            "calibration": self.calibrator.method,
+            "min_positives": self.min_positives,
+            "terminology": self.terminology,
+            "edition": self.edition,
+            "max_review_per_stay": self.max_review_per_stay,
+            "min_review_probability": self.min_review_probability,
+        }
+
+    def with_review_cap(self, max_review_per_stay: int | None, min_review_probability: float) -> DecisionPolicy:
+        """The same policy with other per-stay review limits (what-if for the report)."""
+        return dataclasses.replace(self, max_review_per_stay=max_review_per_stay,
+                                   min_review_probability=min_review_probability)
+
     def node_of(self, code: str, level: str) -> str:
         return node_name(level, code, Hierarchy(self.terminology))
 
@@ -562,3 +593,91 @@ class DecisionPolicy:
         if labels is not None:
             policy.check_labels(labels)
         return policy
+
+
+# --------------------------------------------------------------------------- cross-fitting
+
+
+@dataclass
+class CrossFittedPolicy:
+    """K policies, policy k fitted on every stay outside fold k and applied to fold k only.
+
+    It measures the *fitting procedure* on data it did not see, with all the data used in
+    turn: each stay is calibrated and decided by a policy fitted without it, and the pooled
+    decisions give the held-out auto precision of the policy fitted on all the stays (which
+    has slightly more data than each fold's, so the estimate is, if anything, conservative).
+    Rows are stays, in the order of the data it was fitted on; `fold[i]` is row i's fold.
+    """
+
+    policies: list[DecisionPolicy]
+    fold: np.ndarray
+
+    @classmethod
+    def fit(
+        cls, y_true: np.ndarray, scores: np.ndarray, labels: Sequence[str], fold: np.ndarray,
+        **fit_kwargs: Any,
+    ) -> CrossFittedPolicy:
+        y = np.asarray(y_true, dtype=bool)
+        s = np.asarray(scores, dtype=float)
+        fold = np.asarray(fold, dtype=int)
+        if fold.shape != (y.shape[0],):
+            raise PolicyError(f"fold assignment {fold.shape} does not match {y.shape[0]} stays")
+        n_folds = int(fold.max()) + 1 if fold.size else 0
+        if n_folds < 2 or any(not (fold == k).any() for k in range(n_folds)):
+            raise PolicyError(f"cross-fitting needs at least 2 non-empty folds, got {np.bincount(fold)}")
+        n_gold = fit_kwargs.pop("n_gold", None)
+        policies = []
+        for k in range(n_folds):
+            keep = fold != k
+            if not y[keep].any():
+                raise PolicyError(f"fold {k}: the other folds hold no gold code to fit on")
+            policies.append(DecisionPolicy.fit(
+                y[keep], s[keep], labels,
+                n_gold=None if n_gold is None else np.asarray(n_gold)[keep], **fit_kwargs,
+            ))
+        return cls(policies, fold)
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.policies)
+
+    def _check_rows(self, a: np.ndarray) -> None:
+        if a.shape[0] != self.fold.shape[0]:
+            raise PolicyError(f"{a.shape[0]} stays given, the cross-fit holds {self.fold.shape[0]}")
+
+    def calibrate(self, scores: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        s = np.asarray(scores, dtype=float)
+        self._check_rows(s)
+        out = np.empty_like(s)
+        for k, pol in enumerate(self.policies):
+            rows = self.fold == k
+            out[rows] = pol.calibrate(s[rows], labels)
+        return out
+
+    def decide(
+        self, probs: np.ndarray, labels: Sequence[str], *, review_cap: bool = True,
+        tiebreak: np.ndarray | None = None,
+    ) -> np.ndarray:
+        p = np.asarray(probs, dtype=float)
+        self._check_rows(p)
+        out = np.full(p.shape, REJECT, dtype="<U6")
+        for k, pol in enumerate(self.policies):
+            rows = self.fold == k
+            out[rows] = pol.decide(p[rows], labels, review_cap=review_cap,
+                                   tiebreak=None if tiebreak is None else tiebreak[rows])
+        return out
+
+    def f1_thresholds(self) -> np.ndarray:
+        """[n] each stay's global F1 threshold on raw scores (nan where a fold has none)."""
+        per_fold = np.array([np.nan if p.f1_threshold is None else p.f1_threshold for p in self.policies])
+        return per_fold[self.fold]
+
+    def with_review_cap(self, max_review_per_stay: int | None, min_review_probability: float) -> CrossFittedPolicy:
+        return CrossFittedPolicy(
+            [p.with_review_cap(max_review_per_stay, min_review_probability) for p in self.policies],
+            self.fold,
+        )
+
+    def subset(self, keep: np.ndarray) -> CrossFittedPolicy:
+        """The same fold policies for a subset of the rows (a half of the data, say)."""
+        return CrossFittedPolicy(self.policies, self.fold[np.asarray(keep)])

@@ -8,7 +8,6 @@ to MLflow when a tracker is given.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import html
 import json
@@ -23,7 +22,14 @@ import numpy as np
 from cimcoder.eval import metrics as M
 from cimcoder.eval.calibration import reliability
 from cimcoder.eval.hierarchy import Hierarchy
-from cimcoder.eval.policy import AUTO, REJECT, REVIEW, DecisionPolicy, lower_bound
+from cimcoder.eval.policy import (
+    AUTO,
+    REJECT,
+    REVIEW,
+    CrossFittedPolicy,
+    DecisionPolicy,
+    lower_bound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +122,13 @@ def build_report(
     target_sweep: Sequence[Mapping[str, Any]] | None = None,
     notes: Sequence[str] = (),
     f1_threshold: float | None = None,
+    held_out: CrossFittedPolicy | None = None,
 ) -> dict[str, Any]:
     """The automation report (a JSON-ready dict) of one scored data set under `policy`.
+
+    With `held_out` (the policy's data set itself, cross-fitted), each stay is calibrated
+    and decided by the fold policy fitted without it, F1 decisions use that fold's F1
+    threshold, and `policy` only describes what is shipped.
 
     `y_true`: gold codes inside the label space; `n_gold`: per-stay count of all gold
     codes, including those outside the label space (they count as not auto-coded).
@@ -134,9 +145,10 @@ def build_report(
         raise M.MetricInputError(
             f"gold {y.shape}, scores {s.shape}, {len(labels)} labels, {len(stay_ids)} stays"
         )
-    probs = policy.calibrate(s, labels)
-    d = policy.decide(probs, labels, tiebreak=s)
-    d_uncapped = policy.decide(probs, labels, review_cap=False)
+    decider: DecisionPolicy | CrossFittedPolicy = policy if held_out is None else held_out
+    probs = decider.calibrate(s, labels)
+    d = decider.decide(probs, labels, tiebreak=s)
+    d_uncapped = decider.decide(probs, labels, review_cap=False)
     hierarchy = Hierarchy(policy.terminology)
     g = np.asarray(n_gold, dtype=float) if n_gold is not None else y.sum(axis=1).astype(float)
     title_of: Callable[[str], str | None]
@@ -184,7 +196,8 @@ def build_report(
         "meets_target": bool(op["auto_precision"] is not None
                              and op["auto_precision"] >= policy.target_precision - 0.02),
     }
-    headline["review_cap_tradeoff"] = review_cap_tradeoff(y, probs, policy, total_true, scores=s)
+    headline["review_cap_tradeoff"] = review_cap_tradeoff(y, probs, policy, total_true, scores=s,
+                                                          decider=held_out)
     headline.update(_automation_diagnosis(y, probs, policy, target_sweep or [], total_true,
                                           op["n_auto"]))
     headline["statement_fr"] = headline_statement(headline, policy)
@@ -230,17 +243,23 @@ def build_report(
     # Flat figures compare models: raw-score rankings, and P/R/F1 at one global threshold
     # fitted on the policy's data (the usual micro-F1). Auto-coded figures live in "auto".
     t_f1 = policy.f1_threshold if f1_threshold is None else float(f1_threshold)
-    at_f1 = s >= t_f1 if t_f1 is not None else np.zeros_like(y)
+    # One threshold per stay: the fold policy's under cross-fitting, else the global one.
+    row_t = held_out.f1_thresholds() if held_out is not None else np.full(y.shape[0], np.nan if t_f1 is None else t_f1)
+    if np.isnan(row_t).all():
+        t_f1 = None
+    at_f1 = s >= row_t[:, None]  # nan: never
     chapter_of = dict(zip(labels, chapters, strict=True))
     band_map = dict(zip(labels, band_of, strict=True))
     cy, cs, cats = M.collapse_to_groups(y, s, labels, hierarchy.category)
     cy_p, cs_p, _ = M.collapse_to_groups(y, probs, labels, hierarchy.category)
     _, cauto, _ = M.collapse_to_groups(y, auto.astype(float), labels, hierarchy.category)
     metrics: dict[str, Any] = {
-        "decisions": "raw score >= f1_threshold (one global threshold fitted on the policy's data)",
+        "decisions": "raw score >= f1_threshold (one global threshold fitted on the policy's data)"
+        if held_out is None else
+        "raw score >= the F1 threshold of the fold policy fitted without the stay (cross-fitted)",
         "f1_threshold": t_f1,
         **M.summarize(y, s, at_f1, n_gold=g),
-        "category_level": M.summarize(cy, cs, cs >= t_f1 if t_f1 is not None else cy & False),
+        "category_level": M.summarize(cy, cs, cs >= row_t[:, None]),
         "by_chapter": M.breakdown(y, s, labels, chapter_of, at_f1),
         "by_band": M.breakdown(y, s, labels, band_map, at_f1) if bands else {},
         "auto": {
@@ -314,10 +333,12 @@ def build_report(
 def review_cap_tradeoff(
     y: np.ndarray, probs: np.ndarray, policy: DecisionPolicy, total_true: float,
     caps: Sequence[int | None] = TRADEOFF_CAPS, *, scores: np.ndarray | None = None,
+    decider: CrossFittedPolicy | None = None,
 ) -> list[dict[str, Any]]:
     """Coder workload against recall of auto + review, for several per-stay review caps.
 
     Every row keeps the policy's probability floor, except the last one (no cap, no floor).
+    `decider` (cross-fitted fold policies) decides instead of `policy` when given.
     """
     rows = []
     settings: list[tuple[int | None, float]] = [
@@ -327,8 +348,7 @@ def review_cap_tradeoff(
     if policy.min_review_probability > 0:
         settings.append((None, 0.0))
     for cap, floor in settings:
-        d = dataclasses.replace(policy, max_review_per_stay=cap,
-                                min_review_probability=floor).decide(probs, policy.labels, tiebreak=scores)
+        d = (decider or policy).with_review_cap(cap, floor).decide(probs, policy.labels, tiebreak=scores)
         review = d == REVIEW
         per_stay = review.sum(axis=1)
         rows.append({

@@ -2,9 +2,14 @@
 
 Data sets are named as for `cimcoder.training.corpora.load_dataset`, optionally followed by
 `#A` or `#B`: one of two fixed halves, assigned by a hash of the stay id (deterministic,
-independent of file order). By default a run is calibrated on half A of its dev set
-(`codiesp-fr/dev#A` for a CodiEsp run) and measured on half B, so the thresholds are never
-judged on the stays they were fitted on.
+independent of file order).
+
+By default a run's policy is fitted on its whole dev set (`codiesp-fr/dev` for a CodiEsp
+run) and measured there by K-fold cross-fitting: the stays are split into K folds by a hash
+of their id, and each fold is calibrated and decided by a policy fitted on the other folds
+only. Every stay is measured, none by a policy that saw it, and the shipped policy has all
+the data (a few hundred validation stays are all a hospital may have to fit on). Calibrating
+on a half (`DATASET#A`) instead keeps the other half for the measurement, as before.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 from cimcoder.errors import CimcoderError
 from cimcoder.eval.calibration import CalibrationMethod
+from cimcoder.eval.defaults import DEFAULT_CALIBRATION, DEFAULT_CONFIDENCE, DEFAULT_FOLDS
 from cimcoder.eval.metrics import best_f1_threshold, micro_prf
 from cimcoder.eval.policy import (
     AUTO,
@@ -29,6 +35,7 @@ from cimcoder.eval.policy import (
     POLICY_FILE,
     REVIEW,
     BoundMethod,
+    CrossFittedPolicy,
     DecisionPolicy,
 )
 from cimcoder.eval.report import Tracker, build_report, write_report
@@ -36,6 +43,7 @@ from cimcoder.eval.report import Tracker, build_report, write_report
 logger = logging.getLogger(__name__)
 
 HALF_SALT = "cimcoder-calibration-v1"
+FOLD_SALT = "cimcoder-crossfit-v1"
 HALVES = ("A", "B")
 # Low targets too: when nothing is auto-coded at the DIM's target, the report says which
 # lower target would automate something (the policy refuses targets below 0.5).
@@ -63,6 +71,21 @@ def stay_half(stay_id: str) -> str:
     """'A' or 'B', from a salted hash of the stay id."""
     digest = hashlib.sha256(f"{HALF_SALT}:{stay_id}".encode()).digest()
     return HALVES[digest[0] & 1]
+
+
+def stay_fold(stay_id: str, n_folds: int) -> int:
+    """The cross-fitting fold (0 .. n_folds-1) of a stay, from a salted hash of its id."""
+    digest = hashlib.sha256(f"{FOLD_SALT}:{stay_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % n_folds
+
+
+def fold_of(stay_ids: Sequence[str], n_folds: int) -> np.ndarray:
+    """Folds of stays; with fewer stays than folds, as many folds as stays."""
+    k = max(1, min(n_folds, len(stay_ids)))
+    fold = np.array([stay_fold(str(i), k) for i in stay_ids], dtype=int)
+    # A hash can leave a fold empty on tiny data: renumber the non-empty ones.
+    _, fold = np.unique(fold, return_inverse=True)
+    return fold
 
 
 def select_half(stays: Sequence[Any], half: str | None) -> list[Any]:
@@ -169,16 +192,16 @@ def _resolve_run(run: str | Path) -> Path:
 
 
 def default_calibration_data(run_dir: Path) -> str:
-    """Half A of the run's dev set ('codiesp-fr/dev#A' for a CodiEsp run)."""
+    """The run's dev set ('codiesp-fr/dev' for a CodiEsp run), measured by cross-fitting."""
     from cimcoder.training.config import read_run_config
 
     config = read_run_config(run_dir)
     if not config.data.dev:
         raise EvalDataError(
             f"{run_dir} has no dev set in its config; pass --data DATASET (data kept apart "
-            "from the test data), e.g. --data my-dev.jsonl#A"
+            "from the test data), e.g. --data my-dev.jsonl"
         )
-    return f"{config.data.dev}#A"
+    return str(config.data.dev)
 
 
 def _load_scorer(run_dir: Path) -> Any:
@@ -205,9 +228,17 @@ class CalibrationResult:
     measured: dict[str, Any] | None  # held-out measurement on the other half, when there is one
 
 
-def measure(policy: DecisionPolicy, data: ScoredData, labels: Sequence[str]) -> dict[str, Any]:
-    """Auto precision, automation rate, review workload and F1 of `policy` on scored data."""
-    d = policy.decide(policy.calibrate(data.scores, labels), labels, tiebreak=data.scores)
+def measure(
+    policy: DecisionPolicy, data: ScoredData, labels: Sequence[str],
+    held_out: CrossFittedPolicy | None = None,
+) -> dict[str, Any]:
+    """Auto precision, automation rate, review workload and F1 of `policy` on scored data.
+
+    With `held_out`, `data` is the policy's own fitting data and each stay is decided by the
+    fold policy fitted without it (cross-fitting).
+    """
+    decider: DecisionPolicy | CrossFittedPolicy = policy if held_out is None else held_out
+    d = decider.decide(decider.calibrate(data.scores, labels), labels, tiebreak=data.scores)
     auto, review = d == AUTO, d == REVIEW
     n_auto, right = int(auto.sum()), int((data.y & auto).sum())
     total = float(data.n_gold.sum())
@@ -224,10 +255,19 @@ def measure(policy: DecisionPolicy, data: ScoredData, labels: Sequence[str]) -> 
         "recall_auto_or_review": float((data.y & (auto | review)).sum()) / total if total else None,
         "f1_threshold": policy.f1_threshold,
         "micro_f1": None,
+        "cross_fitted_folds": None if held_out is None else held_out.n_folds,
     }
-    if policy.f1_threshold is not None:
-        out["micro_f1"] = micro_prf(data.y, data.scores >= policy.f1_threshold, data.n_gold).f1
+    row_t = held_out.f1_thresholds() if held_out is not None else np.full(
+        len(data.stay_ids), np.nan if policy.f1_threshold is None else policy.f1_threshold)
+    if not np.isnan(row_t).all():
+        out["micro_f1"] = micro_prf(data.y, data.scores >= row_t[:, None], data.n_gold).f1
     return out
+
+
+def cross_fit(policy: DecisionPolicy, data: ScoredData, labels: Sequence[str], n_folds: int) -> CrossFittedPolicy:
+    """Fold policies with `policy`'s settings on `data` (folds by stay-id hash)."""
+    return CrossFittedPolicy.fit(data.y, data.scores, labels, fold_of(data.stay_ids, n_folds),
+                                 n_gold=data.n_gold, **policy.settings())
 
 
 def calibrate_run(
@@ -236,20 +276,23 @@ def calibrate_run(
     target_precision: float = 0.95,
     *,
     target_recall: float = 0.95,
-    calibration: CalibrationMethod = "isotonic",
+    calibration: CalibrationMethod = DEFAULT_CALIBRATION,
     bound: BoundMethod = "wilson",
-    confidence: float = 0.95,
+    confidence: float = DEFAULT_CONFIDENCE,
     min_positives: int = 50,
     max_review_per_stay: int | None = DEFAULT_MAX_REVIEW,
     min_review_probability: float = DEFAULT_MIN_REVIEW_PROBABILITY,
     scorer: Any | None = None,
     measure_other_half: bool = True,
+    folds: int = DEFAULT_FOLDS,
     tracker: Any | None = None,
 ) -> CalibrationResult:
     """Fit calibration + decision policy on held-out data and write `RUN/policy.json`.
 
-    When `data` is half A (or B) of a data set, the other half is scored too and the policy
-    measured on it (target vs measured precision), as the acceptance procedure asks.
+    The policy is always measured on stays it was not fitted on (target vs measured
+    precision), as the acceptance procedure asks: when `data` is half A (or B) of a data set,
+    on the other half; on a whole data set, by `folds`-fold cross-fitting (`folds` < 2: not
+    measured).
     """
     path = _resolve_run(run_dir)
     spec = data or default_calibration_data(path)
@@ -278,10 +321,15 @@ def calibrate_run(
         max_review_per_stay=max_review_per_stay, min_review_probability=min_review_probability,
         n_gold=fit_data.n_gold,
         fitted_on={"data": spec, "dataset": name, "half": half, "n_stays": len(fit_data.stay_ids),
-                   "n_gold_in_space": int(fit_data.y.sum()), "half_salt": HALF_SALT},
+                   "n_gold_in_space": int(fit_data.y.sum()), "half_salt": HALF_SALT,
+                   **({"folds": folds, "fold_salt": FOLD_SALT} if half is None and folds >= 2 else {})},
     )
     out = policy.save(path)
-    measured = measure(policy, other, labels) if other is not None and other.y.any() else None
+    measured = None
+    if other is not None and other.y.any():
+        measured = measure(policy, other, labels)
+    elif half is None and folds >= 2:
+        measured = measure(policy, fit_data, labels, cross_fit(policy, fit_data, labels, folds))
     if tracker is not None:
         tracker.log_artifact(out)
         figures = {"policy.target_precision": target_precision}
@@ -296,20 +344,24 @@ def calibrate_run(
 
 
 def _target_sweep(
-    policy: DecisionPolicy, fit: ScoredData, held_out: ScoredData, labels: Sequence[str],
-    targets: Sequence[float] = DEFAULT_SWEEP,
+    policy: DecisionPolicy, fit: ScoredData, held_out: ScoredData | None, labels: Sequence[str],
+    targets: Sequence[float] = DEFAULT_SWEEP, *, folds: int = 0,
 ) -> list[dict[str, Any]]:
-    """Refit the policy at several targets on `fit` (same settings), measure on `held_out`."""
+    """Refit the policy at several targets (same settings) and measure each where it was not fitted.
+
+    On `fit` -> `held_out` when `held_out` is given; else cross-fitted on `fit` (`folds`).
+    """
     rows = []
     for t in sorted(set([*targets, policy.target_precision])):
-        p = policy if t == policy.target_precision else DecisionPolicy.fit(
-            fit.y, fit.scores, labels, target_precision=t, target_recall=policy.target_recall,
-            confidence=policy.confidence, bound=policy.bound, min_positives=policy.min_positives,
-            calibration=policy.calibrator.method, terminology=policy.terminology,
-            edition=policy.edition, max_review_per_stay=policy.max_review_per_stay,
-            min_review_probability=policy.min_review_probability, n_gold=fit.n_gold,
-        )
-        rows.append(measure(p, held_out, labels))
+        settings = {**policy.settings(), "target_precision": t}
+        if held_out is None:
+            fold = fold_of(fit.stay_ids, folds)
+            cf = CrossFittedPolicy.fit(fit.y, fit.scores, labels, fold, n_gold=fit.n_gold, **settings)
+            rows.append(measure(cf.policies[0], fit, labels, cf))
+        else:
+            p = policy if t == policy.target_precision else DecisionPolicy.fit(
+                fit.y, fit.scores, labels, n_gold=fit.n_gold, **settings)
+            rows.append(measure(p, held_out, labels))
     return rows
 
 
@@ -340,8 +392,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score `data`, apply the run's policy, compute all metrics and write the report.
 
-    Returns the JSON report. If the policy was fitted on one half of `data`, only the other
-    half is measured (a note says so); asking for the fitting half itself is refused.
+    Returns the JSON report. Decisions are never judged on the stays that fitted them: if
+    the policy was fitted on one half of `data`, only the other half is measured (asking
+    for the fitting half itself is refused); if it was fitted on the whole data set with
+    cross-fitting, each stay is decided by the fold policy fitted without it (a note says so).
     """
     path = _resolve_run(run_dir)
     model = scorer if scorer is not None else _load_scorer(path)
@@ -357,7 +411,15 @@ def evaluate_run(
     terminology, bands = _labels_of(model)
     name, half = parse_data_spec(data)
     fitted = policy.fitted_on or {}
-    fit_half = fitted.get("half") if fitted.get("dataset") == name else None
+    same_data = fitted.get("dataset") == name
+    fit_half = fitted.get("half") if same_data else None
+    folds = int(fitted.get("folds") or 0) if same_data and fit_half is None else 0
+    if same_data and fit_half is None and folds < 2:
+        raise EvalDataError(
+            f"the decision policy was fitted on all of {name} without cross-fitting: measuring "
+            f"it there would overstate it; re-run `cimcoder calibrate` (it cross-fits by "
+            f"default) or evaluate on other data"
+        )
     if fit_half is not None and half == fit_half:
         raise EvalDataError(
             f"the decision policy was fitted on {fitted.get('data')}: measuring it on the same "
@@ -373,8 +435,26 @@ def evaluate_run(
         logger.info("policy fitted on %s: measuring %s#%s only", fitted.get("data"), name, measure_half)
     stays = _load_stays(name)
     f1_threshold = policy.f1_threshold
-    need_fit_data = sweep or f1_threshold is None
-    if fit_half is not None and need_fit_data:
+    held_out: CrossFittedPolicy | None = None
+    sweep_rows: list[dict[str, Any]] = []
+    if folds >= 2:
+        # Fitted on this very data set: refit the fold policies with the policy's settings
+        # on the same stays it was fitted on (all of them: the folds are hash-assigned).
+        scored_all = score_stays(model, stays, name)
+        held_out = cross_fit(policy, scored_all, labels, folds)
+        notes.append(
+            f"La politique livrée est ajustée sur tout {name} ; chaque séjour est ici décidé par "
+            f"une politique ajustée sans lui (validation croisée à {folds} plis)."
+        )
+        if sweep:
+            sweep_rows = _target_sweep(policy, scored_all, None, labels, folds=folds)
+        scored = scored_all
+        if measure_half is not None:
+            keep = np.array([stay_half(i) == measure_half for i in scored_all.stay_ids])
+            scored = scored_all.subset(keep, f"{name}#{measure_half}")
+            held_out = held_out.subset(keep)
+            sweep_rows = []  # the sweep is measured on the whole data set, not on this half
+    elif fit_half is not None and (sweep or f1_threshold is None):
         scored_all = score_stays(model, stays, name)
         halves = np.array([stay_half(i) for i in scored_all.stay_ids])
         fit_data = scored_all.subset(halves == fit_half, f"{name}#{fit_half}")
@@ -389,14 +469,13 @@ def evaluate_run(
     else:
         scored = score_stays(model, select_half(stays, measure_half),
                              name if measure_half is None else f"{name}#{measure_half}")
-        sweep_rows = []
     if not scored.stay_ids:
         raise EvalDataError(f"{data}: no stay left to evaluate")
     report = build_report(
         scored.y, scored.scores, labels, policy, stay_ids=scored.stay_ids, n_gold=scored.n_gold,
         principal=scored.principal if any(scored.principal) else None, bands=bands or None,
         code_titles=_code_titles(terminology), dataset=scored.name, run=str(path),
-        target_sweep=sweep_rows, notes=notes, f1_threshold=f1_threshold,
+        target_sweep=sweep_rows, notes=notes, f1_threshold=f1_threshold, held_out=held_out,
     )
     folder = Path(output) if output is not None else path / "eval" / _safe_name(scored.name)
     write_report(report, folder, tracker=tracker, artifact_path=f"eval/{_safe_name(scored.name)}")

@@ -113,8 +113,12 @@ def test_data_spec_and_halves_are_deterministic(tmp_path: Path) -> None:
     assert len(a) == halves.count("A") and all(stay_half(s.id) == "A" for s in a)
 
 
+def _dev(run_dir: Path) -> str:
+    return str(run_dir.parent.parent.parent / "dev.jsonl")
+
+
 def test_calibrate_on_half_a_measures_on_half_b(run_dir: Path) -> None:
-    result = calibrate_run(run_dir, target_precision=0.95)
+    result = calibrate_run(run_dir, f"{_dev(run_dir)}#A", target_precision=0.95)
     assert result.path == run_dir / "policy.json"
     assert result.policy.fitted_on["data"].endswith("dev.jsonl#A")
     m = result.measured
@@ -130,9 +134,8 @@ def test_calibrate_on_half_a_measures_on_half_b(run_dir: Path) -> None:
 
 
 def test_evaluate_measures_only_the_other_half_and_writes_the_report(run_dir: Path) -> None:
-    if not (run_dir / "policy.json").exists():
-        calibrate_run(run_dir)
-    dev = str(run_dir.parent.parent.parent / "dev.jsonl")
+    dev = _dev(run_dir)
+    calibrate_run(run_dir, f"{dev}#A")
     report = evaluate_run(run_dir, data=dev)
     assert report["dataset"] == f"{dev}#B"
     assert report["notes"] and "autre moitié" in report["notes"][0]
@@ -206,8 +209,8 @@ def test_report_feeds_the_pipeline_comparison_table(run_dir: Path) -> None:
     from cimcoder.eval.runner import _load_scorer, _load_stays, score_stays
     from cimcoder.pipeline import comparison_row
 
-    result = calibrate_run(run_dir)
-    dev = str(run_dir.parent.parent.parent / "dev.jsonl")
+    dev = _dev(run_dir)
+    result = calibrate_run(run_dir, f"{dev}#A")
     report = evaluate_run(run_dir, data=dev, sweep=False)
     row = comparison_row(report)
     for key in ("map", "micro_f1", "macro_f1", "p@5", "recall_frequent"):
@@ -222,7 +225,7 @@ def test_report_feeds_the_pipeline_comparison_table(run_dir: Path) -> None:
 
 
 def test_older_policy_files_get_an_f1_threshold_from_their_fitting_half(run_dir: Path) -> None:
-    result = calibrate_run(run_dir)
+    result = calibrate_run(run_dir, f"{_dev(run_dir)}#A")  # format 1 knew only halves
     old = DecisionPolicy(**{**result.policy.__dict__, "policy_format": 1})
     old.save(run_dir)
     try:
@@ -256,7 +259,60 @@ def test_a_run_without_policy_is_scored_once_for_calibration_and_evaluation(
     dev = str(run_dir.parent.parent.parent / "dev.jsonl")
     report = evaluate_run(fresh, data=dev, scorer=scorer)
     assert (fresh / "policy.json").is_file(), "evaluate calibrated the run first"
-    assert report["dataset"] == f"{dev}#B"
-    # Calibration on dev#A (measured on dev#B) and the evaluation's target sweep read the same
+    assert report["dataset"] == dev
+    # Calibration on dev (cross-fitted) and the evaluation with its target sweep read the same
     # 700 stays: one scoring pass serves both.
     assert calls == [700]
+
+
+def test_default_calibration_fits_on_all_of_dev_and_measures_by_cross_fitting(run_dir: Path) -> None:
+    dev = _dev(run_dir)
+    result = calibrate_run(run_dir, target_precision=0.95)
+    fitted = result.policy.fitted_on
+    assert fitted["data"] == dev and fitted["half"] is None and fitted["folds"] == 5
+    assert len(result.fitted_on.stay_ids) == 700
+    m = result.measured
+    assert m is not None and m["cross_fitted_folds"] == 5 and m["n_stays"] == 700
+    assert abs(m["measured_precision"] - 0.95) <= 0.02
+    assert m["automation_rate"] > 0.3
+    # `evaluate` on the same data set reproduces the same held-out decisions, says how, and
+    # refits the target sweep fold by fold.
+    report = evaluate_run(run_dir, data=dev)
+    h = report["headline"]
+    assert report["dataset"] == dev and h["n_stays"] == 700
+    assert any("validation croisée à 5 plis" in n for n in report["notes"])
+    assert h["n_auto"] == m["n_auto"] and h["auto_precision"] == pytest.approx(m["measured_precision"])
+    sweep = {r["target_precision"]: r for r in report["target_sweep"]}
+    assert sweep[0.95]["n_auto"] == m["n_auto"] and all(r["cross_fitted_folds"] == 5 for r in sweep.values())
+    assert sweep[0.8]["n_auto"] >= sweep[0.98]["n_auto"]
+    # A half of the same data set: the same fold decisions, restricted to that half.
+    half_b = evaluate_run(run_dir, data=f"{dev}#B", sweep=False)
+    n_b = sum(stay_half(s) == "B" for s in result.fitted_on.stay_ids)
+    assert half_b["dataset"] == f"{dev}#B" and half_b["headline"]["n_stays"] == n_b
+    assert half_b["headline"]["n_auto"] < h["n_auto"]
+
+
+def test_a_policy_fitted_on_all_stays_without_folds_is_not_measured_there(run_dir: Path) -> None:
+    dev = _dev(run_dir)
+    result = calibrate_run(run_dir, folds=0)
+    try:
+        assert result.measured is None and "folds" not in result.policy.fitted_on
+        with pytest.raises(EvalDataError, match="without cross-fitting"):
+            evaluate_run(run_dir, data=dev)
+        with pytest.raises(EvalDataError, match="without cross-fitting"):
+            evaluate_run(run_dir, data=f"{dev}#B")
+    finally:
+        calibrate_run(run_dir)
+
+
+def test_cli_folds_and_confidence(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", str(run_dir), "--folds", "3", "--confidence", "0.95"]) == 0
+    out = capsys.readouterr().out
+    assert "3-fold cross-fitting" in out and "700 stays" in out
+    policy = DecisionPolicy.load(run_dir)
+    assert policy.fitted_on["folds"] == 3 and policy.confidence == 0.95
+    assert main(["calibrate", str(run_dir), "--folds", "1"]) == 2
+    assert "--folds must be 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["calibrate", str(run_dir), "--confidence", "0.3"])
+    assert main(["calibrate", str(run_dir)]) == 0

@@ -53,8 +53,9 @@ def test_run_trains_calibrates_evaluates_and_registers_champion(
     assert reports, "the evaluation report (JSON twin) is written into the run folder"
     assert list((run_dir / "eval").glob("*/*.html"))
     report = json.loads(reports[0].read_text(encoding="utf-8"))
-    # The policy was fitted on half A of dev: only half B may be measured.
-    assert report["dataset"].endswith("#B")
+    # Fitted on the whole dev set; each stay measured by the fold policy fitted without it.
+    assert report["dataset"] == policy["fitted_on"]["data"] and policy["fitted_on"]["folds"] == 5
+    assert any("validation croisée à 5 plis" in n for n in report["notes"])
     # Synthetic stays name their diagnoses plainly: a working model ranks well; a broken one
     # (random scores over ~100 codes) stays far below.
     assert report["metrics"]["map"] > 0.5

@@ -18,6 +18,7 @@ from cimcoder.eval.policy import (
     REJECT,
     REVIEW,
     CodePolicy,
+    CrossFittedPolicy,
     DecisionPolicy,
     PolicyError,
     PolicyMismatchError,
@@ -30,7 +31,9 @@ from cimcoder.eval.policy import (
 @pytest.fixture(scope="module")
 def fitted() -> tuple[DecisionPolicy, np.ndarray, np.ndarray, list[str]]:
     y, s, labels = synthetic_scores(3000, seed=0)
+    # The mechanisms below are checked under the strict settings (95 % bound, per-code maps).
     policy = DecisionPolicy.fit(y, s, labels, target_precision=0.95, edition="cim10-fr-test",
+                                confidence=0.95, calibration="isotonic",
                                 fitted_on={"data": "synthetic", "half": "A"})
     y_new, s_new, _ = synthetic_scores(3000, seed=1)
     return policy, y_new, s_new, labels
@@ -112,7 +115,7 @@ def test_code_with_bad_own_precision_is_vetoed() -> None:
     j = labels.index("K30.0")
     rng = np.random.default_rng(0)
     s[:, j] = np.where(rng.random(len(s)) < 0.005, 0.99, s[:, j])
-    policy = DecisionPolicy.fit(y, s, labels, calibration="platt")
+    policy = DecisionPolicy.fit(y, s, labels, calibration="platt", confidence=0.95)
     assert policy.codes["K30.0"].auto is None
     assert policy.codes["K30.0"].vetoed
 
@@ -266,3 +269,38 @@ def test_format_1_policy_files_still_load_without_cap(tmp_path, fitted) -> None:
     assert loaded.f1_threshold is None
     p = loaded.calibrate(s_new, labels)
     assert np.array_equal(loaded.decide(p, labels), policy.decide(p, labels, review_cap=False))
+
+
+def test_cross_fitted_decisions_never_see_their_own_stay() -> None:
+    y, s, labels = synthetic_scores(1500, seed=11)
+    fold = np.arange(len(y)) % 5
+    cf = CrossFittedPolicy.fit(y, s, labels, fold, target_precision=0.9)
+    d = cf.decide(cf.calibrate(s, labels), labels, tiebreak=s)
+    # Rewrite the gold of fold 0 (every code flipped): the policy fitted on all the stays
+    # changes, fold 0's own decisions must not (its policy never saw those stays).
+    y2 = y.copy()
+    y2[fold == 0] = ~y2[fold == 0]
+    cf2 = CrossFittedPolicy.fit(y2, s, labels, fold, target_precision=0.9)
+    d2 = cf2.decide(cf2.calibrate(s, labels), labels, tiebreak=s)
+    assert (d2[fold == 0] == d[fold == 0]).all()
+    assert (d2[fold != 0] != d[fold != 0]).any()
+    whole = DecisionPolicy.fit(y, s, labels, target_precision=0.9)
+    whole2 = DecisionPolicy.fit(y2, s, labels, target_precision=0.9)
+    assert whole.thresholds()[0].tolist() != whole2.thresholds()[0].tolist()
+    # Each row's F1 threshold is its fold policy's; halves keep their rows' policies.
+    assert cf.f1_thresholds()[3] == cf.policies[3].f1_threshold
+    half = cf.subset(fold < 2)
+    assert half.n_folds == 5 and (half.fold == fold[fold < 2]).all()
+    with pytest.raises(PolicyError, match="at least 2 non-empty folds"):
+        CrossFittedPolicy.fit(y, s, labels, np.zeros(len(y), dtype=int))
+
+
+def test_default_policy_lands_near_the_target_on_new_stays() -> None:
+    # Default settings (one pooled Platt map, 80 % bound) on over-confident scores.
+    y, s, labels = synthetic_scores(3000, seed=21)
+    y_new, s_new, _ = synthetic_scores(3000, seed=22)
+    for target in (0.9, 0.95):
+        pol = DecisionPolicy.fit(y, s, labels, target_precision=target)
+        assert pol.calibrator.method == "platt" and pol.confidence == 0.8
+        auto = pol.decide(pol.calibrate(s_new, labels), labels) == AUTO
+        assert abs((y_new & auto).sum() / auto.sum() - target) <= 0.02

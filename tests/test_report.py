@@ -132,7 +132,7 @@ def test_verdict_when_nothing_reaches_the_target() -> None:
     y = rng.random((300, 4)) < 0.3
     s = rng.random((300, 4))
     labels = ["I10", "E11.9", "J13", "I50.0"]
-    policy = DecisionPolicy.fit(y, s, labels, min_positives=10)
+    policy = DecisionPolicy.fit(y, s, labels, min_positives=10, confidence=0.95)
     sweep = [{"target_precision": 0.5, "measured_precision": 0.55, "automation_rate": 0.04, "n_auto": 20},
              {"target_precision": 0.7, "measured_precision": 0.66, "automation_rate": 0.01, "n_auto": 5},
              {"target_precision": 0.95, "measured_precision": None, "automation_rate": 0.0, "n_auto": 0}]
@@ -161,7 +161,8 @@ def test_too_few_stays_is_told_apart_from_a_weak_model() -> None:
     y[:, 0] = True
     s = np.where(y, 0.9, 0.1)
     labels = ["I10", "E11.9"]
-    policy = DecisionPolicy.fit(y, s, labels, min_positives=5, fitted_on={"n_stays": 30, "n_gold_in_space": 30})
+    policy = DecisionPolicy.fit(y, s, labels, min_positives=5, confidence=0.95,
+                                fitted_on={"n_stays": 30, "n_gold_in_space": 30})
     report = build_report(y, s, labels, policy, stay_ids=[f"s{i}" for i in range(30)])
     h = report["headline"]
     assert h["n_auto"] == 0 and h["nothing_auto_reason"] == "too_few_stays"
