@@ -276,6 +276,11 @@ class PretrainTrainingConfig(_Strict):
     )
     seed: int = Field(13, description="Seed.")
     num_threads: int | None = Field(None, ge=1, description="torch.set_num_threads.")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto",
+        description="Mixed precision on a CUDA device (used when one is present): auto = "
+        "bf16 autocast where supported, else fp16 with loss scaling. Always off on CPU.",
+    )
 
 
 class PretrainConfig(_Strict):

@@ -5,6 +5,9 @@ CodiEsp-FR *train* reports (never dev: it evaluates), CIM-10 FR long labels, CIM
 titles, synthetic reports and any hospital corpus given. The result is saved with
 `save_pretrained`, so fine-tuning loads it with `AutoModel.from_pretrained(dir)` exactly as
 it would load camembert-bio or DrBERT from a local directory.
+
+On a machine with a CUDA device the encoder trains there, under bf16 autocast by default
+(`training.amp`); `configs/pretrain/gpu-base.yaml` is sized for one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +194,24 @@ def _mlm_loss(model: Any, inputs: torch.Tensor, labels: torch.Tensor) -> torch.T
     return torch.nn.functional.cross_entropy(logits, labels[chosen])
 
 
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for `training.amp` (the fine-tuning trainer's rule): None on CPU."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+# Steps at which the learning-rate decay is fitted again to the time budget: the first
+# steps include start-up costs (CUDA context, kernel selection), which would make the
+# budget look like it affords far fewer steps than it does.
+_REFIT_STEPS = frozenset(5 * 2**k for k in range(20))
+_LOG_EVERY_S = 30.0
+
+
 def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Path:
     """Train the tokenizer and the encoder; return the folder written by save_pretrained."""
     from transformers import BertConfig, BertForMaskedLM
@@ -229,6 +251,16 @@ def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Pa
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    amp_dtype = _amp_dtype(tc.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    logger.info(
+        "pretraining a %d x %d encoder (%.1f M parameters) on %s%s: %d sequences of %d tokens",
+        arch.layers, arch.hidden, sum(p.numel() for p in model.parameters()) / 1e6,
+        device.type, f" ({str(amp_dtype).removeprefix('torch.')} autocast)" if amp_dtype else "",
+        len(blocks), seq_len,
+    )
     steps_per_epoch = math.ceil(len(blocks) / tc.batch_size)
     planned = steps_per_epoch * tc.epochs
     if tc.max_steps:
@@ -250,6 +282,8 @@ def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Pa
     tokens = 0
     losses: list[float] = []
     t0 = time.perf_counter()
+    t_refit: tuple[int, float] | None = None  # (step, time) of the first refit
+    last_log = t0
     stop_reason = "epochs"
     bar = tqdm(total=planned, desc="pretrain", unit="step", disable=None)
     for _epoch in range(tc.epochs):
@@ -259,24 +293,48 @@ def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Pa
             inputs, labels = mask_tokens(batch, tokenizer, tc.mlm_probability, gen)
             if not (labels != -100).any():
                 continue
-            loss = _mlm_loss(model, inputs, labels)
-            loss.backward()
+            inputs = inputs.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+            with ctx:
+                loss = _mlm_loss(model, inputs, labels)
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens += batch.numel()
             losses.append(loss.detach().item())
-            elapsed = time.perf_counter() - t0
-            if step == 5 and tc.time_budget_s:
-                # Fit the learning-rate decay to the steps the time budget allows.
-                remaining_s = tc.time_budget_s - (time.perf_counter() - started)
-                affordable = step + int(max(remaining_s, 0) / (elapsed / step))
+            now = time.perf_counter()
+            elapsed = now - t0
+            if tc.time_budget_s and step in _REFIT_STEPS and step < schedule["total"]:
+                # Fit the learning-rate decay to the steps the time budget allows, at the
+                # pace measured since the first refit (start-up costs left out).
+                if t_refit is None:
+                    t_refit = (step, now)
+                    pace = elapsed / step
+                else:
+                    pace = (now - t_refit[1]) / (step - t_refit[0])
+                remaining_s = tc.time_budget_s - (now - started)
+                affordable = step + int(max(remaining_s, 0) / max(pace, 1e-9))
                 schedule["total"] = max(step + 1, min(planned, affordable))
                 bar.total = schedule["total"]
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
             bar.update(1)
+            if now - last_log >= _LOG_EVERY_S:
+                last_log = now
+                logger.info(
+                    "pretrain step %d/%d: loss %.3f, lr %.2e, %.0f tokens/s",
+                    step, schedule["total"], float(np.mean(losses[-20:])),
+                    scheduler.get_last_lr()[0], tokens / max(elapsed, 1e-9),
+                )
             if tc.max_steps and step >= tc.max_steps:
                 stop_reason = "max_steps"
                 break
@@ -303,6 +361,9 @@ def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Pa
         "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
         "first_loss": round(float(np.mean(losses[:5])), 4) if losses else None,
         "tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
+        "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / INFO_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")

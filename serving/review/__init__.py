@@ -3,31 +3,37 @@
 `create_app` includes `router` and calls `init_app(app, settings)`; other code uses
 `enqueue` (put a scored stay in the queue), `save_review`, `ReviewStore` / `open_store`.
 Heavy parts (SQLAlchemy engine, Alembic, templates) are only touched when used.
+
+Names are resolved lazily, so `import cimcoder.serving.review.cli` (which `cimcoder`
+registers for every command) loads neither FastAPI nor SQLAlchemy.
 """
 
-from cimcoder.serving.review.routes import init_app, router, store_for_app
-from cimcoder.serving.review.store import (
-    ReviewConflict,
-    ReviewError,
-    ReviewStore,
-    StayStatus,
-    UnknownStay,
-    open_store,
-)
-from cimcoder.serving.review.workflow import InvalidReview, enqueue, enqueue_many, save_review
+from __future__ import annotations
 
-__all__ = [
-    "InvalidReview",
-    "ReviewConflict",
-    "ReviewError",
-    "ReviewStore",
-    "StayStatus",
-    "UnknownStay",
-    "enqueue",
-    "enqueue_many",
-    "init_app",
-    "open_store",
-    "router",
-    "save_review",
-    "store_for_app",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "init_app": "cimcoder.serving.review.routes",
+    "router": "cimcoder.serving.review.routes",
+    "store_for_app": "cimcoder.serving.review.routes",
+    "ReviewConflict": "cimcoder.serving.review.store",
+    "ReviewError": "cimcoder.serving.review.store",
+    "ReviewStore": "cimcoder.serving.review.store",
+    "StayStatus": "cimcoder.serving.review.store",
+    "UnknownStay": "cimcoder.serving.review.store",
+    "open_store": "cimcoder.serving.review.store",
+    "InvalidReview": "cimcoder.serving.review.workflow",
+    "enqueue": "cimcoder.serving.review.workflow",
+    "enqueue_many": "cimcoder.serving.review.workflow",
+    "save_review": "cimcoder.serving.review.workflow",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cimcoder.serving.review' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -9,9 +9,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cimcoder.serving.review.store import ReviewError, ReviewStore
-
 if TYPE_CHECKING:
+    from cimcoder.serving.review.store import ReviewStore
     from cimcoder.training.corpora.schema import Corpus
 
 logger = logging.getLogger(__name__)
@@ -78,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _store(args: argparse.Namespace) -> ReviewStore:
+    # Imported here, not at module level: `cimcoder --help` and every other command would
+    # otherwise load the review web app (FastAPI, SQLAlchemy) just to list this one.
+    from cimcoder.serving.review.store import ReviewError, ReviewStore
 
     url = args.database_url
     if not url:
@@ -97,6 +99,7 @@ def _store(args: argparse.Namespace) -> ReviewStore:
 
 def _import(args: argparse.Namespace) -> int:
     from cimcoder.serving.review.ingest import read_predictions, read_texts
+    from cimcoder.serving.review.store import ReviewError
     from cimcoder.serving.review.workflow import enqueue, set_qc_rate
 
     texts = read_texts(args.texts)
@@ -159,6 +162,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _monitoring(args: argparse.Namespace) -> int:
     from cimcoder.serving.review.monitoring import compute, load_train_counts
+    from cimcoder.serving.review.store import ReviewError
 
     labels = None
     if args.labels is not None:

@@ -254,6 +254,13 @@ def encode_label_texts(
     return torch.cat(rows) if rows else torch.zeros(0, encoder.config.hidden_size)
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    """`device`, else the CUDA device when one is present, else the CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
 def _word_span(text: str, start: int, end: int) -> tuple[int, int]:
     """Widen a sub-word span to whole words."""
     while start > 0 and _WORD_CHAR.match(text[start - 1]):
@@ -293,7 +300,11 @@ class PLMICDScorer:
     # -- building
 
     @classmethod
-    def from_config(cls, config: RunConfig, label_space: LabelSpace) -> PLMICDScorer:
+    def from_config(
+        cls, config: RunConfig, label_space: LabelSpace, device: str | torch.device | None = None
+    ) -> PLMICDScorer:
+        """A new scorer on `device` (default: CUDA when present, else CPU), where the label
+        texts are read for `label_init: text` and where training goes on."""
         if not label_space.codes:
             raise CimcoderError("the label space is empty: no training code passed min_count")
         encoder, tokenizer = load_encoder(config.model.encoder)
@@ -303,6 +314,7 @@ class PLMICDScorer:
             hidden, len(label_space), head_cfg.attention_dim or hidden, head_cfg.dropout
         )
         scorer = cls(PLMICDNet(encoder, head), tokenizer, label_space, config)
+        scorer.net.to(_device(device))
         if head_cfg.label_init == "text":
             scorer.init_from_label_text(
                 describe_codes(label_space.codes, label_space.terminology, head_cfg.label_text)
@@ -441,7 +453,8 @@ class PLMICDScorer:
         dump_config(self.config, run / CONFIG_FILE)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> PLMICDScorer:
+    def load(cls, run_dir: str | Path, device: str | torch.device | None = None) -> PLMICDScorer:
+        """The scorer saved in `run_dir`, on `device` (default: CUDA when present, else CPU)."""
         run = Path(run_dir)
         for needed in (ENCODER_DIR, HEAD_FILE, CONFIG_FILE):
             if not (run / needed).exists():
@@ -459,4 +472,5 @@ class PLMICDScorer:
         head.load_state_dict(state)
         net = PLMICDNet(encoder, head)
         net.eval()
+        net.to(_device(device))
         return cls(net, tokenizer, label_space, config)
