@@ -5,8 +5,7 @@ Names are resolved lazily so `import cimcoder.inference` loads neither torch nor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cimcoder.lazy import lazy_exports
 
 _EXPORTS = {
     "Predictor": "cimcoder.inference.predictor",
@@ -23,9 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cimcoder.inference' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -9,8 +9,7 @@ only defines names.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cimcoder.lazy import lazy_exports
 
 _EXPORTS = {
     "load_scorer": "cimcoder.training.registry",
@@ -30,9 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cimcoder.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from cimcoder.errors import CimcoderError
 from cimcoder.training.config import PretrainConfig, dump_config
 from cimcoder.training.tokenizer import train_tokenizer
+from cimcoder.training.trainer import autocast_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -194,17 +195,6 @@ def _mlm_loss(model: Any, inputs: torch.Tensor, labels: torch.Tensor) -> torch.T
     return torch.nn.functional.cross_entropy(logits, labels[chosen])
 
 
-def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for `training.amp` (the fine-tuning trainer's rule): None on CPU."""
-    if device.type != "cuda" or mode == "off":
-        return None
-    if mode == "fp16":
-        return torch.float16
-    if mode == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
 # Steps at which the learning-rate decay is fitted again to the time budget: the first
 # steps include start-up costs (CUDA context, kernel selection), which would make the
 # budget look like it affords far fewer steps than it does.
@@ -253,7 +243,7 @@ def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Pa
     )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    amp_dtype = _amp_dtype(tc.amp, device)
+    amp_dtype = autocast_dtype(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     logger.info(
         "pretraining a %d x %d encoder (%.1f M parameters) on %s%s: %d sequences of %d tokens",

@@ -198,8 +198,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
-    mode = config.training.amp
+def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of an `amp` setting (auto/off/bf16/fp16): None on CPU or when off."""
     if device.type != "cuda" or mode == "off":
         return None
     if mode == "fp16":
@@ -385,7 +385,7 @@ def _gradient_loop(
     tcfg = config.training
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net: torch.nn.Module = scorer.net.to(device)
-    amp_dtype = _amp_dtype(config, device)
+    amp_dtype = autocast_dtype(config.training.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     train_docs = scorer.chunk([e.text for e in data.train])

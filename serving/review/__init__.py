@@ -10,8 +10,7 @@ registers for every command) loads neither FastAPI nor SQLAlchemy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cimcoder.lazy import lazy_exports
 
 _EXPORTS = {
     "init_app": "cimcoder.serving.review.routes",
@@ -31,9 +30,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cimcoder.serving.review' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
