@@ -252,8 +252,25 @@ def _run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def same_stays(rows: dict[str, dict[str, Any]]) -> None:
+    """Refuse to compare reports measured on different stays.
+
+    `evaluate` never measures a policy on the stays it was fitted on, so two runs calibrated
+    differently (one on half A, one on the whole set, say) are measured on different stays.
+    """
+    measured = {run: r.get("dataset") for run, r in rows.items()}
+    if len(set(measured.values())) > 1:
+        detail = "; ".join(f"{run}: {d}" for run, d in measured.items())
+        raise CimcoderError(
+            f"the runs were measured on different stays ({detail}): their policies were fitted "
+            "on different parts of the data. Calibrate them the same way (`cimcoder calibrate "
+            "RUN`, or the same --data for each) or pass a half both may be measured on (--data NAME#B)."
+        )
+
+
 def _compare_command(args: argparse.Namespace) -> int:
     rows = {run: _evaluate_model(Path(run), args.data, None) for run in args.runs}
+    same_stays(rows)
     if args.json:
         print(json.dumps({run: comparison_row(r) for run, r in rows.items()}, indent=2))
     else:
@@ -287,6 +304,7 @@ def promote_run(
         champion_report = _evaluate_model(champion_dir, data, None)
         rows[f"{alias} ({champion_dir.name})"] = champion_report
         champion_value = comparison_row(champion_report)[metric]
+    same_stays(rows)
     challenger_value = comparison_row(rows[str(run_dir)])[metric]
     better = challenger_value is not None and (
         champion_value is None or challenger_value > champion_value

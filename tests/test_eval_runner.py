@@ -316,3 +316,20 @@ def test_cli_folds_and_confidence(run_dir: Path, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         main(["calibrate", str(run_dir), "--confidence", "0.3"])
     assert main(["calibrate", str(run_dir)]) == 0
+
+
+def test_compare_refuses_runs_measured_on_different_stays(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    dev = _dev(run_dir)
+    other = tmp_path / "half-a-run"
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("policy.json", "eval"))
+    calibrate_run(other, f"{dev}#A")  # measured on half B only; run_dir: all of dev, cross-fitted
+    calibrate_run(run_dir)
+    assert main(["compare", "--data", dev, str(run_dir), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "measured on different stays" in err and f"{dev}#B" in err
+    # On half B both can be measured (run_dir by its fold policies): the comparison runs.
+    assert main(["compare", "--data", f"{dev}#B", str(run_dir), str(other)]) == 0
