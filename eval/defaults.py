@@ -6,7 +6,7 @@ from typing import Literal
 DEFAULT_MAX_REVIEW = 10
 DEFAULT_MIN_REVIEW_PROBABILITY = 0.05
 # One-sided confidence of the lower bound an auto threshold must clear (see eval/policy.py).
-DEFAULT_CONFIDENCE = 0.8
+DEFAULT_CONFIDENCE = 0.95
 # Folds of the cross-fitted held-out measurement when the policy is fitted on a whole data set.
 DEFAULT_FOLDS = 5
 # Score calibration of the decision policy (see eval/policy.py for why one pooled map).

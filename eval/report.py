@@ -875,6 +875,7 @@ def render_html(report: Mapping[str, Any]) -> str:
            f"{_e(pol.get('max_review_per_stay'))} codes par séjour partent en revue (les plus "
            f"probables, de probabilité au moins {_pct(pol.get('min_review_probability'))}) ; "
            "les autres sont rejetés. " if pol.get("max_review_per_stay") is not None else "")
+        + f"Calibration des scores : {_e(pol.get('calibration'))}. "
         + f"Politique ajustée sur : {_e(json.dumps(pol.get('fitted_on') or {}, ensure_ascii=False))}.</p>"
     )
     for note in report.get("notes") or []:

@@ -273,7 +273,7 @@ def test_default_calibration_fits_on_all_of_dev_and_measures_by_cross_fitting(ru
     assert len(result.fitted_on.stay_ids) == 700
     m = result.measured
     assert m is not None and m["cross_fitted_folds"] == 5 and m["n_stays"] == 700
-    assert abs(m["measured_precision"] - 0.95) <= 0.02
+    assert 0.95 <= m["measured_precision"] <= 0.98  # the margin keeps it at or above the target
     assert m["automation_rate"] > 0.3
     # `evaluate` on the same data set reproduces the same held-out decisions, says how, and
     # refits the target sweep fold by fold.
@@ -306,11 +306,11 @@ def test_a_policy_fitted_on_all_stays_without_folds_is_not_measured_there(run_di
 
 
 def test_cli_folds_and_confidence(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["calibrate", str(run_dir), "--folds", "3", "--confidence", "0.95"]) == 0
+    assert main(["calibrate", str(run_dir), "--folds", "3", "--confidence", "0.9"]) == 0
     out = capsys.readouterr().out
     assert "3-fold cross-fitting" in out and "700 stays" in out
     policy = DecisionPolicy.load(run_dir)
-    assert policy.fitted_on["folds"] == 3 and policy.confidence == 0.95
+    assert policy.fitted_on["folds"] == 3 and policy.confidence == 0.9
     assert main(["calibrate", str(run_dir), "--folds", "1"]) == 2
     assert "--folds must be 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):

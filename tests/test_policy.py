@@ -296,11 +296,11 @@ def test_cross_fitted_decisions_never_see_their_own_stay() -> None:
 
 
 def test_default_policy_lands_near_the_target_on_new_stays() -> None:
-    # Default settings (one pooled Platt map, 80 % bound) on over-confident scores.
+    # Default settings (one pooled Platt map, 95 % bound) on over-confident scores.
     y, s, labels = synthetic_scores(3000, seed=21)
     y_new, s_new, _ = synthetic_scores(3000, seed=22)
     for target in (0.9, 0.95):
         pol = DecisionPolicy.fit(y, s, labels, target_precision=target)
-        assert pol.calibrator.method == "platt" and pol.confidence == 0.8
+        assert pol.calibrator.method == "platt" and pol.confidence == 0.95
         auto = pol.decide(pol.calibrate(s_new, labels), labels) == AUTO
         assert abs((y_new & auto).sum() / auto.sum() - target) <= 0.02
