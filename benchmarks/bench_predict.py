@@ -7,9 +7,12 @@
   tokenizer trained on CodiEsp-FR train; untrained weights: speed does not depend on them).
 - Reports: the first --n CodiEsp-FR **dev** reports (never test), as JSONL.
 - `cimcoder predict` is timed end to end in a subprocess (model load included), and the
-  predictor's steady state in this process (load excluded), both with --threads torch threads.
+  predictor's steady state in this process (load excluded), both with --threads torch threads:
+  with evidence (one pass: the evidence comes from the scoring forward), without evidence,
+  and with evidence the two-pass way (the scorer's `explain` per report, a second forward:
+  how evidence was made before the one-pass path), whose spans must be the same.
 - FLOPs per report: torch.utils.flop_counter.FlopCounterMode around one `predict` of a report
-  of median length (scoring forward + the evidence forward).
+  of median length.
 - Peak: the best of several fp32 2048x2048 matmuls with the same thread count.
 """
 
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_MODEL_DIR = Path(tempfile.gettempdir()) / "cimcoder-bench" / "plm-small"
@@ -121,6 +125,40 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeat: int = 5) -> float
     return 2 * size**3 / best / 1e9
 
 
+class TwoPassScorer:
+    """The scorer without `predict_scores_with_evidence`: the predictor then asks `explain`
+    for every report's evidence, a second forward pass per report."""
+
+    def __init__(self, scorer: Any) -> None:
+        self._scorer = scorer
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "predict_scores_with_evidence":
+            raise AttributeError(name)
+        return getattr(self._scorer, name)
+
+
+def two_pass(predictor: Any) -> Any:
+    """The same predictor (policy, terminology) over `TwoPassScorer`, or None when the scorer
+    has no one-pass evidence (it is then two-pass already)."""
+    from cimcoder.inference import Predictor
+
+    if not hasattr(predictor.scorer, "predict_scores_with_evidence"):
+        return None
+    return Predictor(
+        TwoPassScorer(predictor.scorer),
+        policy=predictor.policy,
+        name=predictor.name,
+        version=predictor.version,
+        source=predictor.source,
+        architecture=predictor.architecture,
+        terminology=predictor.terminology,
+        crosswalk=predictor._crosswalk,
+        min_candidates=predictor.min_candidates,
+        evidence_top_k=predictor.evidence_top_k,
+    )
+
+
 def flops_per_report(predictor, text: str, evidence: bool = True) -> float | None:  # type: ignore[no-untyped-def]
     """FLOPs of one `predict` (scoring, + evidence); None for a model without torch."""
     net = getattr(predictor.scorer, "net", None)
@@ -175,11 +213,18 @@ def main() -> int:
     texts = [r["text"] for r in reports]
     predictor.predict(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
     t0, c0 = time.perf_counter(), time.process_time()
-    predictor.predict(texts, batch_size=args.batch_size)
+    one_pass = predictor.predict(texts, batch_size=args.batch_size)
     steady_s, steady_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
     predictor.predict(texts, batch_size=args.batch_size, evidence=False)
     ranking_s, ranking_cpu = time.perf_counter() - t0, time.process_time() - c0
+    old = two_pass(predictor)
+    if old is not None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        two = old.predict(texts, batch_size=args.batch_size)
+        two_s, two_cpu = time.perf_counter() - t0, time.process_time() - c0
+        same = [a.model_dump() == b.model_dump() for a, b in zip(one_pass, two, strict=True)]
+        n_evidence = sum(len(c.evidence) for r in one_pass for c in r.codes)
     load_avg = os.getloadavg()[0]
 
     median_text = sorted(texts, key=len)[len(texts) // 2]
@@ -196,13 +241,16 @@ def main() -> int:
     print(f"cimcoder predict (CLI): {cli_s:.2f} s end to end -> {cli_rate:.2f} reports/s (model load included)")
     print(f"predictor steady state: {steady_s:.2f} s -> {steady_rate:.2f} reports/s (load {load_s:.2f} s excluded; {steady_cpu:.1f} CPU-s)")
     print(f"  without evidence    : {ranking_s:.2f} s -> {ranking_rate:.2f} reports/s (predict --no-evidence; {ranking_cpu:.1f} CPU-s)")
+    if old is not None:
+        print(f"  evidence two-pass   : {two_s:.2f} s -> {len(reports) / two_s:.2f} reports/s (explain per report, a second forward; {two_cpu:.1f} CPU-s)")
+        print(f"  one-pass == two-pass: {sum(same)} of {len(same)} answers identical ({n_evidence} evidence spans)")
     print(f"machine load average  : {load_avg:.1f} on {os.cpu_count()} cores (shared machine: wall figures vary with it)")
     print(f"matmul peak (fp32)    : {peak:.1f} GFLOP/s (2048^3, best of 5, {args.threads} threads)")
     if flops is None:
         print("FLOPs per report      : n/a (not a torch model; no dense forward to count)")
     else:
         achieved = flops * steady_rate / 1e9
-        print(f"FLOPs per report      : {flops / 1e9:.2f} GFLOP (scoring + evidence forward, median report)")
+        print(f"FLOPs per report      : {flops / 1e9:.2f} GFLOP (with evidence, median report)")
         print(f"achieved              : {achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of measured matmul peak")
         if flops_ranking is not None:
             achieved_r = flops_ranking * ranking_rate / 1e9

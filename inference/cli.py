@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-evidence",
         action="store_true",
-        help="leave 'evidence' empty (skips the explain pass: faster ranking-only exports)",
+        help="leave 'evidence' empty (skips all evidence work: ranking-only exports)",
     )
     parser.set_defaults(handler=run_predict)
 

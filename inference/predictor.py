@@ -10,10 +10,11 @@ evidence spans (`StayPrediction`, the `cimcoder predict` line).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ FLAG_NOT_CODABLE = "non codable : catégorie non vide, coder un code plus préci
 FLAG_EXTERNAL_CAUSE = "cause externe : en DAS uniquement"
 FLAG_DELETED = "code supprimé de l'édition"
 FLAG_UNKNOWN = "absent de la terminologie"
+
+
+Spans = dict[str, list[tuple[int, int]]]  # code -> character spans (start, end) of the text
 
 
 class PredictorError(CimcoderError):
@@ -315,19 +319,42 @@ class Predictor:
     def scores(self, texts: Sequence[str], batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """Raw and calibrated scores, [n, L] each."""
         raw = np.asarray(self.scorer.predict_scores(list(texts), batch_size=batch_size))
-        if raw.shape != (len(texts), len(self.labels)):
+        return self._calibrated(raw, len(texts))
+
+    def _calibrated(self, raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if raw.shape != (n, len(self.labels)):
             raise PredictorError(f"the scorer returned scores of shape {raw.shape}")
         if self.policy is None:
             return raw, raw
         return raw, np.asarray(self.policy.calibrate(raw, self.labels))
+
+    def _scores_and_evidence(
+        self, texts: list[str], batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[int, list[str]], Spans]]:
+        """Scores, and evidence spans of report i for some codes: from the scoring pass when
+        the scorer keeps its attention (`predict_scores_with_evidence`), else its `explain`."""
+        one_pass = getattr(self.scorer, "predict_scores_with_evidence", None)
+        if one_pass is None:
+            raw, probs = self.scores(texts, batch_size=batch_size)
+            top_k = self.evidence_top_k
+
+            def explain(i: int, codes: list[str]) -> Spans:
+                return self.scorer.explain(texts[i], codes, top_k=top_k)
+
+            return raw, probs, explain
+        raw_scores, index = one_pass(texts, batch_size=batch_size, top_k=self.evidence_top_k)
+        raw, probs = self._calibrated(np.asarray(raw_scores), len(texts))
+        return raw, probs, index.spans
 
     def predict(
         self, items: Sequence[Any], batch_size: int = 8, *, evidence: bool = True
     ) -> list[StayPrediction]:
         """Score reports or stays (str, `StayInput` or `Stay`); one answer per item, in order.
 
-        `evidence=False` leaves every `evidence` list empty and skips the scorer's explain
-        pass (for a transformer, a second forward per report).
+        Evidence comes from the scoring pass itself when the scorer offers
+        `predict_scores_with_evidence` (PLM-ICD keeps each label's heaviest attention
+        positions), else from the scorer's `explain` per report. `evidence=False` leaves every
+        `evidence` list empty and skips all evidence work.
         """
         if isinstance(items, str | StayInput):
             raise TypeError("predict takes a list; use predict_one for a single report")
@@ -338,14 +365,25 @@ class Predictor:
                 raise EmptyReportError(f"{who} is empty: nothing to code")
         if not inputs:
             return []
-        raw, probs = self.scores([item.text for item in inputs], batch_size=batch_size)
+        texts = [item.text for item in inputs]
+        spans_of: Callable[[int, list[str]], Spans] | None = None
+        if evidence:
+            raw, probs, spans_of = self._scores_and_evidence(texts, batch_size)
+        else:
+            raw, probs = self.scores(texts, batch_size=batch_size)
         if self.policy is not None:
             # Raw scores break ties at the review cap, as in the evaluation report.
             decisions = np.asarray(self.policy.decide(probs, self.labels, tiebreak=raw))
         else:
             decisions = np.full(probs.shape, "review", dtype=object)
         return [
-            self._decode(item, raw[i], probs[i], decisions[i], evidence)
+            self._decode(
+                item,
+                raw[i],
+                probs[i],
+                decisions[i],
+                None if spans_of is None else functools.partial(spans_of, i),
+            )
             for i, item in enumerate(inputs)
         ]
 
@@ -360,8 +398,9 @@ class Predictor:
         raw: np.ndarray,
         probs: np.ndarray,
         decisions: np.ndarray,
-        evidence: bool = True,
+        spans_of: Callable[[list[str]], Spans] | None = None,
     ) -> StayPrediction:
+        """One stay's answer; `spans_of(codes)` gives the evidence of codes (None: none)."""
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
         # the ties, so the ranking keeps all the model's information.
         order = np.lexsort((-raw, -probs))
@@ -377,10 +416,9 @@ class Predictor:
         dp_pool = suggested or ranked
         dp = next((j for j in dp_pool if self._allowed_dp[j]), None)
 
-        spans: dict[str, list[tuple[int, int]]] = {}
-        if suggested and evidence:
-            wanted = [self.labels[j] for j in suggested]
-            spans = self.scorer.explain(item.text, wanted, top_k=self.evidence_top_k)
+        spans: Spans = {}
+        if suggested and spans_of is not None:
+            spans = spans_of([self.labels[j] for j in suggested])
 
         codes = []
         for j in ranked:

@@ -2,7 +2,10 @@
 
 A model is a class registered under a name with `@register_model("name")`. It implements
 `Scorer` (score texts, explain, save, load) and builds itself untrained with
-`from_config(config, label_space)`. Gradient-trained models (`plm_icd`) are trained by
+`from_config(config, label_space)`. A scorer may also offer
+`predict_scores_with_evidence(texts, batch_size, top_k) -> (scores, index)`, the evidence of
+`explain` from the scoring pass itself (`plm_icd`); the predictor uses it when present.
+Gradient-trained models (`plm_icd`) are trained by
 `cimcoder.training.trainer`; models fitted in one call (baselines) also define
 `fit(texts, targets)`, which the trainer calls instead of its gradient loop.
 

@@ -270,6 +270,135 @@ def _word_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+# --------------------------------------------------------------------------- evidence
+
+# Markers in a ranked row of token positions (`rank_attention`).
+SKIP = -1  # padding, or a token of zero weight: never evidence
+UNKNOWN = -2  # past the positions kept: their order is not known
+
+
+def rank_attention(alpha: torch.Tensor, docs: Sequence[ChunkedText], keep: int | None) -> np.ndarray:
+    """Token positions of each row of `alpha` by decreasing weight (ties: earlier first).
+
+    `alpha` [B, R, C * T] is the label-wise attention of a batch of `docs` padded to C chunks
+    of T tokens. Returns [B, R, k] int32 positions in each report's own flat token list
+    (its chunks one after the other, specials included, no padding), k = min(keep, C * T)
+    (all positions for `keep=None`). Padding and zero-weight tokens are `SKIP`. When only the
+    `keep` heaviest positions are kept, those tied with the lightest kept one may not be all
+    of their weight, so they and what follows are `UNKNOWN`: `select_spans` then knows where
+    its certain order ends.
+    """
+    n_pos = alpha.shape[-1]
+    k = n_pos if keep is None else max(1, min(keep, n_pos))
+    values_t, index_t = torch.topk(alpha, k, dim=-1, sorted=True)
+    values = values_t.float().cpu().numpy()
+    index = index_t.cpu().numpy().astype(np.int64)
+    if (values[..., 1:] == values[..., :-1]).any():
+        # torch.topk orders ties arbitrarily: equal weights go by position, as a stable sort.
+        order = np.lexsort((index, -values), axis=-1)
+        values = np.take_along_axis(values, order, -1)
+        index = np.take_along_axis(index, order, -1)
+    n_tok = max(len(c) for d in docs for c in d.input_ids)  # as `collate` pads
+    n_chunks = n_pos // n_tok
+    chunk, tok = np.divmod(index, n_tok)
+    out = np.full(index.shape, SKIP, dtype=np.int32)
+    for b, doc in enumerate(docs):
+        lengths = np.zeros(n_chunks, dtype=np.int64)
+        lengths[: len(doc.input_ids)] = [len(c) for c in doc.input_ids]
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        real = tok[b] < lengths[chunk[b]]
+        out[b][real] = (starts[chunk[b]] + tok[b])[real]
+    out[values <= 0] = SKIP
+    if k < n_pos:
+        lightest = values[..., -1:]
+        out[(values == lightest) & (lightest > 0)] = UNKNOWN
+    return out
+
+
+def select_spans(
+    text: str, ranked: Sequence[int], offsets: Sequence[tuple[int, int]], top_k: int
+) -> tuple[list[tuple[int, int]], bool]:
+    """Up to `top_k` whole-word spans of `text`, heaviest first, from one row of
+    `rank_attention` (`offsets`: the character span of each token of the report's flat token
+    list). Specials, padding and words already given are skipped. The flag is False when the
+    row ran out of known positions before `top_k` spans: the spans are then incomplete."""
+    spans: list[tuple[int, int]] = []
+    for pos in ranked:
+        if pos == UNKNOWN:
+            return spans, False
+        if pos < 0:
+            continue
+        start, end = offsets[pos]
+        if start < 0 or end <= start:
+            continue
+        span = _word_span(text, start, end)
+        if any(s <= span[0] < e or span[0] <= s < span[1] for s, e in spans):
+            continue
+        spans.append(span)
+        if len(spans) >= top_k:
+            break
+    return spans, True
+
+
+def flat_offsets(doc: ChunkedText) -> list[tuple[int, int]]:
+    """Character span of each token of the report's flat token list (`rank_attention`)."""
+    return [o for chunk_offs in doc.offsets for o in chunk_offs]
+
+
+class EvidenceIndex:
+    """Evidence spans of scored reports, read from the scoring pass's attention.
+
+    `spans(i, codes)` gives what `PLMICDScorer.explain(texts[i], codes, top_k)` gives, from the
+    token positions kept per (report, label) during scoring. In the rare row where the kept
+    positions do not settle all `top_k` spans (many sub-words or overlap copies of the same
+    words at the top), the report's `explain` is run for those codes (`second_passes` counts
+    these).
+    """
+
+    def __init__(
+        self,
+        scorer: PLMICDScorer,
+        texts: Sequence[str],
+        docs: Sequence[ChunkedText],
+        ranked: np.ndarray,
+        top_k: int,
+    ) -> None:
+        self.scorer = scorer
+        self.texts = list(texts)
+        self.docs = list(docs)
+        self.ranked = ranked  # [n_reports, n_labels, k]
+        self.top_k = top_k
+        self.second_passes = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def spans(self, i: int, codes: Sequence[str]) -> dict[str, list[tuple[int, int]]]:
+        text = self.texts[i]
+        space = self.scorer.label_space
+        if not text.strip() or not any(c in space for c in codes):
+            return {c: [] for c in codes}
+        offsets = flat_offsets(self.docs[i])
+        result: dict[str, list[tuple[int, int]]] = {}
+        unsettled: list[str] = []
+        for code in codes:
+            if code not in space:
+                result[code] = []
+                continue
+            spans, complete = select_spans(text, self.ranked[i, space.index(code)], offsets, self.top_k)
+            result[code] = spans
+            if not complete:
+                unsettled.append(code)
+        if unsettled:
+            self.second_passes += 1
+            result.update(self.scorer.explain(text, unsettled, top_k=self.top_k))
+        return result
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- scorer
 
 
@@ -367,24 +496,38 @@ class PLMICDScorer:
     def batch(self, docs: Sequence[ChunkedText]) -> Batch:
         return collate(docs, self.chunker.pad_id)
 
-    @torch.inference_mode()
     def predict_logits(self, docs: Sequence[ChunkedText], batch_size: int = 8) -> np.ndarray:
+        return self._score_docs(docs, batch_size)[0]
+
+    @torch.inference_mode()
+    def _score_docs(
+        self, docs: Sequence[ChunkedText], batch_size: int = 8, keep: int = 0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits [n, L]; with `keep` > 0 also the `keep` heaviest attention positions per
+        (report, label), ranked (`rank_attention`, [n, L, k]), from the same forward pass."""
         was_training = self.net.training
         self.net.eval()
         out = np.zeros((len(docs), len(self.labels)), dtype=np.float32)
+        ranked: np.ndarray | None = None
         # Batches of reports of similar length: less padding, same scores.
         order = sorted(range(len(docs)), key=lambda j: sum(len(c) for c in docs[j].input_ids))
         try:
             for i in range(0, len(order), batch_size):
                 idx = order[i : i + batch_size]
-                batch = self.batch([docs[j] for j in idx]).to(self.device)
-                logits, _ = self.net(batch.input_ids, batch.attention_mask)
+                batch_docs = [docs[j] for j in idx]
+                batch = self.batch(batch_docs).to(self.device)
+                logits, alpha = self.net(batch.input_ids, batch.attention_mask, return_attention=keep > 0)
                 out[idx] = logits.float().cpu().numpy()
+                if alpha is not None:
+                    rows = rank_attention(alpha, batch_docs, keep)
+                    if ranked is None:
+                        ranked = np.full((len(docs), len(self.labels), keep), SKIP, dtype=np.int32)
+                    ranked[idx, :, : rows.shape[-1]] = rows
         finally:
             self.net.train(was_training)
-        return out
+        return out, ranked
 
-    def predict_scores(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+    def _chunk_for_scoring(self, texts: Sequence[str]) -> list[ChunkedText]:
         if isinstance(texts, str):
             raise TypeError("predict_scores takes a list of texts, not one string")
         docs = self.chunk(texts)
@@ -396,15 +539,36 @@ class PLMICDScorer:
                 len(docs),
                 self.config.model.chunking.max_total_tokens,
             )
-        logits = self.predict_logits(docs, batch_size)
-        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+        return docs
+
+    def predict_scores(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+        logits = self.predict_logits(self._chunk_for_scoring(texts), batch_size)
+        return _sigmoid(logits)
+
+    def predict_scores_with_evidence(
+        self, texts: Sequence[str], batch_size: int = 8, top_k: int = 3, keep: int | None = None
+    ) -> tuple[np.ndarray, EvidenceIndex]:
+        """`predict_scores` and, from the same forward pass, every code's evidence spans.
+
+        Per (report, label) the `keep` heaviest token positions of the label's attention are
+        kept (default 4 x `top_k`, at least 12: room for sub-words, overlap copies and
+        specials); `EvidenceIndex.spans(i, codes)` turns them into the spans
+        `explain(texts[i], codes, top_k)` gives.
+        """
+        docs = self._chunk_for_scoring(texts)
+        keep = max(4 * top_k, 12) if keep is None else keep
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        logits, ranked = self._score_docs(docs, batch_size, keep=keep)
+        if ranked is None:  # no report
+            ranked = np.zeros((0, len(self.labels), keep), dtype=np.int32)
+        return _sigmoid(logits), EvidenceIndex(self, texts, docs, ranked, top_k)
 
     @torch.inference_mode()
     def explain(
         self, text: str, codes: Sequence[str], top_k: int = 3
     ) -> dict[str, list[tuple[int, int]]]:
         """Character spans of the words each code's attention weighs most (whole words)."""
-        result: dict[str, list[tuple[int, int]]] = {}
         wanted = [c for c in codes if c in self.label_space]
         if not wanted or not text.strip():
             return {c: [] for c in codes}
@@ -417,28 +581,11 @@ class PLMICDScorer:
         finally:
             self.net.train(was_training)
         assert alpha is not None
-        n_tok = batch.input_ids.shape[-1]
-        flat_offsets: list[tuple[int, int]] = []
-        for chunk_offs in doc.offsets:
-            flat_offsets.extend(chunk_offs + [(-1, -1)] * (n_tok - len(chunk_offs)))
-        for code in codes:
-            if code not in self.label_space:
-                result[code] = []
-                continue
-            weights = alpha[0, self.label_space.index(code)].float().cpu().numpy()
-            spans: list[tuple[int, int]] = []
-            for pos in np.argsort(-weights, kind="stable"):
-                start, end = flat_offsets[int(pos)]
-                if start < 0 or end <= start or weights[pos] <= 0:
-                    continue
-                span = _word_span(text, start, end)
-                if any(s <= span[0] < e or span[0] <= s < span[1] for s, e in spans):
-                    continue
-                spans.append(span)
-                if len(spans) >= top_k:
-                    break
-            result[code] = spans
-        return result
+        rows = torch.tensor([self.label_space.index(c) for c in wanted], device=alpha.device)
+        ranked = rank_attention(alpha[:, rows], [doc], keep=None)[0]  # every position: complete
+        offsets = flat_offsets(doc)
+        found = {code: select_spans(text, ranked[r], offsets, top_k)[0] for r, code in enumerate(wanted)}
+        return {c: found.get(c, []) for c in codes}
 
     # -- persistence
 
