@@ -446,14 +446,13 @@ def evaluate_run(
             f"La politique livrée est ajustée sur tout {name} ; chaque séjour est ici décidé par "
             f"une politique ajustée sans lui (validation croisée à {folds} plis)."
         )
-        if sweep:
-            sweep_rows = _target_sweep(policy, scored_all, None, labels, folds=folds)
         scored = scored_all
         if measure_half is not None:
             keep = np.array([stay_half(i) == measure_half for i in scored_all.stay_ids])
             scored = scored_all.subset(keep, f"{name}#{measure_half}")
             held_out = held_out.subset(keep)
-            sweep_rows = []  # the sweep is measured on the whole data set, not on this half
+        elif sweep:  # refitted fold by fold on the whole data set (not for a half of it)
+            sweep_rows = _target_sweep(policy, scored_all, None, labels, folds=folds)
     elif fit_half is not None and (sweep or f1_threshold is None):
         scored_all = score_stays(model, stays, name)
         halves = np.array([stay_half(i) for i in scored_all.stay_ids])
