@@ -46,7 +46,7 @@ def bench_synthetic(n: int, n_labels: int) -> None:
     auto = d2 == AUTO
     print(f"synthetic {n} stays x {n_labels} codes ({int(y.sum())} gold codes)")
     print(f"  summarize (MAP, P/R/F1, AUC, P@k): {t_metrics:.2f} s   MAP {summary['map']:.3f}")
-    print(f"  policy fit (isotonic + thresholds): {t_fit:.2f} s   levels {policy.level_counts()['auto']}")
+    print(f"  policy fit ({policy.calibrator.method} + thresholds): {t_fit:.2f} s   levels {policy.level_counts()['auto']}")
     print(f"  calibrate + decide (held-out, review cap {policy.max_review_per_stay}): {t_apply:.3f} s")
     print(f"  ECE raw {expected_calibration_error(y2, s2):.4f} -> calibrated {expected_calibration_error(y2, p2):.4f}")
     print(f"  held-out auto precision {(y2 & auto).sum() / max(auto.sum(), 1):.4f} (target 0.95), "
