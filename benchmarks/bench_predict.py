@@ -51,47 +51,16 @@ def build_small_model(run_dir: Path = BENCH_MODEL_DIR) -> Path:
     """A small, untrained PLM-ICD over the CodiEsp-FR train label space (built once)."""
     if (run_dir / "labels.json").is_file():
         return run_dir
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from cimcoder.terminologies import load_terminology
-    from cimcoder.training import LabelSpace, build_model
-    from cimcoder.training.config import ChunkingConfig, HeadConfig, ModelConfig, RunConfig
     from cimcoder.training.corpora import load_dataset
-    from cimcoder.training.tokenizer import train_tokenizer
+    from cimcoder.training.models.plm_icd import build_untrained_run
 
     print(f"building a small PLM-ICD in {run_dir} (once) ...", file=sys.stderr)
-    torch.manual_seed(0)
     train = load_dataset("codiesp-fr/train")
-    texts = [stay.text for stay in train.stays]
-    tokenizer = train_tokenizer(texts, vocab_size=8000, min_frequency=2, model_max_length=512)
-    encoder_dir = run_dir.parent / "plm-small-encoder"
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=1024,
-        max_position_embeddings=512,
+    return build_untrained_run(
+        run_dir, [stay.text for stay in train.stays], [stay.codes for stay in train.stays],
+        vocab_size=8000, min_frequency=2, hidden=256, layers=4, heads=4, intermediate=1024,
+        max_positions=512, chunking=(256, 8), min_count=2,
     )
-    BertModel(config).save_pretrained(encoder_dir)
-    tokenizer.save_pretrained(encoder_dir)
-    edition = load_terminology("cim10").edition
-    label_space = LabelSpace.from_code_sets(
-        [stay.codes for stay in train.stays], terminology="cim10", edition=edition, min_count=2
-    )
-    run_config = RunConfig(
-        model=ModelConfig(
-            name="plm_icd",
-            encoder=str(encoder_dir),
-            chunking=ChunkingConfig(max_chunk_tokens=256, max_chunks=8),
-            head=HeadConfig(label_init="random", dropout=0.0),
-        )
-    )
-    scorer = build_model(run_config, label_space)
-    scorer.init_bias_from_counts(label_space.train_counts, len(texts))  # type: ignore[attr-defined]
-    scorer.save(run_dir)
-    return run_dir
 
 
 def resolve_model(arg: str | None) -> Path | str:

@@ -12,42 +12,13 @@ from test_inference_predictor import tiny_corpus
 def build_tiny_plm_run(run_dir: Path) -> Path:
     """A 1-layer BERT encoder + label-wise head over the tiny corpus's label space (untrained
     but with biases forced from training counts, so decoding is deterministic)."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from cimcoder.terminologies import load_terminology
-    from cimcoder.training import LabelSpace, build_model
-    from cimcoder.training.config import ChunkingConfig, HeadConfig, ModelConfig, RunConfig
-    from cimcoder.training.tokenizer import train_tokenizer
+    from cimcoder.training.models.plm_icd import build_untrained_run
 
     texts, code_sets = tiny_corpus()
-    torch.manual_seed(0)
-    tokenizer = train_tokenizer(texts, vocab_size=400, min_frequency=1, model_max_length=64)
-    encoder_dir = run_dir.parent / f"{run_dir.name}-encoder"
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+    return build_untrained_run(
+        run_dir, texts, code_sets, vocab_size=400, min_frequency=1, hidden=32, layers=1,
+        heads=2, intermediate=64, max_positions=64, chunking=(32, 2),
     )
-    BertModel(config).save_pretrained(encoder_dir)
-    tokenizer.save_pretrained(encoder_dir)
-    edition = load_terminology("cim10").edition
-    label_space = LabelSpace.from_code_sets(code_sets, terminology="cim10", edition=edition)
-    run_config = RunConfig(
-        model=ModelConfig(
-            name="plm_icd",
-            encoder=str(encoder_dir),
-            chunking=ChunkingConfig(max_chunk_tokens=32, max_chunks=2),
-            head=HeadConfig(label_init="random", dropout=0.0),
-        )
-    )
-    scorer = build_model(run_config, label_space)
-    scorer.init_bias_from_counts(label_space.train_counts, len(texts))  # type: ignore[attr-defined]
-    scorer.save(run_dir)
-    return run_dir
 
 
 @pytest.fixture(scope="module")

@@ -621,3 +621,54 @@ class PLMICDScorer:
         net.eval()
         net.to(_device(device))
         return cls(net, tokenizer, label_space, config)
+
+
+def build_untrained_run(
+    run_dir: str | Path,
+    texts: Sequence[str],
+    code_sets: Sequence[Sequence[str]],
+    *,
+    vocab_size: int,
+    min_frequency: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    intermediate: int,
+    max_positions: int,
+    chunking: tuple[int, int],
+    min_count: int = 1,
+    seed: int = 0,
+) -> Path:
+    """An untrained PLM-ICD run folder: a WordPiece tokenizer trained on `texts`, a randomly
+    initialised BERT of the given size, a label-wise head over the codes of `code_sets`, its
+    biases set from their counts. For benchmarks and tests that need a real model of some size
+    without training one; `chunking` is (max_chunk_tokens, max_chunks)."""
+    from transformers import BertConfig, BertModel
+
+    from cimcoder.terminologies import load_terminology
+    from cimcoder.training.config import HeadConfig, ModelConfig
+    from cimcoder.training.tokenizer import train_tokenizer
+
+    run = Path(run_dir)
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(list(texts), vocab_size=vocab_size, min_frequency=min_frequency,
+                                model_max_length=max_positions)
+    encoder_dir = run.parent / f"{run.name}-encoder"
+    BertModel(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=intermediate,
+        max_position_embeddings=max_positions,
+    )).save_pretrained(encoder_dir)
+    tokenizer.save_pretrained(encoder_dir)
+    label_space = LabelSpace.from_code_sets(
+        code_sets, terminology="cim10", edition=load_terminology("cim10").edition, min_count=min_count
+    )
+    config = RunConfig(model=ModelConfig(
+        name="plm_icd", encoder=str(encoder_dir),
+        chunking=ChunkingConfig(max_chunk_tokens=chunking[0], max_chunks=chunking[1]),
+        head=HeadConfig(label_init="random", dropout=0.0),
+    ))
+    scorer = PLMICDScorer.from_config(config, label_space)
+    scorer.init_bias_from_counts(label_space.train_counts, len(texts))
+    scorer.save(run)
+    return run
