@@ -403,9 +403,12 @@ class DecisionPolicy:
 
     def decide(
         self, probs: np.ndarray, labels: Sequence[str], *, review_cap: bool = True,
-        tiebreak: np.ndarray | None = None,
+        tiebreak: np.ndarray | None = None, never_auto: np.ndarray | None = None,
     ) -> np.ndarray:
         """Array [n, L] of "auto" / "review" / "reject" from calibrated probabilities.
+
+        `never_auto` ([n, L] bool, from the model: e.g. every mention of the code negated)
+        withdraws auto-coding where True; such a code competes for review like any other.
 
         Each row is one stay: the review floor and the per-stay cap apply row by row, keeping
         the most probable review codes. Calibration maps are step functions, so many codes
@@ -421,6 +424,11 @@ class DecisionPolicy:
             raise PolicyError(f"tiebreak {tb.shape} does not match probabilities {p.shape}")
         auto, review = self.thresholds()
         is_auto = p >= auto
+        if never_auto is not None:
+            veto = np.asarray(never_auto, dtype=bool)
+            if veto.shape != p.shape:
+                raise PolicyError(f"never_auto {veto.shape} does not match probabilities {p.shape}")
+            is_auto &= ~veto
         is_review = (p >= review) & ~is_auto
         if review_cap:
             is_review &= p >= self.min_review_probability
@@ -656,7 +664,7 @@ class CrossFittedPolicy:
 
     def decide(
         self, probs: np.ndarray, labels: Sequence[str], *, review_cap: bool = True,
-        tiebreak: np.ndarray | None = None,
+        tiebreak: np.ndarray | None = None, never_auto: np.ndarray | None = None,
     ) -> np.ndarray:
         p = np.asarray(probs, dtype=float)
         self._check_rows(p)
@@ -664,7 +672,8 @@ class CrossFittedPolicy:
         for k, pol in enumerate(self.policies):
             rows = self.fold == k
             out[rows] = pol.decide(p[rows], labels, review_cap=review_cap,
-                                   tiebreak=None if tiebreak is None else tiebreak[rows])
+                                   tiebreak=None if tiebreak is None else tiebreak[rows],
+                                   never_auto=None if never_auto is None else never_auto[rows])
         return out
 
     def f1_thresholds(self) -> np.ndarray:

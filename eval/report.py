@@ -123,6 +123,7 @@ def build_report(
     notes: Sequence[str] = (),
     f1_threshold: float | None = None,
     held_out: CrossFittedPolicy | None = None,
+    never_auto: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The automation report (a JSON-ready dict) of one scored data set under `policy`.
 
@@ -147,8 +148,8 @@ def build_report(
         )
     decider: DecisionPolicy | CrossFittedPolicy = policy if held_out is None else held_out
     probs = decider.calibrate(s, labels)
-    d = decider.decide(probs, labels, tiebreak=s)
-    d_uncapped = decider.decide(probs, labels, review_cap=False)
+    d = decider.decide(probs, labels, tiebreak=s, never_auto=never_auto)
+    d_uncapped = decider.decide(probs, labels, review_cap=False, never_auto=never_auto)
     hierarchy = Hierarchy(policy.terminology)
     g = np.asarray(n_gold, dtype=float) if n_gold is not None else y.sum(axis=1).astype(float)
     title_of: Callable[[str], str | None]
@@ -197,7 +198,7 @@ def build_report(
                              and op["auto_precision"] >= policy.target_precision - 0.02),
     }
     headline["review_cap_tradeoff"] = review_cap_tradeoff(y, probs, policy, total_true, scores=s,
-                                                          decider=held_out)
+                                                          decider=held_out, never_auto=never_auto)
     headline.update(_automation_diagnosis(y, probs, policy, target_sweep or [], total_true,
                                           op["n_auto"]))
     headline["statement_fr"] = headline_statement(headline, policy)
@@ -333,7 +334,7 @@ def build_report(
 def review_cap_tradeoff(
     y: np.ndarray, probs: np.ndarray, policy: DecisionPolicy, total_true: float,
     caps: Sequence[int | None] = TRADEOFF_CAPS, *, scores: np.ndarray | None = None,
-    decider: CrossFittedPolicy | None = None,
+    decider: CrossFittedPolicy | None = None, never_auto: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Coder workload against recall of auto + review, for several per-stay review caps.
 
@@ -348,7 +349,9 @@ def review_cap_tradeoff(
     if policy.min_review_probability > 0:
         settings.append((None, 0.0))
     for cap, floor in settings:
-        d = (decider or policy).with_review_cap(cap, floor).decide(probs, policy.labels, tiebreak=scores)
+        d = (decider or policy).with_review_cap(cap, floor).decide(
+            probs, policy.labels, tiebreak=scores, never_auto=never_auto
+        )
         review = d == REVIEW
         per_stay = review.sum(axis=1)
         rows.append({

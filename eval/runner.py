@@ -102,11 +102,13 @@ class ScoredData:
     scores: np.ndarray  # [n, L] raw model scores
     n_gold: np.ndarray  # [n] all distinct gold codes, including outside the label space
     principal: list[str | None]
+    never_auto: np.ndarray | None = None  # [n, L] the model's vetoes (hybrid), or None
 
     def subset(self, keep: np.ndarray, name: str) -> ScoredData:
         idx = np.flatnonzero(keep)
         return ScoredData(name, [self.stay_ids[i] for i in idx], self.y[idx], self.scores[idx],
-                          self.n_gold[idx], [self.principal[i] for i in idx])
+                          self.n_gold[idx], [self.principal[i] for i in idx],
+                          None if self.never_auto is None else self.never_auto[idx])
 
 
 def gold_matrix(stays: Sequence[Any], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
@@ -131,12 +133,15 @@ def gold_matrix(stays: Sequence[Any], labels: Sequence[str]) -> tuple[np.ndarray
 # first, and `cimcoder run` calibrates then evaluates, each on the same stays. Scoring is the
 # costly step (minutes for a transformer or the edsnlp matcher), so it is done once. Keyed
 # weakly by the scorer object: a scorer loaded again from disk is scored again.
-_SCORES: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], np.ndarray]] = (
-    weakref.WeakKeyDictionary()
-)
+_SCORES: weakref.WeakKeyDictionary[
+    Any, dict[tuple[str, tuple[str, ...]], tuple[np.ndarray, np.ndarray | None]]
+] = weakref.WeakKeyDictionary()
 
 
-def _raw_scores(scorer: Any, stays: Sequence[Any], name: str, batch_size: int) -> np.ndarray:
+def _raw_scores(
+    scorer: Any, stays: Sequence[Any], name: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw scores [n, L] and, for a scorer that vetoes auto-coding, its veto matrix."""
     key = (name, tuple(str(s.id) for s in stays))
     try:
         memo = _SCORES.setdefault(scorer, {})
@@ -144,7 +149,13 @@ def _raw_scores(scorer: Any, stays: Sequence[Any], name: str, batch_size: int) -
         memo = {}
     if key not in memo:
         texts = [s.text for s in stays]
-        memo[key] = np.asarray(scorer.predict_scores(texts, batch_size=batch_size), dtype=float)
+        with_vetoes = getattr(scorer, "predict_scores_and_vetoes", None)
+        if with_vetoes is not None:
+            scores, vetoes = with_vetoes(texts, batch_size=batch_size)
+            memo[key] = (np.asarray(scores, dtype=float), np.asarray(vetoes, dtype=bool))
+        else:
+            scores = scorer.predict_scores(texts, batch_size=batch_size)
+            memo[key] = (np.asarray(scores, dtype=float), None)
     return memo[key]
 
 
@@ -152,7 +163,7 @@ def score_stays(scorer: Any, stays: Sequence[Any], name: str, batch_size: int = 
     labels = list(scorer.labels)
     if not stays:
         raise EvalDataError(f"data set {name} has no stay to score")
-    scores = _raw_scores(scorer, stays, name, batch_size)
+    scores, never_auto = _raw_scores(scorer, stays, name, batch_size)
     if scores.shape != (len(stays), len(labels)):
         raise EvalDataError(f"model returned scores {scores.shape}, expected {(len(stays), len(labels))}")
     y, n_gold, principal = gold_matrix(stays, labels)
@@ -163,7 +174,7 @@ def score_stays(scorer: Any, stays: Sequence[Any], name: str, batch_size: int = 
         )
     logger.info("scored %d stays of %s (%d of %d gold codes in the label space)",
                 len(stays), name, int(y.sum()), int(n_gold.sum()))
-    return ScoredData(name, [str(s.id) for s in stays], y, scores, n_gold, principal)
+    return ScoredData(name, [str(s.id) for s in stays], y, scores, n_gold, principal, never_auto)
 
 
 def _load_stays(name: str) -> list[Any]:
@@ -238,7 +249,8 @@ def measure(
     fold policy fitted without it (cross-fitting).
     """
     decider: DecisionPolicy | CrossFittedPolicy = policy if held_out is None else held_out
-    d = decider.decide(decider.calibrate(data.scores, labels), labels, tiebreak=data.scores)
+    d = decider.decide(decider.calibrate(data.scores, labels), labels, tiebreak=data.scores,
+                       never_auto=data.never_auto)
     auto, review = d == AUTO, d == REVIEW
     n_auto, right = int(auto.sum()), int((data.y & auto).sum())
     total = float(data.n_gold.sum())
@@ -475,6 +487,7 @@ def evaluate_run(
         principal=scored.principal if any(scored.principal) else None, bands=bands or None,
         code_titles=_code_titles(terminology), dataset=scored.name, run=str(path),
         target_sweep=sweep_rows, notes=notes, f1_threshold=f1_threshold, held_out=held_out,
+        never_auto=scored.never_auto,
     )
     folder = Path(output) if output is not None else path / "eval" / _safe_name(scored.name)
     write_report(report, folder, tracker=tracker, artifact_path=f"eval/{_safe_name(scored.name)}")

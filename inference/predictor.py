@@ -176,6 +176,12 @@ class Predictor:
                 for c in self._concepts
             ]
         )
+        self._allowed_dr = np.array(
+            [c is not None and (c.restrictions is None or c.restrictions.allowed_dr) for c in self._concepts]
+        )
+        self._codable = np.array(
+            [c is not None and (c.restrictions is None or c.restrictions.codable) for c in self._concepts]
+        )
         self._cim11_cache: dict[str, list[str]] = {}
 
     # -- loading -----------------------------------------------------------------------------
@@ -330,9 +336,11 @@ class Predictor:
 
     def _scores_and_evidence(
         self, texts: list[str], batch_size: int
-    ) -> tuple[np.ndarray, np.ndarray, Callable[[int, list[str]], Spans]]:
-        """Scores, and evidence spans of report i for some codes: from the scoring pass when
-        the scorer keeps its attention (`predict_scores_with_evidence`), else its `explain`."""
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[int, list[str]], Spans], Any]:
+        """Scores, evidence spans of report i for some codes, and the scoring pass's index
+        (None without one): from the scoring pass when the scorer offers
+        `predict_scores_with_evidence` (PLM-ICD's attention, the hybrid's mentions), else
+        the scorer's `explain`."""
         one_pass = getattr(self.scorer, "predict_scores_with_evidence", None)
         if one_pass is None:
             raw, probs = self.scores(texts, batch_size=batch_size)
@@ -341,10 +349,10 @@ class Predictor:
             def explain(i: int, codes: list[str]) -> Spans:
                 return self.scorer.explain(texts[i], codes, top_k=top_k)
 
-            return raw, probs, explain
+            return raw, probs, explain, None
         raw_scores, index = one_pass(texts, batch_size=batch_size, top_k=self.evidence_top_k)
         raw, probs = self._calibrated(np.asarray(raw_scores), len(texts))
-        return raw, probs, index.spans
+        return raw, probs, index.spans, index
 
     def predict(
         self, items: Sequence[Any], batch_size: int = 8, *, evidence: bool = True
@@ -367,13 +375,21 @@ class Predictor:
             return []
         texts = [item.text for item in inputs]
         spans_of: Callable[[int, list[str]], Spans] | None = None
+        index: Any = None
+        never_auto: np.ndarray | None = None
         if evidence:
-            raw, probs, spans_of = self._scores_and_evidence(texts, batch_size)
+            raw, probs, spans_of, index = self._scores_and_evidence(texts, batch_size)
+            never_auto = getattr(index, "vetoes", None)
+        elif hasattr(self.scorer, "predict_scores_and_vetoes"):
+            raw_scores, never_auto = self.scorer.predict_scores_and_vetoes(texts, batch_size=batch_size)
+            raw, probs = self._calibrated(np.asarray(raw_scores), len(texts))
         else:
             raw, probs = self.scores(texts, batch_size=batch_size)
         if self.policy is not None:
             # Raw scores break ties at the review cap, as in the evaluation report.
-            decisions = np.asarray(self.policy.decide(probs, self.labels, tiebreak=raw))
+            decisions = np.asarray(
+                self.policy.decide(probs, self.labels, tiebreak=raw, never_auto=never_auto)
+            )
         else:
             decisions = np.full(probs.shape, "review", dtype=object)
         return [
@@ -383,6 +399,7 @@ class Predictor:
                 probs[i],
                 decisions[i],
                 None if spans_of is None else functools.partial(spans_of, i),
+                _Context.of(index, i),
             )
             for i, item in enumerate(inputs)
         ]
@@ -399,8 +416,10 @@ class Predictor:
         probs: np.ndarray,
         decisions: np.ndarray,
         spans_of: Callable[[list[str]], Spans] | None = None,
+        context: _Context | None = None,
     ) -> StayPrediction:
         """One stay's answer; `spans_of(codes)` gives the evidence of codes (None: none)."""
+        decisions = self._refine_codable(np.asarray(decisions, dtype=object).copy(), probs)
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
         # the ties, so the ranking keeps all the model's information.
         order = np.lexsort((-raw, -probs))
@@ -413,12 +432,14 @@ class Predictor:
         ranked = [int(j) for j in order if keep[j]]
 
         suggested = [j for j in ranked if decisions[j] != "reject"]
-        dp_pool = suggested or ranked
-        dp = next((j for j in dp_pool if self._allowed_dp[j]), None)
+        dp, dr = self._principal(suggested or ranked, probs, context)
 
         spans: Spans = {}
         if suggested and spans_of is not None:
             spans = spans_of([self.labels[j] for j in suggested])
+        flags_of: dict[str, list[str]] = {}
+        if context is not None and suggested:
+            flags_of = context.flags([self.labels[j] for j in ranked])
 
         codes = []
         for j in ranked:
@@ -435,10 +456,10 @@ class Predictor:
                     label=concept.label if concept is not None else None,
                     score=round(float(np.clip(probs[j], 0.0, 1.0)), 6),
                     decision=_decision(decisions[j]),
-                    role="DP" if j == dp else "DAS",
+                    role="DP" if j == dp else "DR" if j == dr else "DAS",
                     cim11=self.cim11_for(code),
                     evidence=spans_of_code,
-                    flags=self._flags(concept),
+                    flags=self._flags(concept) + flags_of.get(code, []),
                 )
             )
         read = self._read_extent(item.text)
@@ -448,6 +469,72 @@ class Predictor:
                 "stay %s: %d of %d characters read (chunk budget)", item.id, read, len(item.text)
             )
         return StayPrediction(id=item.id, codes=codes, model=self.model_info(info))
+
+    def _refine_codable(self, decisions: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """A suggested code that CIM-10 FR forbids (a *code père* split by ATIH) hands its
+        suggestion to its most probable codable descendant in the label space: a DIM codes
+        E11.98, never E11.9. The descendant is at most sent to review unless the policy
+        auto-codes it itself."""
+        for j in np.flatnonzero(decisions != "reject"):
+            concept = self._concepts[j]
+            r = getattr(concept, "restrictions", None)
+            if r is None or r.codable:
+                continue
+            kids = self._codable_descendants(int(j))
+            if not kids:
+                continue
+            best = max(kids, key=lambda k: probs[k])
+            if decisions[best] == "reject":
+                decisions[best] = "review"
+            decisions[j] = "reject"
+        return decisions
+
+    def _codable_descendants(self, j: int) -> list[int]:
+        cache = self.__dict__.setdefault("_descendants", {})
+        got = cache.get(j)
+        if got is None:
+            code = self.labels[j]
+            index = self.__dict__.setdefault(
+                "_label_index", {c: k for k, c in enumerate(self.labels)}
+            )
+            got = []
+            frontier = [code]
+            while frontier:
+                nxt = []
+                for c in frontier:
+                    for kid in self.terminology.children(c) if hasattr(self.terminology, "children") else ():
+                        nxt.append(kid)
+                        k = index.get(kid)
+                        if k is not None and self._codable[k]:
+                            got.append(k)
+                frontier = nxt
+            cache[j] = got
+        return got
+
+    def _principal(
+        self, pool: list[int], probs: np.ndarray, context: _Context | None
+    ) -> tuple[int | None, int | None]:
+        """The DP (and DR when the DP is a Z51 session) among `pool`, ranked codes.
+
+        With a model that knows where each code is written (the hybrid), the DP weighs the
+        probability by the ATIH guide's logic (motif and conclusion first, a symptom explained
+        by a diagnosis is not DP); otherwise the most probable code allowed as DP.
+        """
+        allowed = [j for j in pool if self._allowed_dp[j]]
+        if not allowed:
+            return None, None
+        dp = allowed[0]
+        if context is not None:
+            weights = context.dp_weights([self.labels[j] for j in allowed])
+            if weights:
+                dp = max(allowed, key=lambda j: (probs[j] * weights.get(self.labels[j], 1.0), -allowed.index(j)))
+        dr = None
+        if self.labels[dp].startswith("Z51"):
+            dr = next(
+                (j for j in pool if j != dp and self.labels[j][:1] in "CD" and self._allowed_dr[j]),
+                None,
+            )
+        return dp, dr
 
     @staticmethod
     def _flags(concept: Any) -> list[str]:
@@ -468,6 +555,26 @@ class Predictor:
                 if not r.allowed_dr:
                     flags.append(FLAG_NOT_DR)
         return flags
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a scoring pass knows of report i beyond scores (the hybrid's mentions)."""
+
+    index: Any
+    i: int
+
+    @classmethod
+    def of(cls, index: Any, i: int) -> _Context | None:
+        if index is None or not hasattr(index, "dp_weights"):
+            return None
+        return cls(index, i)
+
+    def flags(self, codes: list[str]) -> dict[str, list[str]]:
+        return self.index.flags(self.i, codes)
+
+    def dp_weights(self, codes: list[str]) -> dict[str, float]:
+        return self.index.dp_weights(self.i, codes)
 
 
 def _decision(value: Any) -> Decision:

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Decision = Literal["auto", "review", "reject"]
-ProposedRole = Literal["DP", "DAS"]
+ProposedRole = Literal["DP", "DR", "DAS"]
 
 
 class Evidence(BaseModel):
@@ -37,7 +37,7 @@ class CodePrediction(BaseModel):
     label: str | None = Field(description="Label of the code in the terminology edition.")
     score: float = Field(ge=0.0, le=1.0, description="Calibrated probability (raw if no policy).")
     decision: Decision = Field(description="auto (code it), review (a coder checks), reject.")
-    role: ProposedRole = Field(description="Proposed PMSI role: DP (one per stay) or DAS.")
+    role: ProposedRole = Field(description="Proposed PMSI role: DP (one per stay), DR (when the DP is a Z51 session: the disease treated) or DAS.")
     cim11: list[str] = Field(description="Equivalent CIM-11 MMS code(s).")
     evidence: list[Evidence] = Field(description="Spans of the report supporting the code.")
     flags: list[str] = Field(

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from test_training_helpers import build_tiny_encoder, clinical_notes, write_text_folder
+from test_training_helpers import (
+    FILLERS,
+    FINDINGS,
+    NEGATIONS,
+    build_tiny_encoder,
+    clinical_notes,
+    write_text_folder,
+)
+from tokenizers import models
+from transformers import AutoTokenizer
 
 from cimcoder.training import load_config, load_scorer, train
 from cimcoder.training.trainer import TrainingError
+
+PROBES = [
+    "Pneumopathie franche lobaire aiguë à pneumocoque, antigénurie positive.",
+    "HTA essentielle traitée par amlodipine.",
+]
 
 
 def ranking_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -21,10 +36,34 @@ def ranking_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y_true.ravel(), scores.ravel()))
 
 
+def build_reproducible_encoder(folder: Path) -> Path:
+    """`build_tiny_encoder`, with a vocabulary that is the same on every build.
+
+    The `tokenizers` WordPiece/BPE trainer breaks ties between equally frequent merges by token
+    ids that it hands out in hash-map order, and Rust seeds every hash map afresh: each
+    `train_tokenizer` call, even in the same process, gives another vocabulary, hence another
+    model (the weights are seeded, the rows they land on are not). Here the trained vocabulary
+    is replaced by a sorted one: the corpus's words, its characters and their `##` forms.
+    """
+    build_tiny_encoder(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    backend = tokenizer.backend_tokenizer
+    texts = [t for t, _ in clinical_notes(60, seed=1)] + [s for s, _ in FINDINGS] + FILLERS + NEGATIONS
+    pre_tokenize = backend.pre_tokenizer.pre_tokenize_str
+    words = {w for t in texts for w, _ in pre_tokenize(backend.normalizer.normalize_str(t))}
+    chars = sorted({c for w in words for c in w})
+    vocab = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}  # ids kept
+    for token in chars + [f"##{c}" for c in chars] + sorted(words):
+        vocab.setdefault(token, len(vocab))
+    backend.model = models.WordPiece(vocab, unk_token=tokenizer.unk_token)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("training")
-    build_tiny_encoder(root / "encoder")
+    build_reproducible_encoder(root / "encoder")
     write_text_folder(root / "train", clinical_notes(40, seed=2), "sejour")
     write_text_folder(root / "dev", clinical_notes(16, seed=3), "dev")
     return root
@@ -85,15 +124,37 @@ def test_tiny_model_learns_to_tell_pneumonia_from_hypertension(workspace: Path) 
 
     scorer = load_scorer(run)
     assert set(scorer.labels) == {"J13", "I10", "E11.9", "N39.0"}
-    scores = scorer.predict_scores(
-        [
-            "Pneumopathie franche lobaire aiguë à pneumocoque, antigénurie positive.",
-            "HTA essentielle traitée par amlodipine.",
-        ]
-    )
+    scores = scorer.predict_scores(PROBES)
     j13, i10 = scorer.label_space.index("J13"), scorer.label_space.index("I10")
     assert scores[0, j13] > scores[0, i10]
     assert scores[1, i10] > scores[1, j13]
+
+
+def test_training_does_not_depend_on_the_callers_rng_or_threads(workspace: Path) -> None:
+    # train() seeds python/numpy/torch and sets the thread count from the config, then gives
+    # the caller's back: what ran before (other tests, their seeds) cannot change its result.
+    callers_threads = torch.get_num_threads()
+    runs = []
+    try:
+        for name, seed, threads in (("global-a", 123, 1), ("global-b", 7, max(2, callers_threads))):
+            random.seed(seed)
+            np.random.seed(seed + 1)
+            torch.manual_seed(seed + 2)
+            torch.set_num_threads(threads)
+            rng = torch.get_rng_state()
+            runs.append(train(_config(workspace, name, "training.epochs=2")))
+            assert torch.get_num_threads() == threads
+            assert torch.equal(torch.get_rng_state(), rng)
+            assert np.random.get_state()[1][0] == seed + 1
+    finally:
+        torch.set_num_threads(callers_threads)
+    scores = [load_scorer(run).predict_scores(PROBES) for run in runs]
+    if torch.cuda.is_available():  # CUDA backward kernels may use atomics: last bits can differ
+        np.testing.assert_allclose(scores[0], scores[1], atol=1e-4)
+        return
+    history = [json.loads((run / "metrics.json").read_text())["history"] for run in runs]
+    assert history[0] == history[1]
+    np.testing.assert_array_equal(scores[0], scores[1])  # bit-identical
 
 
 def test_interrupted_run_resumes_where_it_stopped(workspace: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "baseline.joblib"
+# Models fitted in one call by `fit_baseline` (the transformer has its gradient loop).
+ONE_CALL_MODELS = ("tfidf_lr", "edsnlp_matcher", "hybrid")
 METRICS_FILE = "metrics.json"
 
 
@@ -738,8 +740,10 @@ def fit_baseline(config: RunConfig, tracker: RunTracker | None = None) -> Path:
     from cimcoder.training.config import dump_config
     from cimcoder.training.registry import build_model
 
-    if config.model.name not in ("tfidf_lr", "edsnlp_matcher"):
-        raise BaselineError(f"{config.model.name!r} is not a baseline (tfidf_lr, edsnlp_matcher)")
+    if config.model.name not in ONE_CALL_MODELS:
+        raise BaselineError(
+            f"{config.model.name!r} is not fitted in one call ({', '.join(ONE_CALL_MODELS)})"
+        )
     from cimcoder.training.trainer import prepare_data
 
     t0 = time.perf_counter()

@@ -43,10 +43,13 @@ class LabelSpaceConfig(_Strict):
     min_count: int = Field(
         1, ge=1, description="Keep training codes seen in at least this many training stays."
     )
-    include: Literal["train", "train+terminology"] = Field(
+    include: Literal["train", "train+lexicon", "train+terminology"] = Field(
         "train",
-        description="train: codes seen in training only. train+terminology: also every "
-        "code of the terminology (zero-shot scoring of unseen codes through label text).",
+        description="train: codes seen in training only. train+lexicon: also the codes of "
+        "the curated clinical lexicon (terminologies/data/lexicon) and their parents and "
+        "codable children, which mentions can find without training examples. "
+        "train+terminology: also every code of the terminology (zero-shot scoring of unseen "
+        "codes through label text).",
     )
     max_extra_codes: int | None = Field(
         None,

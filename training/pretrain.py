@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from cimcoder.errors import CimcoderError
 from cimcoder.training.config import PretrainConfig, dump_config
 from cimcoder.training.tokenizer import train_tokenizer
-from cimcoder.training.trainer import autocast_dtype
+from cimcoder.training.trainer import autocast_dtype, owned_global_state
 
 logger = logging.getLogger(__name__)
 
@@ -203,16 +202,19 @@ _LOG_EVERY_S = 30.0
 
 
 def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Path:
-    """Train the tokenizer and the encoder; return the folder written by save_pretrained."""
+    """Train the tokenizer and the encoder; return the folder written by save_pretrained.
+
+    Seeds and the thread count come from `config.training`; the caller's are restored after.
+    """
+    with owned_global_state(config.training.seed, config.training.num_threads):
+        return _pretrain(config, output_dir)
+
+
+def _pretrain(config: PretrainConfig, output_dir: str | Path | None) -> Path:
     from transformers import BertConfig, BertForMaskedLM
 
     out = Path(output_dir or config.output_dir)
     tc = config.training
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    random.seed(tc.seed)
-    np.random.seed(tc.seed)
-    torch.manual_seed(tc.seed)
     started = time.perf_counter()
 
     texts, sources = collect_corpus(config)

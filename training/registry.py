@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_MODEL_MODULES: tuple[str, ...] = (
     "cimcoder.training.models.plm_icd",
     "cimcoder.training.baselines",
+    "cimcoder.training.models.hybrid",
 )
 
 

@@ -14,8 +14,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,8 @@ def prepare_data(config: RunConfig) -> TrainingData:
             if data.labels.max_extra_codes is not None:
                 seen = {c for codes in train_codes for c in codes}
                 extra = [c for c in extra if c not in seen][: data.labels.max_extra_codes]
+        elif data.labels.include == "train+lexicon":
+            extra = lexicon_codes(term)
     except ImportError:
         if data.labels.include == "train+terminology":
             raise TrainingError("include=train+terminology needs cimcoder.terminologies") from None
@@ -174,13 +176,51 @@ def prepare_data(config: RunConfig) -> TrainingData:
     )
 
 
+def lexicon_codes(term: Any) -> list[str]:
+    """Codes of the curated lexicon in `term`'s terminology, with their parents and codable
+    children (a mention of "diabète de type 2" may be coded E11.9 by one corpus, E11.98 by
+    a DIM)."""
+    from cimcoder.terminologies.lexicon import curated_entries, load_lexicon
+
+    lexicon = load_lexicon(term.name, labels=False, cim11_titles=False)
+    curated = {c for e in lexicon.entries for c in e.codes} if curated_entries() else set()
+    out: set[str] = set()
+    for code in curated:
+        if code not in term:
+            continue
+        out.add(code)
+        out.update(a for a in term.ancestors(code) if "-" not in a and any(ch.isdigit() for ch in a))
+        out.update(term.children(code))
+    return sorted(out)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+@contextmanager
+def owned_global_state(seed: int, num_threads: int | None) -> Iterator[None]:
+    """Run the body with the global state a run's result depends on set from its config.
+
+    Python/numpy/torch RNGs are seeded from `seed` (model init, dropout; data order has its own
+    generator, see `_epoch_batches`) and torch's intra-op thread count, which changes the order
+    of float reductions, is `num_threads` when given. The caller's RNG states and thread count
+    are restored afterwards: a run neither depends on nor leaks into what runs before or after.
+    """
+    saved_rng, saved_threads = _rng_state(), torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    _seed_everything(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        _set_rng_state(saved_rng)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -343,14 +383,21 @@ def train(
     validation_metric(y_true[bool n x L], scores[n x L]) -> float, higher is better (the
     pipeline passes MAP); early stopping and the choice of the saved model use it, or the
     validation loss when None.
+
+    Seeds, and the thread count when `training.num_threads` is set, come from `config.training`
+    whatever the caller did before, and the caller's are restored after (`owned_global_state`).
     """
-    if config.training.num_threads:
-        torch.set_num_threads(config.training.num_threads)
+    with owned_global_state(config.training.seed, config.training.num_threads):
+        return _train(config, validation_metric, tracker, resume)
+
+
+def _train(
+    config: RunConfig, validation_metric: ValidationMetric | None, tracker: Any, resume: bool,
+) -> Path:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one save per improved epoch: keep the log readable
     run_dir, resuming = _prepare_run_dir(config, resume)
-    _seed_everything(config.training.seed)
     data = prepare_data(config)
     logger.info(
         "training on %d stays, validating on %d (%s); %d labels (%s)",

@@ -1,0 +1,298 @@
+"""A French clinical lexicon of CIM-10 FR: the ways clinicians write each diagnosis.
+
+Four sources, each entry tagged with where it comes from (the hybrid coder learns how far
+to trust each kind):
+
+- `label`, `label_variant`: the ATIH labels of CIM-10 FR and generic variants of them
+  (brackets unfolded, "sans précision" tails cut, parentheses dropped);
+- `cim11`: the French CIM-11 titles, mapped back through the WHO crosswalk where WHO calls
+  the two codes equivalent (modern phrasings: "Cardiomyopathie dilatée" -> I42.0);
+- the curated files of `terminologies/data/lexicon/*.tsv`, one per group of specialties,
+  reviewable by a DIM: `abbreviation` (HTA, BPCO, FA...), `synonym`, `variant` (adjectival,
+  plural, word order), `eponym`. Format: `codes  term  kind  match  note`, codes canonical and
+  codable, several joined by `|` when one phrase means them all (a dagger/asterisk pair);
+  `match` is `exact` (case-sensitive: short abbreviations that collide with ordinary words)
+  or `fold` (case and accents ignored);
+- `learned`: phrases mined from a hospital's own coded stays (`cimcoder.training.vocabulary`),
+  added per model by the caller.
+
+`Lexicon.for_terminology("cim11")` maps the whole lexicon to CIM-11 stems through the
+crosswalk, so a CIM-11 label space uses the same knowledge.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cimcoder.terminologies.errors import TerminologyFileError
+
+logger = logging.getLogger(__name__)
+
+LEXICON_DIR = Path(__file__).parent / "data" / "lexicon"
+LEXICON_COLUMNS = ("codes", "term", "kind", "match", "note")
+CURATED_KINDS = ("abbreviation", "synonym", "variant", "eponym")
+Kind = Literal[
+    "label", "label_variant", "cim11", "abbreviation", "synonym", "variant", "eponym", "learned"
+]
+KINDS: tuple[str, ...] = ("label", "label_variant", "cim11", *CURATED_KINDS, "learned")
+Match = Literal["exact", "fold"]
+MIN_TERM_CHARS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class LexiconEntry:
+    """One way of writing one diagnosis (or a pair of codes written as one phrase)."""
+
+    codes: tuple[str, ...]
+    term: str
+    kind: Kind
+    match: Match = "fold"
+    source: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """Entries of one terminology; immutable, built once per process (`load_lexicon`)."""
+
+    terminology: str
+    edition: str
+    entries: tuple[LexiconEntry, ...]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def codes(self) -> set[str]:
+        return {c for e in self.entries for c in e.codes}
+
+    def counts(self) -> dict[str, int]:
+        """Entries per kind, in `KINDS` order."""
+        out = dict.fromkeys(KINDS, 0)
+        for e in self.entries:
+            out[e.kind] += 1
+        return {k: v for k, v in out.items() if v}
+
+    def with_entries(self, extra: Iterable[LexiconEntry]) -> Lexicon:
+        return Lexicon(self.terminology, self.edition, self.entries + tuple(extra))
+
+    def for_terminology(self, terminology: str) -> Lexicon:
+        """The same lexicon with codes mapped to `terminology` (cim10 -> cim11 only)."""
+        if terminology == self.terminology:
+            return self
+        if (self.terminology, terminology) != ("cim10", "cim11"):
+            raise TerminologyFileError(f"cannot map a {self.terminology} lexicon to {terminology}")
+        from cimcoder.terminologies import load_crosswalk
+
+        crosswalk = load_crosswalk()
+        mapped: list[LexiconEntry] = []
+        cache: dict[str, tuple[str, ...]] = {}
+        for entry in self.entries:
+            codes: list[str] = []
+            for code in entry.codes:
+                if code not in cache:
+                    try:
+                        targets = crosswalk.to_cim11(code)
+                    except Exception:  # an entry the crosswalk cannot read: dropped, not fatal
+                        targets = []
+                    cache[code] = tuple(
+                        dict.fromkeys(t.code.split("&")[0].split("/")[0] for t in targets if t.primary)
+                    )
+                codes.extend(cache[code])
+            if codes:
+                mapped.append(
+                    LexiconEntry(tuple(dict.fromkeys(codes)), entry.term, entry.kind, entry.match,
+                                 entry.source, entry.note)
+                )
+        from cimcoder.terminologies import load_cim11
+
+        return Lexicon("cim11", load_cim11().edition, tuple(mapped))
+
+
+# ----------------------------------------------------------------------------- label variants
+
+_PAREN = re.compile(r"\s*\([^()]*\)")
+_BRACKET = re.compile(r"\s*\[([^\[\]]*)\]")
+_WORD_BEFORE_BRACKET = re.compile(r"(\S+)\s*\[([^\[\]]*)\]")
+_TAILS = re.compile(
+    r",\s*(sans précision|non précisée?s?|sai|nca|sans complication|autres? et sans "
+    r"précision|non classée?s? ailleurs|non spécifiée?s?)\b.*$",
+    re.IGNORECASE,
+)
+_USELESS_START = re.compile(r"^(autres?|certaines?)\b", re.IGNORECASE)
+
+
+def label_variants(label: str) -> set[str]:
+    """Shorter or unfolded spellings of an ATIH label that reports actually use.
+
+    "Fibrillation auriculaire chronique [permanente]" also gives "fibrillation auriculaire
+    chronique", "... chronique permanente" and "fibrillation auriculaire permanente";
+    "Diabète sucré de type 2, sans précision" also gives "Diabète sucré de type 2".
+    """
+    out = {label.strip()}
+    if "[" in label:
+        out.add(_BRACKET.sub("", label).strip())
+        out.add(_BRACKET.sub(r" \1", label).strip())
+        out.add(_WORD_BEFORE_BRACKET.sub(r"\2", label).strip())
+    for base in list(out):
+        no_paren = _PAREN.sub("", base).strip()
+        if no_paren:
+            out.add(no_paren)
+    for base in list(out):
+        cut = _TAILS.sub("", base).strip(" ,")
+        if len(cut) >= 4:
+            out.add(cut)
+    return {re.sub(r"\s+", " ", v) for v in out if len(v) >= 4 and not _USELESS_START.match(v)}
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def label_entries(terminology: str = "cim10") -> Iterator[LexiconEntry]:
+    """Entries from the terminology's own labels (every code that is not deleted)."""
+    from cimcoder.terminologies import load_terminology
+
+    term = load_terminology(terminology)  # type: ignore[arg-type]
+    for code in term.codes():
+        concept = term.get(code)
+        if concept is None or getattr(concept, "deleted", False):
+            continue
+        labels = {x for x in (concept.label, concept.long_label) if x}
+        variants: set[str] = set()
+        for label in labels:
+            variants |= label_variants(label)
+        for text in sorted(variants):
+            kind: Kind = "label" if text in labels else "label_variant"
+            yield LexiconEntry((code,), text, kind, "fold", f"{terminology}:{term.edition}")
+
+
+def cim11_title_entries() -> Iterator[LexiconEntry]:
+    """French CIM-11 titles whose WHO mapping to CIM-10 is an equivalence."""
+    from cimcoder.terminologies import load_cim10, load_cim11, load_crosswalk
+
+    cim10, cim11, crosswalk = load_cim10(), load_cim11(), load_crosswalk()
+    for code in cim11.codes():
+        concept = cim11.get(code)
+        if concept is None or not concept.label:
+            continue
+        try:
+            targets = crosswalk.to_cim10(code)
+        except Exception:
+            continue
+        codes = tuple(
+            t.code
+            for t in targets
+            if t.primary and t.relation == "Equivalent" and t.via is None and t.code in cim10
+        )
+        if not codes:
+            continue
+        for text in sorted(label_variants(concept.label)):
+            yield LexiconEntry(codes, text, "cim11", "fold", f"cim11:{cim11.edition}")
+
+
+def read_lexicon_file(path: str | Path) -> list[LexiconEntry]:
+    """Entries of one curated TSV file; raises TerminologyFileError naming the bad line."""
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        raise TerminologyFileError(f"cannot read lexicon file {path}: {exc}") from None
+    entries: list[LexiconEntry] = []
+    with handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != LEXICON_COLUMNS:
+            raise TerminologyFileError(
+                f"{path}: the header must be {' / '.join(LEXICON_COLUMNS)} (tab-separated)"
+            )
+        for line, row in enumerate(reader, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(LEXICON_COLUMNS):
+                raise TerminologyFileError(
+                    f"{path}:{line}: {len(row)} columns, expected {len(LEXICON_COLUMNS)}"
+                )
+            codes, term, kind, match, note = (cell.strip() for cell in row)
+            if kind not in CURATED_KINDS:
+                raise TerminologyFileError(
+                    f"{path}:{line}: kind {kind!r} is not one of {', '.join(CURATED_KINDS)}"
+                )
+            if match not in ("exact", "fold"):
+                raise TerminologyFileError(f"{path}:{line}: match {match!r} is not exact or fold")
+            if len(term) < MIN_TERM_CHARS:
+                raise TerminologyFileError(f"{path}:{line}: term {term!r} is too short")
+            parts = tuple(c.strip() for c in codes.split("|") if c.strip())
+            if not parts:
+                raise TerminologyFileError(f"{path}:{line}: no code")
+            entries.append(LexiconEntry(parts, term, kind, match, path.name, note))  # type: ignore[arg-type]
+    return entries
+
+
+def check_entries(
+    entries: Sequence[LexiconEntry], terminology: str = "cim10"
+) -> list[tuple[LexiconEntry, str]]:
+    """Problems of curated entries: unknown, non-canonical, non-codable or deleted codes."""
+    from cimcoder.terminologies import load_terminology
+
+    term = load_terminology(terminology)  # type: ignore[arg-type]
+    problems: list[tuple[LexiconEntry, str]] = []
+    for entry in entries:
+        for code in entry.codes:
+            concept = term.get(code)
+            if concept is None:
+                why = f"unknown code {code}"
+            elif concept.code != code:
+                why = f"write {concept.code}, not {code}"
+            elif getattr(concept, "deleted", False):
+                why = f"{code} is deleted"
+            elif concept.restrictions is not None and not concept.restrictions.codable:
+                why = f"{code} is not codable"
+            else:
+                continue
+            problems.append((entry, f"{entry.source}: {entry.term!r}: {why}"))
+    return problems
+
+
+def curated_entries(directory: str | Path = LEXICON_DIR) -> list[LexiconEntry]:
+    """Every curated file of `directory`, in file-name order."""
+    entries: list[LexiconEntry] = []
+    for path in sorted(Path(directory).glob("*.tsv")):
+        entries.extend(read_lexicon_file(path))
+    return entries
+
+
+@functools.lru_cache(maxsize=4)
+def load_lexicon(
+    terminology: str = "cim10", *, labels: bool = True, cim11_titles: bool = True
+) -> Lexicon:
+    """The shipped lexicon: labels, CIM-11 titles and the curated files (cached).
+
+    Curated entries whose codes are not valid in the installed edition are dropped with a
+    warning (a curated file written for another edition must not stop the coder).
+    """
+    from cimcoder.terminologies import load_cim10
+
+    cim10 = load_cim10()
+    curated = curated_entries()
+    problems = check_entries(curated, "cim10")
+    if problems:
+        logger.warning(
+            "%d curated lexicon entries are not valid in %s and are skipped (first: %s)",
+            len(problems), cim10.edition, problems[0][1],
+        )
+        bad = {id(entry) for entry, _ in problems}
+        curated = [e for e in curated if id(e) not in bad]
+    entries: list[LexiconEntry] = list(curated)
+    if labels:
+        entries.extend(label_entries("cim10"))
+    if cim11_titles:
+        entries.extend(cim11_title_entries())
+    lexicon = Lexicon("cim10", cim10.edition, tuple(entries))
+    logger.info("lexicon: %d entries (%s)", len(lexicon), lexicon.counts())
+    return lexicon.for_terminology(terminology)

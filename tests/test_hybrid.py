@@ -1,0 +1,140 @@
+"""The hybrid coder on a tiny French corpus it is fitted on here: ranking, safety (never
+auto-code a code whose mentions are all negated, hypothetical, a relative's or past
+history), flags, DP choice, persistence, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cimcoder.training.labels import LabelSpace
+from cimcoder.training.models.hybrid import HybridError, HybridParams, HybridScorer
+
+CASES: list[tuple[str, list[str]]] = [
+    ("Embolie pulmonaire bilatérale sous anticoagulants. HTA traitée.", ["I26.9", "I10"]),
+    ("Embolie pulmonaire segmentaire. Pas de fibrillation auriculaire.", ["I26.9"]),
+    ("Patient hypertendu. Embolie pulmonaire proximale confirmée.", ["I26.9", "I10"]),
+    ("Embolie pulmonaire post-opératoire traitée par héparine.", ["I26.9"]),
+    ("FA paroxystique découverte aux urgences, anticoagulée.", ["I48.0"]),
+    ("Fibrillation auriculaire paroxystique. HTA ancienne.", ["I48.0", "I10"]),
+    ("FA paroxystique symptomatique, cardioversion.", ["I48.0"]),
+    ("Passage en FA paroxystique. Pas d'embolie pulmonaire.", ["I48.0"]),
+    ("Pneumopathie franche lobaire aiguë à pneumocoque.", ["J13"]),
+    ("Pneumopathie à pneumocoque, antigénurie positive. HTA.", ["J13", "I10"]),
+    ("Pneumonie à pneumocoque traitée par amoxicilline.", ["J13"]),
+    ("Pneumopathie à pneumocoque chez un patient hypertendu.", ["J13", "I10"]),
+    ("DT2 sous metformine, équilibré. HTA traitée.", ["E11.98", "I10"]),
+    ("Diabète de type 2 déséquilibré, HbA1c 9 %.", ["E11.98"]),
+    ("DT2 connu. Pneumopathie à pneumocoque.", ["E11.98", "J13"]),
+    ("Diabète de type 2 non insulinotraité. FA paroxystique.", ["E11.98", "I48.0"]),
+    ("HTA essentielle mal contrôlée, adaptation du traitement.", ["I10"]),
+    ("Hypertension artérielle sévère, crise hypertensive.", ["I10"]),
+    ("Embolie pulmonaire chez une diabétique de type 2.", ["I26.9", "E11.98"]),
+    ("HTA et DT2, bilan annuel.", ["I10", "E11.98"]),
+]
+
+
+@pytest.fixture(scope="module")
+def space() -> LabelSpace:
+    return LabelSpace.from_code_sets(
+        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90"]
+    )
+
+
+@pytest.fixture(scope="module")
+def hybrid(space: LabelSpace) -> HybridScorer:
+    params = HybridParams(
+        folds=2, label_terms=False, cim11_titles=False, tfidf={"min_df": 1, "max_iter": 50},
+        max_iter=40, min_samples_leaf=2, knn_k=3,
+    )
+    model = HybridScorer(space, params, seed=3)
+    return model.fit([t for t, _ in CASES], [c for _, c in CASES])
+
+
+def top(model: HybridScorer, text: str, k: int = 2) -> list[str]:
+    scores = model.predict_scores([text])[0]
+    return [model.labels[j] for j in np.argsort(-scores, kind="stable")[:k]]
+
+
+def test_ranks_the_codes_written_in_a_new_report(hybrid: HybridScorer) -> None:
+    assert set(top(hybrid, "Embolie pulmonaire massive. HTA connue et traitée.")) == {"I26.9", "I10"}
+    assert top(hybrid, "FA paroxystique, mise sous anticoagulant.", 1) == ["I48.0"]
+
+
+def test_negated_mention_is_never_auto_coded_and_says_why(hybrid: HybridScorer) -> None:
+    text = "Pas d'embolie pulmonaire à l'angioscanner. FA paroxystique."
+    scores, index = hybrid.predict_scores_with_evidence([text])
+    j_ep, j_fa = hybrid.labels.index("I26.9"), hybrid.labels.index("I48.0")
+    assert index.vetoes[0, j_ep] and not index.vetoes[0, j_fa]
+    assert index.flags(0, ["I26.9", "I48.0"]) == {"I26.9": ["mention niée"]}
+    assert scores[0, j_fa] > scores[0, j_ep]
+    # The evidence of the affirmed code is the mention itself.
+    (start, end), *_ = index.spans(0, ["I48.0"])["I48.0"]
+    assert text[start:end] == "FA paroxystique"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("Suspicion d'embolie pulmonaire, non confirmée.", "hypothèse non confirmée"),
+        ("Sa mère a fait une embolie pulmonaire.", "antécédent familial"),
+    ],
+)
+def test_qualified_mentions_veto_auto_coding(hybrid: HybridScorer, text: str, reason: str) -> None:
+    _, index = hybrid.predict_scores_with_evidence([text])
+    j = hybrid.labels.index("I26.9")
+    assert index.vetoes[0, j]
+    assert reason in index.flags(0, ["I26.9"])["I26.9"]
+
+
+def test_garbage_is_never_auto_coded(hybrid: HybridScorer) -> None:
+    scores, vetoes = hybrid.predict_scores_and_vetoes(["zzzz qqqq xxxx 12345 ###", "\x00\x00\x00"])
+    assert vetoes.all()
+    assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
+
+
+def test_dp_weights_follow_the_conclusion_and_demote_explained_symptoms(hybrid: HybridScorer) -> None:
+    text = "MOTIF : HTA connue.\n\nCONCLUSION : Embolie pulmonaire bilatérale.\n"
+    _, index = hybrid.predict_scores_with_evidence([text])
+    w = index.dp_weights(0, ["I26.9", "I10"])
+    assert w["I26.9"] > 1.0 and w["I10"] > 1.0
+    past = "ANTÉCÉDENTS :\n- HTA\n\nCONCLUSION : Embolie pulmonaire.\n"
+    _, index = hybrid.predict_scores_with_evidence([past])
+    w = index.dp_weights(0, ["I26.9", "I10"])
+    assert w["I26.9"] > w["I10"]
+
+
+def test_save_load_gives_identical_scores(hybrid: HybridScorer, tmp_path) -> None:
+    text = "Pneumopathie à pneumocoque. DT2."
+    hybrid.save(tmp_path)
+    again = HybridScorer.load(tmp_path)
+    np.testing.assert_array_equal(hybrid.predict_scores([text]), again.predict_scores([text]))
+    assert (tmp_path / "learned_phrases.tsv").is_file()
+
+
+def test_fitting_is_deterministic(space: LabelSpace, hybrid: HybridScorer) -> None:
+    again = HybridScorer(space, hybrid.params, seed=3).fit([t for t, _ in CASES[::-1]], [c for _, c in CASES[::-1]])
+    text = "Embolie pulmonaire. HTA. DT2."
+    np.testing.assert_allclose(hybrid.predict_scores([text]), again.predict_scores([text]), atol=1e-6)
+
+
+def test_bad_params_and_tiny_data_are_refused(space: LabelSpace) -> None:
+    from cimcoder.training.models.hybrid import _parse
+
+    with pytest.raises(HybridError, match="model.params.fold"):
+        _parse({"fold": 3})
+    with pytest.raises(HybridError, match="at least"):
+        HybridScorer(space, HybridParams(folds=3)).fit(["HTA"], [["I10"]])
+    with pytest.raises(HybridError, match="not fitted"):
+        HybridScorer(space, HybridParams()).predict_scores(["HTA"])
+
+
+def test_predictor_flags_and_roles(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor
+
+    predictor = Predictor(hybrid, name="hybrid-test")
+    [answer] = predictor.predict(["CONCLUSION : Embolie pulmonaire. Pas de FA paroxystique."])
+    by_code = {c.code: c for c in answer.codes}
+    assert by_code["I48.0"].flags[-1:] == ["mention niée"]
+    assert [c.code for c in answer.codes if c.role == "DP"] == ["I26.9"]
+    assert all(c.decision != "auto" for c in answer.codes)  # no policy: review at best

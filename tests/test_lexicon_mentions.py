@@ -1,0 +1,170 @@
+"""The French clinical lexicon and the mention layer, on clinical sentences.
+
+One test per kind of lexicon entry (ATIH label variant, CIM-11 title, curated abbreviation,
+synonym, variant, eponym, learned phrase), then edsnlp's qualifiers and the CRH sections on
+the sentences a DIM coder reads every day.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cimcoder.terminologies.errors import TerminologyFileError
+from cimcoder.terminologies.lexicon import (
+    LEXICON_DIR,
+    Lexicon,
+    LexiconEntry,
+    check_entries,
+    curated_entries,
+    label_variants,
+    load_lexicon,
+    read_lexicon_file,
+)
+
+
+@pytest.fixture(scope="module")
+def curated() -> Lexicon:
+    return load_lexicon("cim10", labels=False, cim11_titles=False)
+
+
+@pytest.fixture(scope="module")
+def extractor(curated: Lexicon):
+    from cimcoder.terminologies import load_cim10
+    from cimcoder.terminologies.lexicon import label_entries
+    from cimcoder.training.mentions import MentionExtractor
+
+    # The curated files plus the labels of a few chapters: the real pipeline, built fast.
+    cim10 = load_cim10()
+    labels = [e for e in label_entries("cim10") if e.codes[0][:1] in "IJ" and e.codes[0] in cim10]
+    return MentionExtractor(curated.with_entries(labels))
+
+
+def codes_of(mentions, **qualifiers) -> set[str]:
+    return {
+        c for m in mentions for c in m.codes
+        if all(getattr(m, k) == v for k, v in qualifiers.items())
+    }
+
+
+# --------------------------------------------------------------------------- lexicon
+
+
+def test_curated_files_are_valid_and_sized_for_real_use(curated: Lexicon) -> None:
+    entries = curated_entries()
+    assert not check_entries(entries), check_entries(entries)[:5]
+    assert {e.kind for e in entries} == {"abbreviation", "synonym", "variant", "eponym"}
+    codes = {c for e in entries for c in e.codes}
+    assert len(codes) >= 600  # a few hundred diagnoses across the specialties, and more
+    # Every specialty the PMSI sees most: a code of each chapter I..XIX and XXI.
+    chapters = {c[:1] for c in codes}
+    assert set("ABCDEFGIJKLMNORSZ") <= chapters
+
+
+def test_abbreviations_are_case_sensitive_where_they_collide_with_words(extractor) -> None:
+    assert "I10" in codes_of(extractor("Patient de 72 ans. HTA traitée par amlodipine."))
+    # "fa" is a musical note and "ma" a possessive: only the capitalised forms are codes.
+    assert "I48.0" in codes_of(extractor("FA paroxystique découverte aux urgences."))
+    assert not codes_of(extractor("Ma fille chante en fa mineur."))
+
+
+def test_synonym_variant_and_eponym_entries(extractor) -> None:
+    assert "I10" in codes_of(extractor("Hypertension artérielle ancienne."))  # synonym
+    assert "I48.2" in codes_of(extractor("Fibrillation auriculaire permanente."))  # label variant
+    assert "I73.1" in codes_of(extractor("Maladie de Buerger connue."))  # eponym
+    assert "J44.1" in codes_of(extractor("BPCO exacerbée sur virose."))  # abbreviation + qualifier
+
+
+def test_label_variants_unfold_brackets_and_cut_tails() -> None:
+    got = label_variants("Fibrillation auriculaire chronique [permanente]")
+    assert "Fibrillation auriculaire permanente" in got
+    assert "Fibrillation auriculaire chronique" in got
+    assert "Diabète sucré de type 2" in label_variants("Diabète sucré de type 2, sans précision")
+    assert not label_variants("Autres maladies précisées")
+
+
+def test_cim11_titles_bring_modern_phrasings() -> None:
+    from cimcoder.terminologies.lexicon import cim11_title_entries
+
+    entries = [e for e in cim11_title_entries() if e.term == "Cardiomyopathie dilatée"]
+    assert entries and entries[0].codes == ("I42.0",)  # ATIH: "Myocardiopathie avec dilatation"
+
+
+def test_lexicon_maps_to_cim11(curated: Lexicon) -> None:
+    cim11 = curated.for_terminology("cim11")
+    hta = [e for e in cim11.entries if e.term == "HTA" and e.match == "exact"]
+    assert hta and hta[0].codes == ("BA00.Z",)
+
+
+def test_bad_lexicon_files_are_refused_with_their_line(tmp_path) -> None:
+    path = tmp_path / "bad.tsv"
+    path.write_text("codes\tterm\tkind\tmatch\tnote\nI10\tHTA\tslang\texact\t\n", encoding="utf-8")
+    with pytest.raises(TerminologyFileError, match=r"bad.tsv:2: kind 'slang'"):
+        read_lexicon_file(path)
+    path.write_text("code\tterm\n", encoding="utf-8")
+    with pytest.raises(TerminologyFileError, match="header"):
+        read_lexicon_file(path)
+    # A code the edition does not know is reported, not silently kept.
+    problems = check_entries([LexiconEntry(("I50.0",), "IC", "abbreviation", "exact", "x.tsv")])
+    assert problems and "not codable" in problems[0][1]
+    assert LEXICON_DIR.is_dir()
+
+
+def test_learned_phrases_enter_the_lexicon(curated: Lexicon) -> None:
+    from cimcoder.training.mentions import MentionExtractor
+
+    learned = LexiconEntry(("I50.19",), "ic gauche decompensee", "learned", "fold", "run")
+    ex = MentionExtractor(Lexicon("cim10", curated.edition, (learned,)), measurements=False)
+    found = ex("Hospitalisé pour IC gauche décompensée.")
+    assert [(m.codes, m.kind) for m in found] == [(("I50.19",), "learned")]
+
+
+# --------------------------------------------------------------------------- qualifiers
+
+
+@pytest.mark.parametrize(
+    ("sentence", "qualifier"),
+    [
+        ("Pas d'embolie pulmonaire à l'angioscanner.", "negated"),
+        ("Absence de fibrillation auriculaire sur le holter.", "negated"),
+        ("Suspicion d'embolie pulmonaire.", "hypothesis"),
+        ("Sa mère avait une BPCO.", "family"),
+        ("Antécédent d'embolie pulmonaire en 2015.", "history"),
+    ],
+)
+def test_qualified_mentions(extractor, sentence: str, qualifier: str) -> None:
+    mentions = extractor(sentence)
+    assert mentions, sentence
+    assert all(getattr(m, qualifier) for m in mentions), [(m.codes, m) for m in mentions]
+    assert not any(m.affirmed for m in mentions)
+    assert all(m.reason() for m in mentions)
+
+
+def test_affirmed_mention_has_no_reason(extractor) -> None:
+    mentions = extractor("Embolie pulmonaire bilatérale confirmée.")
+    assert mentions and all(m.affirmed and m.reason() is None for m in mentions)
+
+
+def test_sections_of_a_compte_rendu(extractor) -> None:
+    text = (
+        "MOTIF D'HOSPITALISATION : dyspnée.\n\n"
+        "ANTÉCÉDENTS :\n- HTA\n\n"
+        "ÉVOLUTION\nBonne évolution sous diurétiques.\n\n"
+        "CONCLUSION : Embolie pulmonaire. FA paroxystique.\n"
+    )
+    by_code = {c: m.section for m in extractor(text) for c in m.codes}
+    assert by_code["I10"] == "antecedents"
+    assert by_code["I26.9"] == "conclusion"
+    assert by_code["I48.0"] == "conclusion"
+
+
+def test_measurements_name_disorders_only_outside_the_norm(extractor) -> None:
+    assert "E87.68" in codes_of(extractor("Kaliémie à 2,9 mmol/l."), kind="measurement")
+    assert "E87.60" in codes_of(extractor("K+ 2,1 mmol/l"), kind="measurement")
+    assert not codes_of(extractor("Kaliémie à 4,1 mmol/l."), kind="measurement")
+    fevg = codes_of(extractor("ETT : FEVG à 35 %."), kind="measurement")
+    assert "I50.02" in fevg and "I50.12" in fevg
+
+
+def test_garbage_and_odd_unicode_give_no_mention(extractor) -> None:
+    assert extractor("\x00\x00 ��� 🙂 zzzz qqqq") == []
+    assert extractor("") == []

@@ -1,0 +1,403 @@
+"""Diagnosis mentions in French clinical text: lexicon matches with their context.
+
+`MentionExtractor(lexicon)` runs one edsnlp pipeline: sentences, the normaliser, CRH
+sections (`eds.sections`, with the section titles French reports use), the lexicon's terms
+(case-sensitive for short abbreviations, accent- and case-insensitive otherwise, and
+optionally fuzzy through simstring) and edsnlp's qualifiers: negation, hypothesis, family,
+history and reported speech. A few measurements that name a diagnosis by themselves
+(kaliémie, natrémie, FEVG, IMC) become mentions too.
+
+Each `Mention` carries its codes, its character span, the lexicon kind it came from, its
+qualifiers and its section: what the hybrid coder's reranker and the safety rule read, and
+the evidence a DIM coder sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cimcoder.terminologies.lexicon import Lexicon
+
+logger = logging.getLogger(__name__)
+
+QUALIFIERS = ("negation", "hypothesis", "family", "history", "reported_speech")
+SPAN_GROUP = "cimcoder_lex"
+
+# Section titles of French comptes-rendus (normalised: lower case, no accents), grouped
+# under the names the coder reasons with. edsnlp's own titles are added to these.
+SECTION_TITLES: dict[str, list[str]] = {
+    "motif": [
+        r"motifs? (?:d'|de l'|de )?(?:hospitalisation|admission|entree|consultation|recours|transfert)",
+        r"motifs?",
+        r"raison de l'hospitalisation",
+    ],
+    "antecedents": [
+        r"antecedents?(?: (?:medicaux|chirurgicaux|personnels|medico-chirurgicaux))?(?: et (?:chirurgicaux|familiaux))?",
+        r"atcds?",
+        r"facteurs de risques?(?: cardio-?vasculaires?)?",
+    ],
+    "antecedents_familiaux": [r"antecedents familiaux", r"atcds? familiaux"],
+    "mode_de_vie": [r"mode de vie", r"habitus", r"contexte social", r"contexte de vie"],
+    "traitement_entree": [
+        r"traitements? (?:habituels?|a l'entree|d'entree|en cours|a domicile|actuels?)",
+    ],
+    "allergies": [r"allergies?"],
+    "histoire": [
+        r"histoire de la maladie(?: actuelle)?",
+        r"anamnese",
+        r"histoire recente",
+        r"resume clinique",
+    ],
+    "examen": [r"examen clinique(?: (?:a l'entree|d'entree|initial))?", r"examen (?:a l'entree|d'entree)"],
+    "examens_complementaires": [
+        r"examens? complementaires?",
+        r"examens? paracliniques?",
+        r"biologie",
+        r"imagerie",
+        r"bilan (?:biologique|paraclinique)",
+    ],
+    "evolution": [r"evolution(?: (?:dans le service|clinique|et prise en charge))?", r"prise en charge", r"deroulement du sejour"],
+    "conclusion": [
+        r"conclusion(?: (?:de sortie|medicale|du sejour))?",
+        r"au total",
+        r"synthese(?: medicale)?",
+        r"diagnostics? (?:retenus?|de sortie|principal|final|finaux)",
+        r"diagnostics? associes?",
+    ],
+    "traitement_sortie": [
+        r"traitements? (?:de sortie|a la sortie)",
+        r"ordonnance de sortie",
+        r"prescriptions? de sortie",
+    ],
+    "suivi": [r"suivi", r"devenir", r"modalites de sortie", r"conduite a tenir", r"rendez-vous"],
+}
+SECTIONS = (*SECTION_TITLES, "autre")
+
+# edsnlp's own section names -> ours.
+_EDS_SECTIONS = {
+    "antécédents": "antecedents",
+    "antécédents familiaux": "antecedents_familiaux",
+    "traitements entrée": "traitement_entree",
+    "conclusion": "conclusion",
+    "conclusion entrée": "histoire",
+    "habitus": "mode_de_vie",
+    "diagnostic": "conclusion",
+    "examens": "examen",
+    "examens complémentaires": "examens_complementaires",
+    "facteurs de risques": "antecedents",
+    "histoire de la maladie": "histoire",
+    "motif": "motif",
+    "prescriptions": "traitement_sortie",
+    "traitements sortie": "traitement_sortie",
+    "evolution": "evolution",
+    "modalites sortie": "suivi",
+    "allergies": "allergies",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """One diagnosis mention: codes, span, where it came from, qualifiers, section."""
+
+    codes: tuple[str, ...]
+    start: int
+    end: int
+    kind: str  # a lexicon kind (label, abbreviation, ...) or "measurement"
+    negated: bool = False
+    hypothesis: bool = False
+    family: bool = False
+    history: bool = False
+    reported: bool = False
+    section: str = "autre"
+
+    @property
+    def affirmed(self) -> bool:
+        """Neither negated, hypothetical, a relative's, past history nor reported speech."""
+        return not (self.negated or self.hypothesis or self.family or self.history or self.reported)
+
+    def reason(self) -> str | None:
+        """Why the mention does not count as a current diagnosis (French), or None."""
+        if self.negated:
+            return "mention niée"
+        if self.family:
+            return "antécédent familial"
+        if self.hypothesis:
+            return "hypothèse non confirmée"
+        if self.history:
+            return "antécédent"
+        if self.reported:
+            return "discours rapporté"
+        return None
+
+
+# ----------------------------------------------------------------------------- measurements
+
+_NUM = r"(\d{1,3}(?:[.,]\d{1,2})?)"
+_GAP = r"[^\n\d]{0,25}?"
+
+
+@dataclass(frozen=True)
+class _Measure:
+    name: str
+    pattern: re.Pattern[str]
+    rules: tuple[tuple[float | None, float | None, tuple[str, ...]], ...]  # [lo, hi) -> codes
+
+
+def _measure(name: str, words: str, rules: Sequence[tuple[float | None, float | None, tuple[str, ...]]]) -> _Measure:
+    return _Measure(name, re.compile(rf"(?i)\b(?:{words}){_GAP}{_NUM}"), tuple(rules))
+
+
+# Thresholds of usual French practice; a value names the disorder only when clearly outside
+# the norm, so borderline values add nothing.
+MEASURES: tuple[_Measure, ...] = (
+    _measure("kaliemie", r"kali[ée]mie|K\+|potassium", [
+        (None, 2.5, ("E87.60",)), (2.5, 3.4, ("E87.68",)), (5.5, 6.5, ("E87.58",)), (6.5, 9.9, ("E87.50",)),
+    ]),
+    _measure("natremie", r"natr[ée]mie|Na\+|sodium", [
+        (None, 120.0, ("E87.10",)), (120.0, 132.0, ("E87.18",)), (146.0, 150.1, ("E87.08",)), (150.1, 200.0, ("E87.00",)),
+    ]),
+    # FEVG names no disease; it settles the French extension of a heart failure code
+    # (I50.0x / I50.1x: 0 >= 50 %, 1 40-49 %, 2 < 40 %).
+    _measure("fevg", r"FEVG|fraction d'[ée]jection(?: ventriculaire gauche)?", [
+        (None, 40.0, ("I50.x2",)), (40.0, 50.0, ("I50.x1",)), (50.0, 90.0, ("I50.x0",)),
+    ]),
+    _measure("imc", r"IMC|indice de masse corporelle", [
+        (30.0, 35.0, ("E66.x4",)), (35.0, 40.0, ("E66.x5",)), (40.0, 50.0, ("E66.x6",)), (50.0, 90.0, ("E66.x7",)),
+    ]),
+)
+
+
+def _terminology_codes(name: str) -> list[str]:
+    from cimcoder.terminologies import load_terminology
+
+    return list(load_terminology(name).codes())  # type: ignore[arg-type]
+
+
+def _measure_codes(lexicon_codes: set[str], pattern: str) -> tuple[str, ...]:
+    """Codes of the lexicon matching a pattern where 'x' is any character (I50.x2)."""
+    rx = re.compile("^" + re.escape(pattern).replace("x", ".") + "$")
+    return tuple(sorted(c for c in lexicon_codes if rx.match(c)))
+
+
+def _value(raw: str) -> float:
+    return float(raw.replace(",", "."))
+
+
+# ----------------------------------------------------------------------------- extractor
+
+
+def _section_patterns() -> dict[str, list[str]]:
+    from edsnlp.pipes.misc.sections import patterns as eds_patterns
+
+    titles: dict[str, list[str]] = {name: list(p) for name, p in SECTION_TITLES.items()}
+    for eds_name, pats in eds_patterns.sections.items():
+        ours = _EDS_SECTIONS.get(eds_name)
+        if ours is not None:
+            titles[ours].extend(pats)
+    # A title starts a line (after at most 5 characters: bullets, numbers) and is followed by
+    # a colon or the end of the line, so a sentence starting with "Evolution" is no title.
+    wrap = r"(?<=(?:\n|^)[^\n\w]{{0,5}})(?:{})(?=[ \t]*(?::|\n|-\s))"
+    return {name: [wrap.format("|".join(sorted(set(p), key=len, reverse=True)))] for name, p in titles.items()}
+
+
+class MentionExtractor:
+    """The lexicon matched on report text with edsnlp, mentions qualified and sectioned."""
+
+    def __init__(
+        self,
+        lexicon: Lexicon,
+        *,
+        fuzzy: bool = False,
+        fuzzy_threshold: float = 0.85,
+        qualifiers: Sequence[str] = QUALIFIERS,
+        measurements: bool = True,
+    ) -> None:
+        self.lexicon = lexicon
+        self.fuzzy = fuzzy
+        self.fuzzy_threshold = fuzzy_threshold
+        self.qualifiers = tuple(qualifiers)
+        self.measurements = measurements
+        self._nlp: Any = None
+        self._keys: dict[str, tuple[tuple[str, ...], str]] = {}
+        codes = set(_terminology_codes(lexicon.terminology))
+        self._measures = [
+            (m, tuple((lo, hi, tuple(c for p in pats for c in (_measure_codes(codes, p) if "x" in p else (p,)) if c in codes)) for lo, hi, pats in m.rules))
+            for m in MEASURES
+        ]
+
+    def __getstate__(self) -> dict[str, Any]:  # the spaCy pipeline is rebuilt after unpickling
+        state = self.__dict__.copy()
+        state["_nlp"] = None
+        return state
+
+    def _terms(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        exact: dict[str, list[str]] = {}
+        fold: dict[str, list[str]] = {}
+        for entry in self.lexicon.entries:
+            key = f"{entry.kind}#{'|'.join(entry.codes)}"
+            self._keys[key] = (entry.codes, entry.kind)
+            (exact if entry.match == "exact" else fold).setdefault(key, []).append(entry.term)
+        return exact, fold
+
+    def pipeline(self) -> Any:
+        if self._nlp is not None:
+            return self._nlp
+        import edsnlp
+        import edsnlp.pipes as eds
+
+        t0 = time.perf_counter()
+        exact, fold = self._terms()
+        nlp = edsnlp.blank("eds")
+        nlp.add_pipe(eds.normalizer())
+        nlp.add_pipe(eds.sentences())
+        nlp.add_pipe(eds.sections(sections=_section_patterns(), add_patterns=False))
+        setter = {SPAN_GROUP: True}
+        for name, terms, attr in (("lex_exact", exact, "TEXT"), ("lex_fold", fold, "NORM")):
+            if terms:
+                nlp.add_pipe(eds.terminology(name=name, terms={}, label="lex", attr=attr,
+                                             span_setter=setter))
+                _add_terms(nlp, nlp.get_pipe(name).phrase_matcher, terms, attr)
+        if self.fuzzy:
+            long_terms = {k: [t for t in v if len(t) >= 12] for k, v in fold.items()}
+            long_terms = {k: v for k, v in long_terms.items() if v}
+            nlp.add_pipe(eds.terminology(
+                name="lex_fuzzy", terms=long_terms, label="lex_fuzzy", attr="NORM",
+                term_matcher="simstring",
+                term_matcher_config={"threshold": self.fuzzy_threshold, "measure": "dice"},
+                span_setter=setter,
+            ))
+        getter = {SPAN_GROUP: True}
+        factories = {
+            "negation": lambda: eds.negation(span_getter=getter),
+            "hypothesis": lambda: eds.hypothesis(span_getter=getter),
+            "family": lambda: eds.family(span_getter=getter, use_sections=True),
+            "history": lambda: eds.history(span_getter=getter, use_sections=True),
+            "reported_speech": lambda: eds.reported_speech(span_getter=getter),
+        }
+        for q in self.qualifiers:
+            nlp.add_pipe(factories[q]())
+        self._nlp = nlp
+        logger.info("mention pipeline (%d terms) built in %.1fs",
+                    sum(map(len, exact.values())) + sum(map(len, fold.values())), time.perf_counter() - t0)
+        return nlp
+
+    def __call__(self, text: str) -> list[Mention]:
+        return self.pipe([text])[0]
+
+    def pipe(self, texts: Iterable[str]) -> list[list[Mention]]:
+        nlp = self.pipeline()
+        out: list[list[Mention]] = []
+        for text in texts:
+            doc = nlp.make_doc(text)
+            sorted_ = False
+            for name, proc in nlp.pipeline:
+                if name in _QUALIFIER_PIPES and not sorted_:
+                    # Qualifiers walk the spans in text order; the matchers appended theirs
+                    # one after the other (unsorted spans would go unqualified).
+                    _sort_span_group(doc)
+                    sorted_ = True
+                doc = proc(doc)
+            out.append(self._mentions(doc, text))
+        return out
+
+    def _mentions(self, doc: Any, text: str) -> list[Mention]:
+        sections = _section_spans(doc)
+        found: dict[tuple[tuple[str, ...], int, int], Mention] = {}
+        for span in doc.spans.get(SPAN_GROUP, []):
+            codes, kind = self._keys.get(span.kb_id_, ((), ""))
+            if not codes:
+                continue
+            if span.label_ == "lex_fuzzy":
+                kind = "fuzzy"
+            ext = span._
+            mention = Mention(
+                codes=codes,
+                start=span.start_char,
+                end=span.end_char,
+                kind=kind,
+                negated=bool(getattr(ext, "negation", False)),
+                hypothesis=bool(getattr(ext, "hypothesis", False)),
+                family=bool(getattr(ext, "family", False)),
+                history=bool(getattr(ext, "history", False)),
+                reported=bool(getattr(ext, "reported_speech", False)),
+                section=_section_at(sections, span.start_char),
+            )
+            key = (codes, mention.start, mention.end)
+            if key not in found or _KIND_RANK.get(kind, 9) < _KIND_RANK.get(found[key].kind, 9):
+                found[key] = mention
+        if self.measurements:
+            for m in self._measured(text, sections):
+                found.setdefault((m.codes, m.start, m.end), m)
+        return sorted(found.values(), key=lambda m: (m.start, m.end, m.codes))
+
+    def _measured(self, text: str, sections: list[tuple[int, str]]) -> Iterable[Mention]:
+        for measure, rules in self._measures:
+            for match in measure.pattern.finditer(text):
+                try:
+                    value = _value(match.group(1))
+                except ValueError:
+                    continue
+                for lo, hi, codes in rules:
+                    if codes and (lo is None or value >= lo) and (hi is None or value < hi):
+                        yield Mention(codes, match.start(), match.end(), "measurement",
+                                      section=_section_at(sections, match.start()))
+
+
+_QUALIFIER_PIPES = frozenset({"negation", "hypothesis", "family", "history", "reported_speech"})
+
+
+def _sort_span_group(doc: Any) -> None:
+    spans = list(doc.spans.get(SPAN_GROUP, []))
+    doc.spans[SPAN_GROUP] = sorted(spans, key=lambda s: (s.start, s.end, s.kb_id_))
+
+
+def _add_terms(nlp: Any, matcher: Any, terms: dict[str, list[str]], attr: str) -> None:
+    """Add every term to an edsnlp phrase matcher in one batched pass of the tokenizer (and
+    the normaliser for NORM): term by term, as `build_patterns` does, takes a minute for the
+    whole CIM-10."""
+    import edsnlp
+    import edsnlp.pipes as eds
+
+    keys = [key for key, texts in terms.items() for _ in texts]
+    texts = [text for key_texts in terms.values() for text in key_texts]
+    # Terms hold no pollution (bars, footers): the normaliser without its pollution regexes
+    # gives the same NORM, twice as fast. Matching compares hashes, shared across vocabs.
+    term_nlp = edsnlp.blank("eds")
+    if attr == "NORM":
+        term_nlp.add_pipe(eds.normalizer(pollution=False))
+    docs = [term_nlp(text) for text in texts]
+    grouped: dict[str, list[Any]] = {}
+    for key, doc in zip(keys, docs, strict=True):
+        grouped.setdefault(key, []).append(doc)
+    for key, group in grouped.items():
+        matcher.add(key, group)
+
+
+# Several kinds can match the same span for the same codes: keep the most trusted.
+_KIND_RANK = {k: i for i, k in enumerate(
+    ("abbreviation", "synonym", "variant", "eponym", "label", "label_variant", "cim11", "learned", "fuzzy")
+)}
+
+
+def _section_spans(doc: Any) -> list[tuple[int, str]]:
+    """(start char, section name) of each section, in text order."""
+    spans = []
+    for span in doc.spans.get("sections", []):
+        name = span.label_
+        spans.append((span.start_char, name if name in SECTION_TITLES else _EDS_SECTIONS.get(name, "autre")))
+    return sorted(spans)
+
+
+def _section_at(sections: list[tuple[int, str]], start: int) -> str:
+    name = "autre"
+    for s, n in sections:
+        if s > start:
+            break
+        name = n
+    return name
