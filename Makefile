@@ -20,8 +20,9 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 demo: setup
-	$(BIN)/cimcoder run configs/codiesp-fr/quickstart.yaml \
-		--baselines configs/codiesp-fr/tfidf_lr.yaml configs/codiesp-fr/edsnlp_matcher.yaml
+	$(BIN)/cimcoder run configs/codiesp-fr/hybrid.yaml \
+		--baselines configs/codiesp-fr/quickstart.yaml configs/codiesp-fr/tfidf_lr.yaml \
+		configs/codiesp-fr/edsnlp_matcher.yaml
 
 test: setup system-deps
 	$(BIN)/python -m pytest -q

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_predict.py [--model RUN_DIR] [--n 64] [--threads 2]
 
+- For the hybrid coder, also the scoring time of each component (TF-IDF + neighbours,
+  edsnlp mentions, learned vocabulary, features + reranker).
 - Model: --model, else the newest quickstart run under runs/ (runs/**/quickstart*), else a
   small PLM-ICD built once into a temporary folder (a BERT of 4 layers x 256 hidden with a
   tokenizer trained on CodiEsp-FR train; untrained weights: speed does not depend on them).
@@ -224,6 +226,13 @@ def main() -> int:
         if flops_ranking is not None:
             achieved_r = flops_ranking * ranking_rate / 1e9
             print(f"  without evidence    : {flops_ranking / 1e9:.2f} GFLOP/report, {achieved_r:.1f} GFLOP/s = {100 * achieved_r / peak:.1f}% of peak")
+    timings = getattr(predictor.scorer, "time_components", None)
+    if timings is not None:
+        parts = timings(texts)
+        total = sum(parts.values())
+        print(f"time by component     : {len(texts)} reports, {total:.2f} s ({len(texts) / total:.1f} reports/s scoring alone)")
+        for name, seconds in parts.items():
+            print(f"  {name:<20}: {seconds:.2f} s ({100 * seconds / total:.0f}%)")
     return 0
 
 

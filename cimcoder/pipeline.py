@@ -229,7 +229,10 @@ def _run_command(args: argparse.Namespace) -> int:
         if not args.no_register:
             from cimcoder.training.tracking import register_run_model
 
-            registered = register_run_model(run_dir, tracker, name=args.model_name)
+            # The alias moves below, once every model is measured on the same stays.
+            registered = register_run_model(
+                run_dir, tracker, name=args.model_name, promote=False
+            )
         return run_dir, report, registered
 
     run_dir, report, registered = _tracked(args.config, args.overrides, job)
@@ -237,8 +240,13 @@ def _run_command(args: argparse.Namespace) -> int:
     for baseline in args.baselines:
 
         def baseline_job(tracker: Any, cfg: str = baseline) -> tuple[Path, dict[str, Any]]:
+            from cimcoder.eval.runner import calibrate_run
+            from cimcoder.training import load_scorer
+
             b_dir = train_run(cfg, tracker=tracker)
-            return b_dir, _evaluate_model(b_dir, dev, tracker)
+            scorer = load_scorer(b_dir)
+            calibrate_run(b_dir, target_precision=args.target_precision, tracker=tracker, scorer=scorer)
+            return b_dir, _evaluate_model(b_dir, dev, tracker, scorer)
 
         b_dir, b_report = _tracked(baseline, [], baseline_job)
         rows[str(b_dir)] = b_report
@@ -247,9 +255,23 @@ def _run_command(args: argparse.Namespace) -> int:
     print(format_comparison(rows, dev))
     _print_automation(report)
     if registered is not None:
-        state = f"alias @{registered.alias}" if registered.promoted else "not promoted"
-        print(f"registered: {registered.model_uri} ({state})")
+        print(f"registered: {registered.model_uri}")
+        best = best_run(rows)
+        _, promoted, champion = promote_run(Path(best), dev, name=args.model_name)
+        if promoted and champion is not None:
+            print(f"champion: {Path(best).name} measures best on {dev} ({champion.model_uri} is "
+                  f"now @{champion.alias})")
+        else:
+            print(f"champion unchanged: {Path(best).name}, the best of this run, does not beat "
+                  "the current @champion on the same stays")
     return 0
+
+
+def best_run(rows: dict[str, dict[str, Any]], metric: str = "map") -> str:
+    """The run whose `metric` is highest, all measured on the same stays."""
+    same_stays(rows)
+    scored = {run: comparison_row(r)[metric] for run, r in rows.items()}
+    return max(scored, key=lambda run: (scored[run] is not None, scored[run] or 0.0))
 
 
 def same_stays(rows: dict[str, dict[str, Any]]) -> None:

@@ -121,7 +121,7 @@ def test_fitting_is_deterministic(space: LabelSpace, hybrid: HybridScorer) -> No
 def test_bad_params_and_tiny_data_are_refused(space: LabelSpace) -> None:
     from cimcoder.training.models.hybrid import _parse
 
-    with pytest.raises(HybridError, match="model.params.fold"):
+    with pytest.raises(HybridError, match=r"model\.params\.fold"):
         _parse({"fold": 3})
     with pytest.raises(HybridError, match="at least"):
         HybridScorer(space, HybridParams(folds=3)).fit(["HTA"], [["I10"]])
@@ -138,3 +138,15 @@ def test_predictor_flags_and_roles(hybrid: HybridScorer) -> None:
     assert by_code["I48.0"].flags[-1:] == ["mention niée"]
     assert [c.code for c in answer.codes if c.role == "DP"] == ["I26.9"]
     assert all(c.decision != "auto" for c in answer.codes)  # no policy: review at best
+
+
+def test_dp_is_learned_where_training_stays_have_roles(space: LabelSpace, hybrid: HybridScorer) -> None:
+    # The first code of each case is its DP (the embolism, not the hypertension).
+    learned = HybridScorer(space, hybrid.params, seed=3).fit(
+        [t for t, _ in CASES], [c for _, c in CASES], principal=[c[0] for _, c in CASES]
+    )
+    assert learned.dp_model is not None and hybrid.dp_model is None
+    _, index = learned.predict_scores_with_evidence(["Embolie pulmonaire. HTA traitée."])
+    w = index.dp_weights(0, ["I26.9", "I10"])
+    assert all(0.0 <= v <= 1.0 for v in w.values())
+    assert w["I26.9"] > w["I10"]

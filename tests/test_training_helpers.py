@@ -58,7 +58,11 @@ def write_text_folder(folder: Path, notes: list[tuple[str, set[str]]], prefix: s
 
 
 def build_tiny_encoder(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with a WordPiece vocabulary trained on the notes."""
+    """A 2-layer, 32-wide BERT with a WordPiece vocabulary trained on the notes.
+
+    Byte-identical on every build, in any process (`train_tokenizer` is deterministic and the
+    weights are seeded): tests/test_tokenizer_determinism.py checks it.
+    """
     texts = [t for t, _ in clinical_notes(60, seed=1)] + [s for s, _ in FINDINGS] * 3
     texts += ["Pneumopathie à pneumocoque", "Hypertension essentielle (primitive)",
               "Diabète sucré de type 2, sans complication", "Infection des voies urinaires, siège non précisé"]

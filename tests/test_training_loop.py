@@ -11,16 +11,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from test_training_helpers import (
-    FILLERS,
-    FINDINGS,
-    NEGATIONS,
-    build_tiny_encoder,
-    clinical_notes,
-    write_text_folder,
-)
-from tokenizers import models
-from transformers import AutoTokenizer
+from test_training_helpers import build_tiny_encoder, clinical_notes, write_text_folder
 
 from cimcoder.training import load_config, load_scorer, train
 from cimcoder.training.trainer import TrainingError
@@ -36,34 +27,10 @@ def ranking_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y_true.ravel(), scores.ravel()))
 
 
-def build_reproducible_encoder(folder: Path) -> Path:
-    """`build_tiny_encoder`, with a vocabulary that is the same on every build.
-
-    The `tokenizers` WordPiece/BPE trainer breaks ties between equally frequent merges by token
-    ids that it hands out in hash-map order, and Rust seeds every hash map afresh: each
-    `train_tokenizer` call, even in the same process, gives another vocabulary, hence another
-    model (the weights are seeded, the rows they land on are not). Here the trained vocabulary
-    is replaced by a sorted one: the corpus's words, its characters and their `##` forms.
-    """
-    build_tiny_encoder(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    backend = tokenizer.backend_tokenizer
-    texts = [t for t, _ in clinical_notes(60, seed=1)] + [s for s, _ in FINDINGS] + FILLERS + NEGATIONS
-    pre_tokenize = backend.pre_tokenizer.pre_tokenize_str
-    words = {w for t in texts for w, _ in pre_tokenize(backend.normalizer.normalize_str(t))}
-    chars = sorted({c for w in words for c in w})
-    vocab = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}  # ids kept
-    for token in chars + [f"##{c}" for c in chars] + sorted(words):
-        vocab.setdefault(token, len(vocab))
-    backend.model = models.WordPiece(vocab, unk_token=tokenizer.unk_token)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("training")
-    build_reproducible_encoder(root / "encoder")
+    build_tiny_encoder(root / "encoder")  # the same on every build
     write_text_folder(root / "train", clinical_notes(40, seed=2), "sejour")
     write_text_folder(root / "dev", clinical_notes(16, seed=3), "dev")
     return root

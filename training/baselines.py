@@ -9,6 +9,7 @@ validation split and writes `metrics.json`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -759,7 +760,11 @@ def fit_baseline(config: RunConfig, tracker: RunTracker | None = None) -> Path:
         tracker.log_params(
             {"data.n_train": len(train), "data.n_valid": len(valid), "labels": len(space)}
         )
-    model.fit([s.text for s in train], [s.codes for s in train])
+    if "principal" in inspect.signature(model.fit).parameters:  # learns the DP from roles
+        model.fit([s.text for s in train], [s.codes for s in train],
+                  principal=[s.principal for s in train])
+    else:
+        model.fit([s.text for s in train], [s.codes for s in train])
     fit_s = time.perf_counter() - t0
     if not valid:
         raise BaselineError(f"no validation stays ({data.validation_source})")

@@ -56,6 +56,7 @@ class Example:
     id: str
     text: str
     codes: list[str]
+    principal: str | None = None  # the DP, where the source records roles (hospital exports)
 
 
 @dataclass
@@ -164,8 +165,13 @@ def prepare_data(config: RunConfig) -> TrainingData:
         min_count=data.labels.min_count,
         extra_codes=extra,
     )
+    def principal(stay: Any, codes: list[str]) -> str | None:
+        dps = [d.code for d in getattr(stay, "diagnoses", []) if d.role == "DP"]
+        return dps[0] if dps and dps[0] in codes else None  # CIM-11 targets: no DP kept
+
     as_examples = lambda ss, cs: [  # noqa: E731
-        Example(id=s.id, text=s.text, codes=c) for s, c in zip(ss, cs, strict=True)
+        Example(id=s.id, text=s.text, codes=c, principal=principal(s, c))
+        for s, c in zip(ss, cs, strict=True)
     ]
     return TrainingData(
         train=as_examples(stays, train_codes),

@@ -56,6 +56,8 @@ FEATURES_FILE = "reranker_features.json"
 # Scores of codes that are no candidate: the TF-IDF score scaled below any reranker output,
 # so the ranking keeps TF-IDF's order there (MAP) without competing with candidates.
 NON_CANDIDATE_SCALE = 1e-3
+# Stays with a known DP among their candidates needed to learn the DP choice.
+MIN_DP_STAYS = 20
 
 
 class HybridError(CimcoderError):
@@ -135,6 +137,7 @@ class _StayView:
     knn: np.ndarray  # [L] neighbour votes in [0, 1]
     learned: dict[int, tuple[int, float, float, bool]]  # col -> (hits, precision, npmi, aligned)
     by_code: dict[str, list[Mention]] = field(default_factory=dict)
+    candidates: dict[int, np.ndarray] = field(default_factory=dict)  # col -> features (scored)
 
 
 @dataclass
@@ -479,6 +482,16 @@ class HybridEvidence:
         (ATIH guide: the motif and the conclusion; a symptom is not DP when a diagnosis
         written there explains it; a past or qualified-away mention is no DP)."""
         view = self.views[i]
+        model = self.scorer.dp_model
+        if model is not None:  # learned from role-labelled stays
+            space = self.scorer.label_space
+            rows = {c: view.candidates.get(space.index(c)) for c in codes if c in space}
+            known = [c for c, x in rows.items() if x is not None]
+            out = dict.fromkeys(codes, 0.05)
+            if known:
+                p = model.predict_proba(np.stack([rows[c] for c in known]))[:, 1]
+                out.update({c: float(v) for c, v in zip(known, p, strict=True)})
+            return out
         weights: dict[str, float] = {}
         strong: dict[str, bool] = {}
         for code in codes:
@@ -536,6 +549,7 @@ class HybridScorer:
         self.phrases: list[Any] = []
         self._table: dict[str, list[tuple[int, float, float, bool]]] = {}
         self.reranker: Any = None
+        self.dp_model: Any = None  # learned DP choice (role-labelled training stays only)
         self.fit_report: dict[str, Any] = {}
         self._extractor: MentionExtractor | None = None
         self._hierarchy: _Hierarchy | None = None
@@ -587,7 +601,11 @@ class HybridScorer:
 
     # ---------------------------------------------------------------- fit
 
-    def fit(self, texts: Sequence[str], targets: Any) -> HybridScorer:
+    def fit(
+        self, texts: Sequence[str], targets: Any, principal: Sequence[str | None] | None = None
+    ) -> HybridScorer:
+        """Fit on training reports and their codes; with `principal` (the DP of each stay,
+        None where unknown), also learn which candidate is the DP."""
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         from cimcoder.training.vocabulary import mine_phrases
@@ -608,6 +626,9 @@ class HybridScorer:
         targets_soft = _soft_targets(code_lists, self.label_space, hier, self._code_info())
         xs: list[np.ndarray] = []
         ys: list[np.ndarray] = []
+        dp_x: list[np.ndarray] = []
+        dp_y: list[np.ndarray] = []
+        principal = list(principal) if principal is not None else [None] * len(texts)
         n_gold = n_gold_cand = 0
         for k in range(self.params.folds):
             inside = np.flatnonzero(folds != k)
@@ -633,6 +654,12 @@ class HybridScorer:
                 gold = targets_soft[i]
                 xs.append(x)
                 ys.append(np.array([j in gold for j in cols]))
+                dp = principal[i]
+                if dp is not None and dp in self.label_space and self.label_space.index(dp) in cols:
+                    # Which of the stay's coded candidates is the DP (the others are DAS).
+                    coded = np.array([j in gold for j in cols])
+                    dp_x.append(x[coded])
+                    dp_y.append(np.array([cols[r] == self.label_space.index(dp) for r in np.flatnonzero(coded)]))
                 n_gold += len({self.label_space.index(c) for c in code_lists[i] if c in self.label_space})
                 n_gold_cand += len(gold & {self.label_space.index(c) for c in code_lists[i] if c in self.label_space} & set(cols))
             logger.info("hybrid: fold %d/%d done (%.0fs)", k + 1, self.params.folds, time.perf_counter() - t0)
@@ -646,6 +673,12 @@ class HybridScorer:
             min_samples_leaf=p.min_samples_leaf, l2_regularization=p.l2_regularization,
             random_state=self.seed, early_stopping=False,
         ).fit(x_all, y_all)
+        self.dp_model = None
+        if len(dp_y) >= MIN_DP_STAYS:
+            self.dp_model = HistGradientBoostingClassifier(
+                max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=5,
+                random_state=self.seed, early_stopping=False,
+            ).fit(np.concatenate(dp_x), np.concatenate(dp_y))
         t_rerank = time.perf_counter() - t0
         self.components = _TextComponents(self.label_space, self.params.tfidf, self.seed).fit(texts, code_lists)
         if self.params.learned_vocabulary:
@@ -659,6 +692,7 @@ class HybridScorer:
             "gold_in_label_space": n_gold,
             "candidate_recall_oof": round(n_gold_cand / max(n_gold, 1), 4),
             "learned_phrases": len(self.phrases),
+            "dp_model_stays": len(dp_y) if self.dp_model is not None else 0,
             "seconds": {"mentions": round(t_mentions, 1), "cross_fit_and_rerank": round(t_rerank - t_mentions, 1),
                         "total": round(time.perf_counter() - t0, 1)},
         }
@@ -688,10 +722,34 @@ class HybridScorer:
                 prob = self.reranker.predict_proba(x)[:, 1]
                 scores[i, cols] = np.maximum(prob, NON_CANDIDATE_SCALE).astype(np.float32)
                 vetoes[i, cols] = veto
+                view.candidates = dict(zip(cols, x, strict=True))
         return scores, vetoes, views
 
     def predict_scores(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
         return self._score(texts)[0]
+
+    def time_components(self, texts: Sequence[str]) -> dict[str, float]:
+        """Seconds spent by each component scoring `texts` (the benchmark's breakdown)."""
+        self._check_fitted()
+        texts = list(texts)
+        out: dict[str, float] = {}
+        t = time.perf_counter()
+        lr, knn = self.components.scores(texts, self.params.knn_k)
+        out["tfidf_lr + knn"] = time.perf_counter() - t
+        t = time.perf_counter()
+        mentions = self.extractor().pipe(texts)
+        out["mentions (edsnlp)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        views = self._views(texts, lr, knn, self._table, mentions)
+        out["learned vocabulary"] = time.perf_counter() - t
+        t = time.perf_counter()
+        hier, info = self._hier(), self._code_info()
+        for view in views:
+            cols, x, _ = candidates_and_features(view, self.label_space, hier, info, self.params)
+            if cols:
+                self.reranker.predict_proba(x)
+        out["features + reranker"] = time.perf_counter() - t
+        return out
 
     def predict_scores_and_vetoes(self, texts: Sequence[str], batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """Scores [n, L] and the codes never to auto-code [n, L] (no affirmed mention)."""
@@ -727,6 +785,7 @@ class HybridScorer:
                 "labels": self.labels,
                 "components": self.components,
                 "reranker": self.reranker,
+                "dp_model": self.dp_model,
                 "features": list(FEATURES),
                 "fit_report": self.fit_report,
             },
@@ -763,6 +822,7 @@ class HybridScorer:
         obj = cls(space, HybridParams.model_validate(state["params"]), seed=state["seed"])
         obj.components = state["components"]
         obj.reranker = state["reranker"]
+        obj.dp_model = state.get("dp_model")
         obj.fit_report = state.get("fit_report", {})
         phrases_path = Path(run_dir) / PHRASES_FILE
         if phrases_path.is_file():
