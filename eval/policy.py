@@ -258,6 +258,7 @@ class DecisionPolicy:
         max_review_per_stay: int | None = DEFAULT_MAX_REVIEW,
         min_review_probability: float = DEFAULT_MIN_REVIEW_PROBABILITY,
         n_gold: np.ndarray | Sequence[int] | None = None,
+        never_auto: np.ndarray | None = None,
     ) -> DecisionPolicy:
         """Fit calibration (unless given) then thresholds on held-out gold and raw scores.
 
@@ -269,7 +270,9 @@ class DecisionPolicy:
 
         `max_review_per_stay` / `min_review_probability` bound the review band per stay (see
         the module docstring). `n_gold` (per-stay count of all gold codes, including those
-        outside the label space) only enters the choice of `f1_threshold`.
+        outside the label space) only enters the choice of `f1_threshold`. `never_auto` ([n, L]
+        bool, the model's vetoes) leaves those pairs out of the auto thresholds: what is
+        certified is the precision of the codes that can be auto-coded.
         """
         if not 0.5 <= target_precision < 1.0:
             raise PolicyError(f"target precision must be in [0.5, 1), got {target_precision}")
@@ -300,13 +303,20 @@ class DecisionPolicy:
             p = cross_fitted_probabilities(y, s, labels, fit_calibrator, n_folds=calibration_folds) \
                 if calibration != "none" else cal.apply(s, labels)
         hierarchy = Hierarchy(terminology)
+        if never_auto is not None:
+            veto = np.asarray(never_auto, dtype=bool)
+            if veto.shape != p.shape:
+                raise PolicyError(f"never_auto {veto.shape} does not match scores {p.shape}")
+            p_auto = np.where(veto, -np.inf, p)
+        else:
+            p_auto = p
 
         def fit_auto(cols: np.ndarray) -> tuple[float | None] | None:
             # Scanning thresholds of hundreds of small nodes would certify some by luck
             # (winner's curse): a node needs `min_positives` true codes to get its own.
             if int(y[:, cols].sum()) < min_positives:
                 return None
-            found = auto_threshold(y[:, cols], p[:, cols], target_precision,
+            found = auto_threshold(y[:, cols], p_auto[:, cols], target_precision,
                                    confidence=confidence, method=bound)
             return None if found is None else (found[0],)
 
@@ -335,7 +345,7 @@ class DecisionPolicy:
             auto = auto_nodes[a_key][0]
             vetoed = False
             if auto is not None and not a_key.startswith("code:"):
-                sel = p[:, j] >= auto
+                sel = p_auto[:, j] >= auto
                 n_auto = int(sel.sum())
                 if n_auto:
                     ub = upper_bound(int(y[sel, j].sum()), n_auto, confidence=confidence, method=bound)
@@ -634,6 +644,7 @@ class CrossFittedPolicy:
         if n_folds < 2 or any(not (fold == k).any() for k in range(n_folds)):
             raise PolicyError(f"cross-fitting needs at least 2 non-empty folds, got {np.bincount(fold)}")
         n_gold = fit_kwargs.pop("n_gold", None)
+        never_auto = fit_kwargs.pop("never_auto", None)
         policies = []
         for k in range(n_folds):
             keep = fold != k
@@ -641,7 +652,9 @@ class CrossFittedPolicy:
                 raise PolicyError(f"fold {k}: the other folds hold no gold code to fit on")
             policies.append(DecisionPolicy.fit(
                 y[keep], s[keep], labels,
-                n_gold=None if n_gold is None else np.asarray(n_gold)[keep], **fit_kwargs,
+                n_gold=None if n_gold is None else np.asarray(n_gold)[keep],
+                never_auto=None if never_auto is None else np.asarray(never_auto)[keep],
+                **fit_kwargs,
             ))
         return cls(policies, fold)
 

@@ -279,7 +279,7 @@ def measure(
 def cross_fit(policy: DecisionPolicy, data: ScoredData, labels: Sequence[str], n_folds: int) -> CrossFittedPolicy:
     """Fold policies with `policy`'s settings on `data` (folds by stay-id hash)."""
     return CrossFittedPolicy.fit(data.y, data.scores, labels, fold_of(data.stay_ids, n_folds),
-                                 n_gold=data.n_gold, **policy.settings())
+                                 n_gold=data.n_gold, never_auto=data.never_auto, **policy.settings())
 
 
 def calibrate_run(
@@ -331,7 +331,7 @@ def calibrate_run(
         bound=bound, calibration=calibration, min_positives=min_positives, terminology=terminology,
         edition=getattr(getattr(model, "label_space", None), "edition", None),
         max_review_per_stay=max_review_per_stay, min_review_probability=min_review_probability,
-        n_gold=fit_data.n_gold,
+        n_gold=fit_data.n_gold, never_auto=fit_data.never_auto,
         fitted_on={"data": spec, "dataset": name, "half": half, "n_stays": len(fit_data.stay_ids),
                    "n_gold_in_space": int(fit_data.y.sum()), "half_salt": HALF_SALT,
                    **({"folds": folds, "fold_salt": FOLD_SALT} if half is None and folds >= 2 else {})},
@@ -368,11 +368,12 @@ def _target_sweep(
         settings = {**policy.settings(), "target_precision": t}
         if held_out is None:
             fold = fold_of(fit.stay_ids, folds)
-            cf = CrossFittedPolicy.fit(fit.y, fit.scores, labels, fold, n_gold=fit.n_gold, **settings)
+            cf = CrossFittedPolicy.fit(fit.y, fit.scores, labels, fold, n_gold=fit.n_gold,
+                                       never_auto=fit.never_auto, **settings)
             rows.append(measure(cf.policies[0], fit, labels, cf))
         else:
             p = policy if t == policy.target_precision else DecisionPolicy.fit(
-                fit.y, fit.scores, labels, n_gold=fit.n_gold, **settings)
+                fit.y, fit.scores, labels, n_gold=fit.n_gold, never_auto=fit.never_auto, **settings)
             rows.append(measure(p, held_out, labels))
     return rows
 

@@ -304,3 +304,32 @@ def test_default_policy_lands_near_the_target_on_new_stays() -> None:
         assert pol.calibrator.method == "platt" and pol.confidence == 0.95
         auto = pol.decide(pol.calibrate(s_new, labels), labels) == AUTO
         assert abs((y_new & auto).sum() / auto.sum() - target) <= 0.02
+
+
+def test_never_auto_withdraws_auto_coding_but_keeps_review(fitted) -> None:
+    # A model's veto (e.g. every mention of the code negated) beats any probability.
+    policy, _, s_new, labels = fitted
+    probs = policy.calibrate(s_new, labels)
+    free = policy.decide(probs, labels)
+    assert (free == "auto").any()
+    veto = free == "auto"
+    vetoed = policy.decide(probs, labels, never_auto=veto)
+    assert not (vetoed == "auto").any()
+    assert (vetoed[veto] != "reject").any()  # they compete for review instead
+    with pytest.raises(PolicyError):
+        policy.decide(probs, labels, never_auto=veto[:, :2])
+
+
+def test_auto_thresholds_are_fitted_on_the_codes_that_can_be_auto_coded() -> None:
+    y, s, labels = synthetic_scores(3000, seed=0)
+    # The model vetoes half of its most confident wrong codes: what remains is more precise,
+    # so a threshold certified on the eligible pairs reaches at least as far.
+    rng = np.random.default_rng(0)
+    veto = (~y) & (s > np.quantile(s, 0.9)) & (rng.random(s.shape) < 0.5)
+    plain = DecisionPolicy.fit(y, s, labels, target_precision=0.95)
+    aware = DecisionPolicy.fit(y, s, labels, target_precision=0.95, never_auto=veto)
+    d_plain = plain.decide(plain.calibrate(s, labels), labels, never_auto=veto)
+    d_aware = aware.decide(aware.calibrate(s, labels), labels, never_auto=veto)
+    assert (d_aware == "auto").sum() >= (d_plain == "auto").sum()
+    right = (y & (d_aware == "auto")).sum() / max((d_aware == "auto").sum(), 1)
+    assert right >= 0.93

@@ -16,9 +16,10 @@ Fitting (`fit(texts, code_lists)`, training stays only; dev is never seen):
    codes) and their features; a HistGradientBoostingClassifier learns P(code is coded);
 4. the components are refitted on all training stays for inference.
 
-Safety: a code is never auto-coded unless an affirmed mention supports it (the code, a more
-specific or a more general code): every mention negated, hypothetical, a relative's, past
-history or reported speech, or no mention at all, means review at best. The answer flags why
+Safety: a code whose every mention (of the code, a more specific or a more general code) is
+negated, hypothetical, a relative's, past history or reported speech is never auto-coded,
+nor is anything in a report without a single affirmed mention (garbage, empty, foreign text);
+`auto_requires_mention: true` also withholds codes that no mention supports. The answer flags why
 ("mention niée", ...). `predict_scores_and_vetoes` returns that veto matrix with the scores;
 the policy applies it in evaluation as in the predictor.
 """
@@ -83,7 +84,10 @@ class HybridParams(BaseModel):
     fuzzy: bool = Field(False, description="Also match long label terms approximately (simstring).")
     max_candidates: int = Field(80, ge=5, description="Candidates kept per stay (by first score).")
     auto_requires_mention: bool = Field(
-        True, description="Never auto-code a code without an affirmed mention supporting it."
+        False,
+        description="Never auto-code a code without an affirmed mention supporting it (True), "
+        "or only codes whose mentions are all qualified away (False). Either way, nothing is "
+        "auto-coded in a report without a single affirmed mention (garbage, empty, foreign).",
     )
     max_iter: int = Field(300, ge=10, description="Boosting iterations of the reranker.")
     learning_rate: float = Field(0.06, gt=0, le=1, description="Reranker learning rate.")
@@ -316,6 +320,8 @@ def candidates_and_features(
         row[_F["stay_mentions"]] = sum(len(ms) for ms in by_code.values())
         supported = any(m.affirmed for m in related)
         veto[r] = not supported if params.auto_requires_mention else bool(related) and not supported
+    if not affirmed_codes:  # nothing affirmed in the whole report: nothing is auto-coded
+        veto[:] = True
     return cols, x, veto
 
 
