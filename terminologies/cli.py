@@ -54,6 +54,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _json_option(stats)
     stats.set_defaults(handler=_stats)
 
+    lexicon = commands.add_parser(
+        "lexicon",
+        help="the French clinical lexicon: how clinicians write a code, checks of the curated files",
+        description="Without CODE: entries per kind and the problems of the curated files "
+        "(terminologies/data/lexicon/*.tsv; exit 1 if any). With CODE: every way the lexicon "
+        "writes it (curated abbreviations and synonyms, ATIH labels, CIM-11 titles).",
+    )
+    lexicon.add_argument("code", nargs="?", metavar="CODE", help="e.g. I10, I48.0")
+    _json_option(lexicon)
+    lexicon.set_defaults(handler=_lexicon)
+
 
 def _terminology_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -290,4 +301,44 @@ def _stats(args: argparse.Namespace) -> int:
     )
     print(f"  codables PMSI     {coverage['cim10_codable_coverage']:.1%}")
     print(f"  CIM-11 -> CIM-10  {coverage['cim11_coverage']:.1%} of CIM-11 stem codes get a target")
+    return 0
+
+
+def _lexicon(args: argparse.Namespace) -> int:
+    from cimcoder.terminologies.lexicon import check_entries, curated_entries, load_lexicon
+
+    if args.code is None:
+        curated = curated_entries()
+        problems = [why for _, why in check_entries(curated)]
+        lexicon = load_lexicon()
+        data = {
+            "edition": lexicon.edition,
+            "entries": lexicon.counts(),
+            "curated_codes": len({c for e in curated for c in e.codes}),
+            "problems": problems,
+        }
+        if args.json:
+            _print_json(data)
+        else:
+            print(f"lexicon of {lexicon.edition}: {len(lexicon)} entries")
+            for kind, n in data["entries"].items():
+                print(f"  {kind:<14} {n}")
+            print(f"curated files: {len(curated)} entries over {data['curated_codes']} codes, "
+                  f"{len(problems)} problems")
+            for why in problems[:50]:
+                print(f"  {why}")
+        return 1 if problems else 0
+    from cimcoder.terminologies import load_cim10
+
+    code = load_cim10()[args.code].code  # UnknownCodeError: a one-line error, exit 2
+    entries = [e for e in load_lexicon().entries if code in e.codes]
+    if args.json:
+        _print_json([{"codes": list(e.codes), "term": e.term, "kind": e.kind, "match": e.match,
+                      "source": e.source, "note": e.note} for e in entries])
+        return 0
+    print(f"{code}: {len(entries)} ways of writing it")
+    for e in entries:
+        other = f" (with {'+'.join(c for c in e.codes if c != code)})" if len(e.codes) > 1 else ""
+        note = f"  # {e.note}" if e.note else ""
+        print(f"  {e.kind:<14} {e.match:<5} {e.term}{other}{note}")
     return 0

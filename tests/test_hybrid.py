@@ -150,3 +150,22 @@ def test_dp_is_learned_where_training_stays_have_roles(space: LabelSpace, hybrid
     w = index.dp_weights(0, ["I26.9", "I10"])
     assert all(0.0 <= v <= 1.0 for v in w.values())
     assert w["I26.9"] > w["I10"]
+
+
+def test_works_in_the_cim11_label_space() -> None:
+    from cimcoder.terminologies import load_crosswalk
+
+    crosswalk = load_crosswalk()
+
+    def to11(code: str) -> str:
+        return next(t.code.split("&")[0] for t in crosswalk.to_cim11(code) if t.primary)
+
+    cases = [(t, [to11(c) for c in codes]) for t, codes in CASES]
+    space = LabelSpace.from_code_sets([c for _, c in cases], terminology="cim11")
+    params = HybridParams(folds=2, label_terms=False, cim11_titles=False,
+                          tfidf={"min_df": 1, "max_iter": 50}, max_iter=40, min_samples_leaf=2, knn_k=3)
+    model = HybridScorer(space, params, seed=3).fit([t for t, _ in cases], [c for _, c in cases])
+    assert to11("I10") == "BA00.Z"
+    assert "BA00.Z" in top(model, "HTA mal équilibrée, majoration du traitement.", 2)
+    _, index = model.predict_scores_with_evidence(["Pas d'HTA connue. Embolie pulmonaire."])
+    assert index.flags(0, ["BA00.Z"]) == {"BA00.Z": ["mention niée"]}

@@ -168,3 +168,13 @@ def test_measurements_name_disorders_only_outside_the_norm(extractor) -> None:
 def test_garbage_and_odd_unicode_give_no_mention(extractor) -> None:
     assert extractor("\x00\x00 ��� 🙂 zzzz qqqq") == []
     assert extractor("") == []
+
+
+def test_huge_report_is_read_in_segments_with_true_offsets(extractor) -> None:
+    from cimcoder.training import mentions as m
+
+    block = "Examen sans particularité. " * 200 + "\n\n"
+    text = block * 30 + "CONCLUSION : Embolie pulmonaire.\n"
+    assert len(text) > m.MAX_SEGMENT_CHARS
+    found = [x for x in extractor(text) if "I26.9" in x.codes]
+    assert found and all(text[x.start:x.end].lower() == "embolie pulmonaire" for x in found)

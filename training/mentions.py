@@ -291,20 +291,26 @@ class MentionExtractor:
         return self.pipe([text])[0]
 
     def pipe(self, texts: Iterable[str]) -> list[list[Mention]]:
-        nlp = self.pipeline()
         out: list[list[Mention]] = []
         for text in texts:
-            doc = nlp.make_doc(text)
-            sorted_ = False
-            for name, proc in nlp.pipeline:
-                if name in _QUALIFIER_PIPES and not sorted_:
-                    # Qualifiers walk the spans in text order; the matchers appended theirs
-                    # one after the other (unsorted spans would go unqualified).
-                    _sort_span_group(doc)
-                    sorted_ = True
-                doc = proc(doc)
-            out.append(self._mentions(doc, text))
+            found: list[Mention] = []
+            for offset, part in _segments(text):
+                found.extend(_shift(m, offset) for m in self._one(part))
+            out.append(found)
         return out
+
+    def _one(self, text: str) -> list[Mention]:
+        nlp = self.pipeline()
+        doc = nlp.make_doc(text)
+        sorted_ = False
+        for name, proc in nlp.pipeline:
+            if name in _QUALIFIER_PIPES and not sorted_:
+                # Qualifiers walk the spans in text order; the matchers appended theirs
+                # one after the other (unsorted spans would go unqualified).
+                _sort_span_group(doc)
+                sorted_ = True
+            doc = proc(doc)
+        return self._mentions(doc, text)
 
     def _mentions(self, doc: Any, text: str) -> list[Mention]:
         sections = _section_spans(doc)
@@ -347,6 +353,35 @@ class MentionExtractor:
                     if codes and (lo is None or value >= lo) and (hi is None or value < hi):
                         yield Mention(codes, match.start(), match.end(), "measurement",
                                       section=_section_at(sections, match.start()))
+
+
+# spaCy refuses texts over 1,000,000 characters and its memory grows with length: a huge
+# report (a whole stay's documents, an export gone wrong) is read in segments cut at blank
+# lines (or anywhere, for a text without any).
+MAX_SEGMENT_CHARS = 100_000
+
+
+def _segments(text: str) -> list[tuple[int, str]]:
+    if len(text) <= MAX_SEGMENT_CHARS:
+        return [(0, text)]
+    out: list[tuple[int, str]] = []
+    start = 0
+    while start < len(text):
+        end = min(start + MAX_SEGMENT_CHARS, len(text))
+        if end < len(text):
+            cut = text.rfind("\n\n", start + MAX_SEGMENT_CHARS // 2, end)
+            end = cut + 2 if cut > 0 else end
+        out.append((start, text[start:end]))
+        start = end
+    return out
+
+
+def _shift(m: Mention, offset: int) -> Mention:
+    if not offset:
+        return m
+    from dataclasses import replace
+
+    return replace(m, start=m.start + offset, end=m.end + offset)
 
 
 _QUALIFIER_PIPES = frozenset({"negation", "hypothesis", "family", "history", "reported_speech"})
