@@ -47,6 +47,7 @@ FLAG_NOT_CODABLE = "non codable : catégorie non vide, coder un code plus préci
 FLAG_EXTERNAL_CAUSE = "cause externe : en DAS uniquement"
 FLAG_DELETED = "code supprimé de l'édition"
 FLAG_UNKNOWN = "absent de la terminologie"
+FLAG_SYMPTOM = "symptôme : non codé s'il relève d'un diagnostic retenu (à vérifier)"
 
 
 Spans = dict[str, list[tuple[int, int]]]  # code -> character spans (start, end) of the text
@@ -195,6 +196,9 @@ class Predictor:
         if not (run_dir / LABELS_FILE).is_file():
             raise PredictorError(f"{run_dir} is not a model run folder: no {LABELS_FILE}")
         scorer = load_scorer(run_dir)
+        warm = getattr(scorer, "warm", None)
+        if warm is not None:  # build what a first request would otherwise wait for
+            warm()
         policy = None
         policy_path = run_dir / POLICY_FILE
         if policy_path.is_file():
@@ -420,6 +424,7 @@ class Predictor:
     ) -> StayPrediction:
         """One stay's answer; `spans_of(codes)` gives the evidence of codes (None: none)."""
         decisions = self._refine_codable(np.asarray(decisions, dtype=object).copy(), probs)
+        symptoms = self._symptom_rule(decisions, context)
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
         # the ties, so the ranking keeps all the model's information.
         order = np.lexsort((-raw, -probs))
@@ -459,7 +464,8 @@ class Predictor:
                     role="DP" if j == dp else "DR" if j == dr else "DAS",
                     cim11=self.cim11_for(code),
                     evidence=spans_of_code,
-                    flags=self._flags(concept) + flags_of.get(code, []),
+                    flags=self._flags(concept) + flags_of.get(code, [])
+                    + ([FLAG_SYMPTOM] if j in symptoms else []),
                 )
             )
         read = self._read_extent(item.text)
@@ -488,6 +494,24 @@ class Predictor:
                 decisions[best] = "review"
             decisions[j] = "reject"
         return decisions
+
+    def _symptom_rule(self, decisions: np.ndarray, context: _Context | None) -> set[int]:
+        """ATIH guide: a symptom (chapter XVIII, R codes) is not coded when a diagnosis
+        retained in the stay explains it. Where a non-symptom diagnosis of the stay has an
+        affirmed mention, R codes are sent to review rather than auto-coded, with a flag."""
+        if context is None:
+            return set()
+        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        symptoms = [j for j in suggested if self.labels[j][:1] == "R"]
+        if not symptoms:
+            return set()
+        others = [self.labels[j] for j in suggested if self.labels[j][:1] not in "RZ"]
+        if not context.affirmed(others):
+            return set()
+        for j in symptoms:
+            if decisions[j] == "auto":
+                decisions[j] = "review"
+        return set(symptoms)
 
     def _codable_descendants(self, j: int) -> list[int]:
         cache = self.__dict__.setdefault("_descendants", {})
@@ -575,6 +599,9 @@ class _Context:
 
     def dp_weights(self, codes: list[str]) -> dict[str, float]:
         return self.index.dp_weights(self.i, codes)
+
+    def affirmed(self, codes: list[str]) -> set[str]:
+        return self.index.affirmed(self.i, codes)
 
 
 def _decision(value: Any) -> Decision:

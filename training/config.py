@@ -61,6 +61,11 @@ class LabelSpaceConfig(_Strict):
 
 class DataConfig(_Strict):
     train: str = Field("codiesp-fr/train", description="Training data set (name or path).")
+    extra_train: list[str] = Field(
+        default_factory=list,
+        description="More training data sets appended to `train` (a hospital's role-labelled "
+        "PMSI export, synthetic PMSI-style stays `synth-fr/N@SEED`...). Never dev or test data.",
+    )
     dev: str | None = Field(
         "codiesp-fr/dev",
         description="Validation data set for early stopping; None with "

@@ -127,6 +127,11 @@ def prepare_data(config: RunConfig) -> TrainingData:
     stays, _ = _load_examples(data.train)
     if data.max_train_stays:
         stays = stays[: data.max_train_stays]
+    for extra_name in data.extra_train:
+        if extra_name in (data.dev, data.train):
+            raise TrainingError(f"data.extra_train names {extra_name!r}, already train or dev")
+        extra_stays, _ = _load_examples(extra_name)
+        stays = stays + extra_stays
     if data.validation == "train_holdout":
         stays, held = _holdout(stays, data.holdout_fraction, config.training.seed)
         source = f"{data.train} (held-out {data.holdout_fraction:.0%})"

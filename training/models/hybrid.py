@@ -57,6 +57,7 @@ FEATURES_FILE = "reranker_features.json"
 # Scores of codes that are no candidate: the TF-IDF score scaled below any reranker output,
 # so the ranking keeps TF-IDF's order there (MAP) without competing with candidates.
 NON_CANDIDATE_SCALE = 1e-3
+FLAG_NO_MENTION = "aucune mention dans le texte : suggéré par les séjours codés semblables"
 # Stays with a known DP among their candidates needed to learn the DP choice.
 MIN_DP_STAYS = 20
 
@@ -408,23 +409,33 @@ def _fold_of(text: str, k: int, seed: int) -> int:
     return int(digest[:8], 16) % k
 
 
-def _soft_targets(
+def _targets(
     code_lists: Sequence[Sequence[str]], space: LabelSpace, hier: _Hierarchy, info: _CodeInfo
-) -> list[set[int]]:
-    """Gold columns per stay, plus the codable refinements of a gold code that CIM-10 FR
-    forbids (E11.9 in a WHO-coded corpus: E11.98 and E11.90 are what a DIM would code)."""
-    out: list[set[int]] = []
+) -> tuple[list[set[int]], list[set[int]]]:
+    """Gold columns per stay, and the codable refinements of gold codes that CIM-10 FR
+    forbids (E11.9 in a WHO-coded corpus: E11.98 or E11.90 is what a DIM codes). A refinement
+    counts as right only where the report names it itself (`_label`): the siblings a mention of
+    the parent brings along are not all right."""
+    gold: list[set[int]] = []
+    refined: list[set[int]] = []
     for codes in code_lists:
         cols: set[int] = set()
+        kids: set[int] = set()
         for code in codes:
             if code not in space:
                 continue
             j = space.index(code)
             cols.add(j)
             if not info.codable[j]:
-                cols.update(space.index(d) for d in hier.descendants(code) if info.codable[space.index(d)])
-        out.append(cols)
-    return out
+                kids.update(space.index(d) for d in hier.descendants(code) if info.codable[space.index(d)])
+        gold.append(cols)
+        refined.append(kids - cols)
+    return gold, refined
+
+
+def _label(cols: list[int], x: np.ndarray, gold: set[int], refined: set[int]) -> np.ndarray:
+    named = x[:, _F["n_affirmed"]] > 0
+    return np.array([j in gold or (j in refined and bool(named[r])) for r, j in enumerate(cols)])
 
 
 # ============================================================================ the model
@@ -452,8 +463,10 @@ class HybridEvidence:
         return direct, near
 
     def spans(self, i: int, codes: Sequence[str]) -> dict[str, list[tuple[int, int]]]:
+        """The mentions behind each code, affirmed first, then those of a more specific or
+        more general code. A code no mention supports (found by the text components alone)
+        has no evidence: its flag says so."""
         out: dict[str, list[tuple[int, int]]] = {}
-        missing: list[str] = []
         for code in codes:
             direct, near = self._related(i, code)
             ordered = sorted(direct, key=lambda m: (not m.affirmed, m.start))
@@ -466,21 +479,28 @@ class HybridEvidence:
                 if len(spans) >= self.top_k:
                     break
             out[code] = spans
-            if not spans:
-                missing.append(code)
-        if missing:
-            out.update(self.scorer.components.lr.explain(self.texts[i], missing, top_k=self.top_k))
+        return out
+
+    def affirmed(self, i: int, codes: Sequence[str]) -> set[str]:
+        """Codes an affirmed mention supports (the code, a more specific or a more general)."""
+        out = set()
+        for code in codes:
+            direct, near = self._related(i, code)
+            if any(m.affirmed for m in direct + near):
+                out.add(code)
         return out
 
     def flags(self, i: int, codes: Sequence[str]) -> dict[str, list[str]]:
-        """French flags of codes whose mentions are all qualified away (why not auto)."""
+        """French flags: why a code's mentions do not count (all qualified away), or that no
+        mention supports it (suggested by similar coded reports only)."""
         out: dict[str, list[str]] = {}
         for code in codes:
             direct, near = self._related(i, code)
             related = direct + near
-            if related and not any(m.affirmed for m in related):
-                reasons = sorted({r for m in related if (r := m.reason()) is not None})
-                out[code] = reasons
+            if not related:
+                out[code] = [FLAG_NO_MENTION]
+            elif not any(m.affirmed for m in related):
+                out[code] = sorted({r for m in related if (r := m.reason()) is not None})
         return out
 
     def dp_weights(self, i: int, codes: Sequence[str]) -> dict[str, float]:
@@ -582,6 +602,12 @@ class HybridScorer:
             self._info = _CodeInfo(self.label_space, self._terminology(), self.label_space.train_counts)
         return self._info
 
+    def warm(self) -> None:
+        """Build the mention pipeline and the code tables now rather than on first use."""
+        self.extractor().pipeline()
+        self._hier()
+        self._code_info()
+
     def extractor(self) -> MentionExtractor:
         if self._extractor is None:
             p = self.params
@@ -629,7 +655,7 @@ class HybridScorer:
         mentions = self.extractor().pipe(texts)
         t_mentions = time.perf_counter() - t0
         folds = np.array([_fold_of(t, self.params.folds, self.seed) for t in texts])
-        targets_soft = _soft_targets(code_lists, self.label_space, hier, self._code_info())
+        gold_cols, refined_cols = _targets(code_lists, self.label_space, hier, self._code_info())
         xs: list[np.ndarray] = []
         ys: list[np.ndarray] = []
         dp_x: list[np.ndarray] = []
@@ -657,17 +683,18 @@ class HybridScorer:
             views = self._views(out_texts, lr, knn, table, [mentions[i] for i in out])
             for view, i in zip(views, out, strict=True):
                 cols, x, _ = candidates_and_features(view, self.label_space, hier, info, self.params)
-                gold = targets_soft[i]
+                gold = gold_cols[i]
+                labels = _label(cols, x, gold, refined_cols[i])
                 xs.append(x)
-                ys.append(np.array([j in gold for j in cols]))
+                ys.append(labels)
                 dp = principal[i]
                 if dp is not None and dp in self.label_space and self.label_space.index(dp) in cols:
                     # Which of the stay's coded candidates is the DP (the others are DAS).
-                    coded = np.array([j in gold for j in cols])
+                    coded = labels
                     dp_x.append(x[coded])
                     dp_y.append(np.array([cols[r] == self.label_space.index(dp) for r in np.flatnonzero(coded)]))
                 n_gold += len({self.label_space.index(c) for c in code_lists[i] if c in self.label_space})
-                n_gold_cand += len(gold & {self.label_space.index(c) for c in code_lists[i] if c in self.label_space} & set(cols))
+                n_gold_cand += len(gold & set(cols))
             logger.info("hybrid: fold %d/%d done (%.0fs)", k + 1, self.params.folds, time.perf_counter() - t0)
         x_all = np.concatenate(xs)
         y_all = np.concatenate(ys)
@@ -722,10 +749,16 @@ class HybridScorer:
         scores = (lr * NON_CANDIDATE_SCALE).astype(np.float32)
         vetoes = np.ones((n, n_labels), dtype=bool)
         hier, info = self._hier(), self._code_info()
-        for i, view in enumerate(views):
-            cols, x, veto = candidates_and_features(view, self.label_space, hier, info, self.params)
+        per_stay = [candidates_and_features(v, self.label_space, hier, info, self.params) for v in views]
+        rows = [x for _, x, _ in per_stay if len(x)]
+        # One call for every candidate of every stay: the trees' per-call overhead dominates
+        # a stay's few dozen rows.
+        probs = self.reranker.predict_proba(np.concatenate(rows))[:, 1] if rows else np.zeros(0)
+        at = 0
+        for i, (view, (cols, x, veto)) in enumerate(zip(views, per_stay, strict=True)):
             if cols:
-                prob = self.reranker.predict_proba(x)[:, 1]
+                prob = probs[at : at + len(cols)]
+                at += len(cols)
                 scores[i, cols] = np.maximum(prob, NON_CANDIDATE_SCALE).astype(np.float32)
                 vetoes[i, cols] = veto
                 view.candidates = dict(zip(cols, x, strict=True))
