@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cimcoder.errors import CimcoderError
+from cimcoder.terminologies.lexicon import label_variants
 from cimcoder.training.registry import register_model
 
 if TYPE_CHECKING:
@@ -504,28 +505,8 @@ class MatcherParams(_Params):
     )
 
 
-_PAREN = re.compile(r"\s*[\(\[][^\)\]]*[\)\]]")
-_TAILS = re.compile(
-    r",\s*(sans précision|non précisée?s?|sai|nca|sans complication|autres? et sans "
-    r"précision|non classée? ailleurs).*$",
-    re.IGNORECASE,
-)
-
-
 def _undot(code: str) -> str:
     return code.replace(".", "").replace(" ", "").upper()
-
-
-def _label_variants(label: str) -> set[str]:
-    out = {label}
-    no_paren = _PAREN.sub("", label).strip()
-    if no_paren:
-        out.add(no_paren)
-    for base in list(out):
-        cut = _TAILS.sub("", base).strip(" ,")
-        if len(cut) >= 4:
-            out.add(cut)
-    return {v for v in out if len(v) >= 4}
 
 
 @register_model("edsnlp_matcher")
@@ -571,7 +552,7 @@ class EdsnlpMatcherScorer:
             names = [p for p in patterns[:2] if isinstance(p, str)]
             variants: set[str] = set()
             for name in names:
-                variants |= _label_variants(name) if self.params.label_variants else {name}
+                variants |= label_variants(name) if self.params.label_variants else {name}
             dotted = code if len(code) <= 3 else f"{code[:3]}.{code[3:]}"
             variants |= {code, dotted}
             terms[code] = sorted(variants)
