@@ -257,7 +257,12 @@ def _run_command(args: argparse.Namespace) -> int:
     if registered is not None:
         print(f"registered: {registered.model_uri}")
         best = best_run(rows)
-        _, promoted, champion = promote_run(Path(best), dev, name=args.model_name)
+        # The reports were just computed on these stays, and the main model is registered
+        # already: promotion reuses both instead of scoring and logging the model again.
+        _, promoted, champion = promote_run(
+            Path(best), dev, name=args.model_name, report=rows[best],
+            registered=registered if best == str(run_dir) else None,
+        )
         if promoted and champion is not None:
             print(f"champion: {Path(best).name} measures best on {dev} ({champion.model_uri} is "
                   f"now @{champion.alias})")
@@ -308,15 +313,24 @@ def promote_run(
     name: str = "cimcoder",
     alias: str = "champion",
     force: bool = False,
+    report: dict[str, Any] | None = None,
+    registered: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], bool, Any]:
     """Measure the challenger and the alias holder on `data`; register and promote if better.
 
     Both are evaluated by the same code on the same stays, so the decision never rests on
-    figures each model computed on its own validation data.
+    figures each model computed on its own validation data. `report`: the challenger's
+    evaluation on `data`, when just computed; `registered`: its registered version, which then
+    gets the alias instead of a new version.
     """
-    from cimcoder.training.tracking import RunTracker, TrackingError, load_run_dir_from_uri
+    from cimcoder.training.tracking import (
+        RunTracker,
+        TrackingError,
+        load_run_dir_from_uri,
+        set_alias,
+    )
 
-    rows = {str(run_dir): _evaluate_model(run_dir, data, None)}
+    rows = {str(run_dir): report if report is not None else _evaluate_model(run_dir, data, None)}
     champion_value: float | None = None
     try:
         champion_dir = load_run_dir_from_uri(f"models:/{name}@{alias}")
@@ -331,6 +345,8 @@ def promote_run(
     better = challenger_value is not None and (
         champion_value is None or challenger_value > champion_value
     )
+    if (better or force) and registered is not None:
+        return rows, better, set_alias(registered, alias)
     registered = None
     if better or force:
         from cimcoder.training.tracking import register_run_model

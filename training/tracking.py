@@ -679,6 +679,21 @@ def register_run_model(
     )
 
 
+def set_alias(
+    registered: RegisteredModel, alias: str = "champion", tracking_uri: str | None = None
+) -> RegisteredModel:
+    """Point `alias` at a version already registered (in the resolved tracking store)."""
+    import dataclasses
+
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_registered_model_alias(registered.name, alias, registered.version)
+    logger.info("@%s -> %s version %s", alias, registered.name, registered.version)
+    return dataclasses.replace(registered, promoted=True, alias=alias)
+
+
 def _pyfunc_class() -> type:
     """The pyfunc wrapper class, resolved at call time.
 
