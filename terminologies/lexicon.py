@@ -158,7 +158,7 @@ def label_entries(terminology: str = "cim10") -> Iterator[LexiconEntry]:
     """Entries from the terminology's own labels (every code that is not deleted)."""
     from cimcoder.terminologies import load_terminology
 
-    term = load_terminology(terminology)  # type: ignore[arg-type]
+    term = load_terminology(terminology)
     for code in term.codes():
         concept = term.get(code)
         if concept is None or getattr(concept, "deleted", False):
@@ -240,7 +240,7 @@ def check_entries(
     """Problems of curated entries: unknown, non-canonical, non-codable or deleted codes."""
     from cimcoder.terminologies import load_terminology
 
-    term = load_terminology(terminology)  # type: ignore[arg-type]
+    term = load_terminology(terminology)
     problems: list[tuple[LexiconEntry, str]] = []
     for entry in entries:
         for code in entry.codes:
