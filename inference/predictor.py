@@ -184,6 +184,8 @@ class Predictor:
             [c is not None and (c.restrictions is None or c.restrictions.codable) for c in self._concepts]
         )
         self._cim11_cache: dict[str, list[str]] = {}
+        self._label_index = {code: j for j, code in enumerate(self.labels)}
+        self._descendants: dict[int, list[int]] = {}
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -514,25 +516,15 @@ class Predictor:
         return set(symptoms)
 
     def _codable_descendants(self, j: int) -> list[int]:
-        cache = self.__dict__.setdefault("_descendants", {})
-        got = cache.get(j)
+        got = self._descendants.get(j)
         if got is None:
-            code = self.labels[j]
-            index = self.__dict__.setdefault(
-                "_label_index", {c: k for k, c in enumerate(self.labels)}
-            )
             got = []
-            frontier = [code]
+            frontier = [self.labels[j]]
             while frontier:
-                nxt = []
-                for c in frontier:
-                    for kid in self.terminology.children(c) if hasattr(self.terminology, "children") else ():
-                        nxt.append(kid)
-                        k = index.get(kid)
-                        if k is not None and self._codable[k]:
-                            got.append(k)
-                frontier = nxt
-            cache[j] = got
+                frontier = [kid for c in frontier for kid in self.terminology.children(c)]
+                got += [k for kid in frontier if (k := self._label_index.get(kid)) is not None
+                        and self._codable[k]]
+            self._descendants[j] = got
         return got
 
     def _principal(

@@ -48,7 +48,11 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _parse_params(cls: type[_Params], raw: dict[str, Any], model: str) -> Any:
+def _parse_params(
+    cls: type[BaseModel], raw: dict[str, Any], model: str,
+    error: type[CimcoderError] = BaselineError,
+) -> Any:
+    """`model.params` validated by the model's own class; a readable error per bad key."""
     try:
         return cls.model_validate(raw or {})
     except ValidationError as exc:
@@ -57,7 +61,7 @@ def _parse_params(cls: type[_Params], raw: dict[str, Any], model: str) -> Any:
             loc = ".".join(str(p) for p in err["loc"]) or "(root)"
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"  model.params.{loc}: {msg}")
-        raise BaselineError("\n".join(lines)) from None
+        raise error("\n".join(lines)) from None
 
 
 def _targets_matrix(targets: Any, label_space: LabelSpace, n: int) -> np.ndarray:

@@ -191,10 +191,11 @@ def lexicon_codes(term: Any) -> list[str]:
     """Codes of the curated lexicon in `term`'s terminology, with their parents and codable
     children (a mention of "diabète de type 2" may be coded E11.9 by one corpus, E11.98 by
     a DIM)."""
-    from cimcoder.terminologies.lexicon import curated_entries, load_lexicon
+    from cimcoder.terminologies.lexicon import load_lexicon
 
+    # Without labels and CIM-11 titles the lexicon holds the curated entries alone.
     lexicon = load_lexicon(term.name, labels=False, cim11_titles=False)
-    curated = {c for e in lexicon.entries for c in e.codes} if curated_entries() else set()
+    curated = {c for e in lexicon.entries for c in e.codes}
     out: set[str] = set()
     for code in curated:
         if code not in term:

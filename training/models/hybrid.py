@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from cimcoder.errors import CimcoderError
 from cimcoder.training.registry import register_model
@@ -98,15 +98,10 @@ class HybridParams(BaseModel):
 
 
 def _parse(raw: dict[str, Any]) -> HybridParams:
-    try:
-        return HybridParams.model_validate(raw or {})
-    except ValidationError as exc:
-        lines = ["invalid model.params for hybrid:"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  model.params.{loc}: {msg}")
-        raise HybridError("\n".join(lines)) from None
+    from cimcoder.training.baselines import _parse_params
+
+    params: HybridParams = _parse_params(HybridParams, raw, "hybrid", HybridError)
+    return params
 
 
 # ============================================================================ features
