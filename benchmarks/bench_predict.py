@@ -54,7 +54,9 @@ def build_small_model(run_dir: Path = BENCH_MODEL_DIR) -> Path:
     if (run_dir / "labels.json").is_file():
         return run_dir
     from cimcoder.training.corpora import load_dataset
-    from cimcoder.training.models.plm_icd import build_untrained_run
+
+    sys.path.insert(0, str(REPO / "tests"))  # the builder is test code, not shipped
+    from plm_builders import build_untrained_run
 
     print(f"building a small PLM-ICD in {run_dir} (once) ...", file=sys.stderr)
     train = load_dataset("codiesp-fr/train")

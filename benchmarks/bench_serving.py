@@ -59,11 +59,11 @@ def main() -> int:
     key = secrets.token_urlsafe(24)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as data_dir:
+    with tempfile.TemporaryDirectory() as state_dir:
         env = {
             **os.environ,
             "CIMCODER_API_KEYS": f"bench:{key}",
-            "CIMCODER_DATA_DIR": data_dir,
+            "CIMCODER_STATE_DIR": state_dir,
             "CIMCODER_REQUEST_TIMEOUT_S": "300",
             "OMP_NUM_THREADS": "2",
         }

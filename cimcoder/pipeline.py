@@ -18,9 +18,12 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cimcoder.errors import CimcoderError
+
+if TYPE_CHECKING:
+    from cimcoder.eval.report import Report
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +203,7 @@ def _train_command(args: argparse.Namespace) -> int:
 
 def _evaluate_model(
     run_dir: Path, data: str, tracker: Any, scorer: Any = None
-) -> dict[str, Any]:
+) -> Report:
     from cimcoder.eval.runner import evaluate_run
 
     return evaluate_run(run_dir, data=data, tracker=tracker, scorer=scorer)
@@ -212,7 +215,7 @@ def _run_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, list(args.overrides))
     dev = config.data.dev or "codiesp-fr/dev"
 
-    def job(tracker: Any) -> tuple[Path, dict[str, Any], Any]:
+    def job(tracker: Any) -> tuple[Path, Report, Any]:
         from cimcoder.eval.runner import calibrate_run
         from cimcoder.training import load_scorer
 
@@ -227,7 +230,7 @@ def _run_command(args: argparse.Namespace) -> int:
         report = _evaluate_model(run_dir, dev, tracker, scorer)
         registered = None
         if not args.no_register:
-            from cimcoder.training.tracking import register_run_model
+            from cimcoder.inference.mlflow_model import register_run_model
 
             # The alias moves below, once every model is measured on the same stays.
             registered = register_run_model(
@@ -239,7 +242,7 @@ def _run_command(args: argparse.Namespace) -> int:
     rows = {str(run_dir): report}
     for baseline in args.baselines:
 
-        def baseline_job(tracker: Any, cfg: str = baseline) -> tuple[Path, dict[str, Any]]:
+        def baseline_job(tracker: Any, cfg: str = baseline) -> tuple[Path, Report]:
             from cimcoder.eval.runner import calibrate_run
             from cimcoder.training import load_scorer
 
@@ -272,20 +275,20 @@ def _run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def best_run(rows: dict[str, dict[str, Any]], metric: str = "map") -> str:
+def best_run(rows: dict[str, Report], metric: str = "map") -> str:
     """The run whose `metric` is highest, all measured on the same stays."""
     same_stays(rows)
     scored = {run: comparison_row(r)[metric] for run, r in rows.items()}
     return max(scored, key=lambda run: (scored[run] is not None, scored[run] or 0.0))
 
 
-def same_stays(rows: dict[str, dict[str, Any]]) -> None:
+def same_stays(rows: dict[str, Report]) -> None:
     """Refuse to compare reports measured on different stays.
 
     `evaluate` never measures a policy on the stays it was fitted on, so two runs calibrated
     differently (one on half A, one on the whole set, say) are measured on different stays.
     """
-    measured = {run: r.get("dataset") for run, r in rows.items()}
+    measured = {run: r.dataset for run, r in rows.items()}
     if len(set(measured.values())) > 1:
         detail = "; ".join(f"{run}: {d}" for run, d in measured.items())
         raise CimcoderError(
@@ -313,9 +316,9 @@ def promote_run(
     name: str = "cimcoder",
     alias: str = "champion",
     force: bool = False,
-    report: dict[str, Any] | None = None,
+    report: Report | None = None,
     registered: Any = None,
-) -> tuple[dict[str, dict[str, Any]], bool, Any]:
+) -> tuple[dict[str, Report], bool, Any]:
     """Measure the challenger and the alias holder on `data`; register and promote if better.
 
     Both are evaluated by the same code on the same stays, so the decision never rests on
@@ -349,7 +352,7 @@ def promote_run(
         return rows, better, set_alias(registered, alias)
     registered = None
     if better or force:
-        from cimcoder.training.tracking import register_run_model
+        from cimcoder.inference.mlflow_model import register_run_model
 
         tracker = RunTracker.start(name, f"promote-{run_dir.name}", tags={"cimcoder.data": data})
         try:
@@ -379,24 +382,19 @@ def _promote_command(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- output
 
 
-def comparison_row(report: dict[str, Any]) -> dict[str, float | None]:
+def comparison_row(report: Report) -> dict[str, float | None]:
     """The comparison figures of one evaluation report (see `cimcoder.eval.runner`)."""
-    metrics = report.get("metrics", {})
-    bands = report.get("bands", {})
-    row: dict[str, float | None] = {}
-    for key, _ in COMPARE_COLUMNS:
-        if key.startswith("recall_"):
-            band = bands.get(key.removeprefix("recall_"), {})
-            row[key] = band.get("recall") if isinstance(band, dict) else None
-        else:
-            value = metrics.get(key)
-            row[key] = float(value) if isinstance(value, int | float) else None
-    return row
+    m = report.metrics
+    figures: dict[str, float | None] = {
+        "map": m.map, "micro_f1": m.micro_f1, "macro_f1": m.macro_f1, "p@5": m.p_at_5,
+        **{f"recall_{band}": b.recall for band, b in report.bands.items()},
+    }
+    return {key: figures.get(key) for key, _ in COMPARE_COLUMNS}
 
 
-def format_comparison(rows: dict[str, dict[str, Any]], data: str) -> str:
+def format_comparison(rows: dict[str, Report], data: str) -> str:
     # The stays actually measured: half B when the policies were fitted on half A.
-    measured = sorted({str(r.get("dataset") or data) for r in rows.values()})
+    measured = sorted({r.dataset or data for r in rows.values()})
     header = "| model | " + " | ".join(title for _, title in COMPARE_COLUMNS) + " |"
     lines = [
         f"Comparison on {', '.join(measured)}",
@@ -410,27 +408,21 @@ def format_comparison(rows: dict[str, dict[str, Any]], data: str) -> str:
     return "\n".join(lines)
 
 
-AUTOMATION_FIGURES = (
-    ("target_precision", "target precision"),
-    ("auto_precision", "measured auto precision"),
-    ("automation_rate", "share of true codes auto-coded"),
-    ("share_stays_fully_auto_coded", "stays fully auto-coded"),
-    ("review_per_stay_mean", "codes to review per stay"),
-    ("recall_auto_or_review", "true codes found by auto + review"),
-)
-
-
-def _print_automation(report: dict[str, Any]) -> None:
-    headline = report.get("headline")
-    if not isinstance(headline, dict):
-        return
-    print(f"\nAutomation on {report.get('dataset', '?')} (goal: 90% of diagnoses auto-coded)")
-    if headline.get("statement_fr"):
-        print(headline["statement_fr"])
-    for key, title in AUTOMATION_FIGURES:
-        value = headline.get(key)
-        if isinstance(value, int | float):
+def _print_automation(report: Report) -> None:
+    h = report.headline
+    print(f"\nAutomation on {report.dataset} (goal: 90% of diagnoses auto-coded)")
+    if h.statement_fr:
+        print(h.statement_fr)
+    figures = (
+        ("target precision", h.target_precision),
+        ("measured auto precision", h.auto_precision),
+        ("share of true codes auto-coded", h.automation_rate),
+        ("stays fully auto-coded", h.share_stays_fully_auto_coded),
+        ("codes to review per stay", h.review_per_stay_mean),
+        ("true codes found by auto + review", h.recall_auto_or_review),
+    )
+    for title, value in figures:
+        if value is not None:
             print(f"  {title:<36} {value:.3f}")
-    files = report.get("files", {})
-    if files.get("folder"):
-        print(f"  report (HTML + JSON): {files['folder']}")
+    if report.folder:
+        print(f"  report (HTML + JSON): {report.folder}")

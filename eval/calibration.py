@@ -276,7 +276,7 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict
         raise CalibrationError(f"gold {y.shape} and probabilities {p.shape} do not match")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.digitize(p, edges[1:-1], right=False), 0, n_bins - 1)
-    bins = []
+    bins: list[dict[str, float | int | None]] = []
     ece = 0.0
     n = max(p.size, 1)
     for b in range(n_bins):

@@ -21,6 +21,13 @@ keeps 95% of the true codes can send hundreds of codes per stay to review. Two w
 limits therefore apply on top of it, per stay: a code goes to review only if its calibrated
 probability is at least ``min_review_probability``, and at most ``max_review_per_stay``
 codes (the most probable) go to review; the others are rejected. Auto-coding is never capped.
+A third limit sizes the list to the stay (`review_budget`): auto-coded plus review codes are at
+most ``ceil(review_budget * expected) + 1``, where ``expected`` is the sum of the stay's
+calibrated probabilities above the floor (the number of true codes the model expects). A
+discharge letter with three diagnoses then gets a short list, a case report with fifteen a long
+one. On CodiEsp-FR dev (hybrid, 10.3 codes per stay, expected count and gold count correlated
+at 0.85) a budget of 1 raised the micro-F1 of the suggested codes from 0.52 to 0.59 for 2.6
+points of recall; `None` turns it off.
 The defaults (10 codes, 5 %) follow the coder: a stay's review list should read in a minute
 or two, and below a 5 % calibrated probability a coder would check more than 20 suggestions
 per true code found, which is slower than coding it from the report.
@@ -50,8 +57,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy.stats import beta as beta_dist
-from scipy.stats import norm
 
 from cimcoder.errors import CimcoderError
 from cimcoder.eval.calibration import CalibrationMethod, Calibrator
@@ -60,8 +65,10 @@ from cimcoder.eval.defaults import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MAX_REVIEW,
     DEFAULT_MIN_REVIEW_PROBABILITY,
+    DEFAULT_REVIEW_BUDGET,
 )
 from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, node_name
+from cimcoder.eval.intervals import BoundMethod, lower_bound, upper_bound
 from cimcoder.eval.metrics import best_f1_threshold
 
 logger = logging.getLogger(__name__)
@@ -70,7 +77,6 @@ POLICY_FILE = "policy.json"
 POLICY_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1: no review cap, no F1 threshold
 AUTO, REVIEW, REJECT = "auto", "review", "reject"
-BoundMethod = Literal["wilson", "clopper-pearson"]
 
 
 class PolicyError(CimcoderError):
@@ -79,45 +85,6 @@ class PolicyError(CimcoderError):
 
 class PolicyMismatchError(PolicyError):
     """The policy was fitted for another label space than the model's."""
-
-
-# --------------------------------------------------------------------------- bounds
-
-
-def lower_bound(
-    successes: np.ndarray | int, trials: np.ndarray | int, *, confidence: float = 0.95,
-    method: BoundMethod = "wilson",
-) -> np.ndarray:
-    """One-sided lower confidence bound of a binomial proportion (0 where trials == 0)."""
-    k = np.asarray(successes, dtype=float)
-    n = np.asarray(trials, dtype=float)
-    out = np.zeros(np.broadcast(k, n).shape)
-    ok = n > 0
-    k, n = np.broadcast_to(k, out.shape)[ok], np.broadcast_to(n, out.shape)[ok]
-    if method == "wilson":
-        z = norm.ppf(confidence)
-        phat = k / n
-        den = 1 + z * z / n
-        centre = phat + z * z / (2 * n)
-        half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
-        out[ok] = np.clip((centre - half) / den, 0.0, 1.0)
-    elif method == "clopper-pearson":
-        alpha = 1 - confidence
-        lb = np.where(k > 0, beta_dist.ppf(alpha, np.maximum(k, 1e-12), n - k + 1), 0.0)
-        out[ok] = np.nan_to_num(lb)
-    else:
-        raise PolicyError(f"unknown bound method {method!r}")
-    return out
-
-
-def upper_bound(
-    successes: np.ndarray | int, trials: np.ndarray | int, *, confidence: float = 0.95,
-    method: BoundMethod = "wilson",
-) -> np.ndarray:
-    """One-sided upper confidence bound (1 where trials == 0), by symmetry of the lower one."""
-    k = np.asarray(successes, dtype=float)
-    n = np.asarray(trials, dtype=float)
-    return 1.0 - lower_bound(n - k, n, confidence=confidence, method=method)
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -231,6 +198,8 @@ class DecisionPolicy:
     # Coder workload, per stay: None = no cap (format-1 policies).
     max_review_per_stay: int | None = DEFAULT_MAX_REVIEW
     min_review_probability: float = DEFAULT_MIN_REVIEW_PROBABILITY
+    # Auto + review per stay <= ceil(budget * expected codes) + 1; None = off (older policies).
+    review_budget: float | None = None
     # Global micro-F1-optimal threshold on raw scores of the fitting data (model comparisons).
     f1_threshold: float | None = None
     policy_format: int = POLICY_FORMAT
@@ -257,6 +226,7 @@ class DecisionPolicy:
         calibration_folds: int = 5,
         max_review_per_stay: int | None = DEFAULT_MAX_REVIEW,
         min_review_probability: float = DEFAULT_MIN_REVIEW_PROBABILITY,
+        review_budget: float | None = DEFAULT_REVIEW_BUDGET,
         n_gold: np.ndarray | Sequence[int] | None = None,
         never_auto: np.ndarray | None = None,
     ) -> DecisionPolicy:
@@ -268,8 +238,8 @@ class DecisionPolicy:
         would push the thresholds too low. The saved calibrator is fitted on all stays.
         With a given `calibrator`, its in-sample probabilities are used as they are.
 
-        `max_review_per_stay` / `min_review_probability` bound the review band per stay (see
-        the module docstring). `n_gold` (per-stay count of all gold codes, including those
+        `max_review_per_stay` / `min_review_probability` / `review_budget` bound the review
+        band per stay (see the module docstring). `n_gold` (per-stay count of all gold codes, including those
         outside the label space) only enters the choice of `f1_threshold`. `never_auto` ([n, L]
         bool, the model's vetoes) leaves those pairs out of the auto thresholds: what is
         certified is the precision of the codes that can be auto-coded.
@@ -284,6 +254,8 @@ class DecisionPolicy:
             raise PolicyError(f"max review per stay must be >= 0 (or None), got {max_review_per_stay}")
         if not 0.0 <= min_review_probability < 1.0:
             raise PolicyError(f"min review probability must be in [0, 1), got {min_review_probability}")
+        if review_budget is not None and not 0.0 < review_budget <= 100.0:
+            raise PolicyError(f"review budget must be in (0, 100] (or None), got {review_budget}")
         labels = list(labels)
         y = np.asarray(y_true, dtype=bool)
         s = np.asarray(scores, dtype=float)
@@ -372,6 +344,7 @@ class DecisionPolicy:
             created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             max_review_per_stay=None if max_review_per_stay is None else int(max_review_per_stay),
             min_review_probability=float(min_review_probability),
+            review_budget=None if review_budget is None else float(review_budget),
             f1_threshold=None if best is None else best[0],
         )
         policy.content_hash = policy._hash()
@@ -442,10 +415,11 @@ class DecisionPolicy:
         is_review = (p >= review) & ~is_auto
         if review_cap:
             is_review &= p >= self.min_review_probability
-            cap = self.max_review_per_stay
-            if cap is not None:
-                over = np.flatnonzero(is_review.sum(axis=1) > cap)
+            caps = self.review_caps(p, is_auto)
+            if caps is not None:
+                over = np.flatnonzero(is_review.sum(axis=1) > caps)
                 if over.size:
+                    cap = caps[over, None] if caps.ndim else caps
                     sub = np.where(is_review[over], p[over], -np.inf)
                     if tb is None:
                         order = np.argsort(-sub, axis=1, kind="stable")
@@ -458,6 +432,17 @@ class DecisionPolicy:
         out[is_review] = REVIEW
         out[is_auto] = AUTO
         return out
+
+    def review_caps(self, p: np.ndarray, is_auto: np.ndarray) -> np.ndarray | None:
+        """Review codes allowed per stay: the fixed cap, and the stay's budget (expected codes
+        + 1, less what is auto-coded); a scalar array for the cap alone, None for no limit."""
+        caps = None if self.max_review_per_stay is None else np.asarray(self.max_review_per_stay)
+        if self.review_budget is None:
+            return caps
+        expected = np.where(p >= self.min_review_probability, p, 0.0).sum(axis=1)
+        room = np.ceil(self.review_budget * expected - 1e-9).astype(int) + 1 - is_auto.sum(axis=1)
+        room = np.maximum(room, 0)
+        return room if caps is None else np.minimum(room, caps)
 
     def level_counts(self) -> dict[str, dict[str, int]]:
         """Codes per level of the hierarchy their auto and review thresholds come from."""
@@ -484,12 +469,17 @@ class DecisionPolicy:
             "edition": self.edition,
             "max_review_per_stay": self.max_review_per_stay,
             "min_review_probability": self.min_review_probability,
+            "review_budget": self.review_budget,
         }
 
-    def with_review_cap(self, max_review_per_stay: int | None, min_review_probability: float) -> DecisionPolicy:
+    def with_review_cap(
+        self, max_review_per_stay: int | None, min_review_probability: float,
+        review_budget: float | Literal["same"] | None = "same",
+    ) -> DecisionPolicy:
         """The same policy with other per-stay review limits (what-if for the report)."""
+        budget = self.review_budget if review_budget == "same" else review_budget
         return dataclasses.replace(self, max_review_per_stay=max_review_per_stay,
-                                   min_review_probability=min_review_probability)
+                                   min_review_probability=min_review_probability, review_budget=budget)
 
     def node_of(self, code: str, level: str) -> str:
         return node_name(level, code, Hierarchy(self.terminology))
@@ -507,6 +497,8 @@ class DecisionPolicy:
                 "review_cap": {
                     "max_review_per_stay": self.max_review_per_stay,
                     "min_review_probability": self.min_review_probability,
+                    # Absent when off, so that policies written before it keep their hash.
+                    **({} if self.review_budget is None else {"review_budget": self.review_budget}),
                 },
                 "f1_threshold": self.f1_threshold,
             }
@@ -593,6 +585,7 @@ class DecisionPolicy:
                 max_review_per_stay=None if fmt < 2 or cap.get("max_review_per_stay") is None
                 else int(cap["max_review_per_stay"]),
                 min_review_probability=float(cap.get("min_review_probability", 0.0)) if fmt >= 2 else 0.0,
+                review_budget=None if cap.get("review_budget") is None else float(cap["review_budget"]),
                 f1_threshold=None if f1_t is None else float(f1_t),
                 policy_format=fmt,
             )
@@ -694,9 +687,13 @@ class CrossFittedPolicy:
         per_fold = np.array([np.nan if p.f1_threshold is None else p.f1_threshold for p in self.policies])
         return per_fold[self.fold]
 
-    def with_review_cap(self, max_review_per_stay: int | None, min_review_probability: float) -> CrossFittedPolicy:
+    def with_review_cap(
+        self, max_review_per_stay: int | None, min_review_probability: float,
+        review_budget: float | Literal["same"] | None = "same",
+    ) -> CrossFittedPolicy:
         return CrossFittedPolicy(
-            [p.with_review_cap(max_review_per_stay, min_review_probability) for p in self.policies],
+            [p.with_review_cap(max_review_per_stay, min_review_probability, review_budget)
+             for p in self.policies],
             self.fold,
         )
 

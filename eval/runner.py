@@ -32,13 +32,14 @@ from cimcoder.eval.policy import (
     AUTO,
     DEFAULT_MAX_REVIEW,
     DEFAULT_MIN_REVIEW_PROBABILITY,
+    DEFAULT_REVIEW_BUDGET,
     POLICY_FILE,
     REVIEW,
     BoundMethod,
     CrossFittedPolicy,
     DecisionPolicy,
 )
-from cimcoder.eval.report import Tracker, build_report, write_report
+from cimcoder.eval.report import Report, Tracker, build_report, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +295,7 @@ def calibrate_run(
     min_positives: int = 50,
     max_review_per_stay: int | None = DEFAULT_MAX_REVIEW,
     min_review_probability: float = DEFAULT_MIN_REVIEW_PROBABILITY,
+    review_budget: float | None = DEFAULT_REVIEW_BUDGET,
     scorer: Any | None = None,
     measure_other_half: bool = True,
     folds: int = DEFAULT_FOLDS,
@@ -331,7 +333,7 @@ def calibrate_run(
         bound=bound, calibration=calibration, min_positives=min_positives, terminology=terminology,
         edition=getattr(getattr(model, "label_space", None), "edition", None),
         max_review_per_stay=max_review_per_stay, min_review_probability=min_review_probability,
-        n_gold=fit_data.n_gold, never_auto=fit_data.never_auto,
+        review_budget=review_budget, n_gold=fit_data.n_gold, never_auto=fit_data.never_auto,
         fitted_on={"data": spec, "dataset": name, "half": half, "n_stays": len(fit_data.stay_ids),
                    "n_gold_in_space": int(fit_data.y.sum()), "half_salt": HALF_SALT,
                    **({"folds": folds, "fold_salt": FOLD_SALT} if half is None and folds >= 2 else {})},
@@ -382,7 +384,7 @@ def _code_titles(terminology: str) -> Callable[[str], str | None] | None:
     try:
         from cimcoder.terminologies import load_terminology
 
-        term = load_terminology(terminology)  # type: ignore[arg-type]
+        term = load_terminology(terminology)
     except Exception as exc:  # titles are cosmetic: never fail an evaluation for them
         logger.warning("code labels unavailable for the report: %s", exc)
         return None
@@ -402,10 +404,10 @@ def evaluate_run(
     *,
     scorer: Any | None = None,
     sweep: bool = True,
-) -> dict[str, Any]:
+) -> Report:
     """Score `data`, apply the run's policy, compute all metrics and write the report.
 
-    Returns the JSON report. Decisions are never judged on the stays that fitted them: if
+    Returns the report (`folder`: where it was written). Decisions are never judged on the stays that fitted them: if
     the policy was fitted on one half of `data`, only the other half is measured (asking
     for the fitting half itself is refused); if it was fitted on the whole data set with
     cross-fitting, each stay is decided by the fold policy fitted without it (a note says so).
@@ -492,8 +494,7 @@ def evaluate_run(
     )
     folder = Path(output) if output is not None else path / "eval" / _safe_name(scored.name)
     write_report(report, folder, tracker=tracker, artifact_path=f"eval/{_safe_name(scored.name)}")
-    report["files"] = {"folder": str(folder)}
-    return report
+    return report.model_copy(update={"folder": str(folder)})
 
 
 def _safe_name(name: str) -> str:

@@ -5,7 +5,25 @@ Names are resolved lazily so `import cimcoder.inference` loads neither torch nor
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cimcoder.lazy import lazy_exports
+
+if TYPE_CHECKING:  # real types for mypy and editors; at run time `__getattr__` imports
+    from cimcoder.inference.predictor import (
+        DEFAULT_MODEL_URI as DEFAULT_MODEL_URI,
+        EmptyReportError as EmptyReportError,
+        ModelMismatchError as ModelMismatchError,
+        Predictor as Predictor,
+        PredictorError as PredictorError,
+        StayInput as StayInput,
+    )
+    from cimcoder.inference.schemas import (
+        CodePrediction as CodePrediction,
+        Evidence as Evidence,
+        ModelInfo as ModelInfo,
+        StayPrediction as StayPrediction,
+    )
 
 _EXPORTS = {
     "Predictor": "cimcoder.inference.predictor",

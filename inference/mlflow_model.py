@@ -1,4 +1,5 @@
-"""The MLflow pyfunc model registered for each trained run: report text in, codes out.
+"""The MLflow pyfunc model registered for each trained run: report text in, codes out, and
+its registration (`register_run_model`: log a run folder as this model, maybe move an alias).
 
 The model's single artefact ("run") is the whole run folder. `predict` delegates to
 `cimcoder.inference.Predictor` (calibrated scores, decisions, evidence, CIM-11), so an MLflow
@@ -17,15 +18,34 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlflow.pyfunc import PythonModel
 
-from cimcoder.training.tracking import load_run_dir_from_uri
+from cimcoder.training.tracking import (
+    RegisteredModel,
+    RunTracker,
+    TrackingError,
+    fluent_uri,
+    load_run_dir_from_uri,
+    read_run_metric,
+    redact_uri,
+)
 
-__all__ = ["CimcoderPyfunc", "ModelInputError", "load_run_dir_from_uri", "texts_from_input"]
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "CimcoderPyfunc",
+    "ModelInputError",
+    "load_run_dir_from_uri",
+    "register_run_model",
+    "texts_from_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +179,158 @@ class CimcoderPyfunc(PythonModel):
             rows.append({"id": str(i), "codes": ranked, "model": model})
             codes.append([r["code"] for r in ranked])
         return rows, codes
+
+
+# ====================================================================== registration
+
+
+def _model_signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "text")]),
+        outputs=Schema([ColSpec("string", "codes"), ColSpec("string", "prediction")]),
+    )
+
+
+def _pip_requirements() -> list[str]:
+    from importlib import metadata
+
+    reqs = []
+    for dist in ("mlflow", "torch", "transformers", "scikit-learn", "numpy", "pandas", "edsnlp"):
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _champion_metric(client: MlflowClient, name: str, alias: str, metric: str) -> float | None:
+    """Metric of the model currently holding `alias` (None when there is none)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    tag = (mv.tags or {}).get(f"cimcoder.{metric}")
+    if tag is not None:
+        try:
+            return float(tag)
+        except ValueError:
+            pass
+    if mv.run_id:
+        try:
+            value = client.get_run(mv.run_id).data.metrics.get(metric)
+            return None if value is None else float(value)
+        except MlflowException:
+            return None
+    return None
+
+
+def register_run_model(
+    run_dir: str | Path,
+    tracker: RunTracker,
+    name: str = "cimcoder",
+    alias: str = "champion",
+    promote: bool | Literal["if_better"] = "if_better",
+    metric: str = "map",
+    input_example: str | None = None,
+) -> RegisteredModel:
+    """Log the run folder as an MLflow pyfunc model, register it, and maybe move `alias`.
+
+    The whole run folder goes into the model (artefact key "run"). `promote=True` always sets
+    `alias` on the new version; "if_better" only when its `metric` (from metrics.json) beats
+    the current alias holder's (or when nobody holds it yet); False never.
+    """
+    import mlflow
+    import pandas as pd
+
+    python_model = CimcoderPyfunc()
+
+    root = Path(run_dir).resolve()
+    if not (root / "config.yaml").is_file():
+        raise TrackingError(f"{root} is not a model run folder (no config.yaml)")
+    value = read_run_metric(root, metric)
+    client = tracker.client
+
+    tracker.log_run_folder_summary(root)
+    example = pd.DataFrame(
+        {"text": [input_example or "Patient de 67 ans hospitalisé pour insuffisance cardiaque."]}
+    )
+    with fluent_uri(tracker.tracking_uri), tempfile.TemporaryDirectory() as tmp:
+        # The model holds a copy of the run folder without resumable checkpoints (large, and
+        # useless for serving).
+        staged = Path(tmp) / root.name
+        _copy_run_folder(root, staged)
+        mlflow.start_run(run_id=tracker.run_id)
+        try:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=python_model,
+                artifacts={"run": str(staged)},
+                signature=_model_signature(),
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+                registered_model_name=name,
+                await_registration_for=60,
+            )
+        except Exception as exc:
+            raise TrackingError(
+                f"could not log/register the model at {redact_uri(tracker.tracking_uri)}: {exc}. "
+                f"The run folder {root} is intact: register it again once MLflow is reachable"
+            ) from exc
+        finally:
+            # Leave the run RUNNING: the caller's tracker ends it.
+            mlflow.end_run(status="RUNNING")
+    version = str(info.registered_model_version)
+    if value is not None:
+        client.set_model_version_tag(name, version, f"cimcoder.{metric}", repr(value))
+    client.set_model_version_tag(name, version, "cimcoder.run_folder", root.name)
+
+    current = _champion_metric(client, name, alias, metric)
+    if promote is True:
+        promoted = True
+    elif promote == "if_better":
+        holder_exists = _alias_holder(client, name, alias) is not None
+        promoted = (not holder_exists) or (
+            value is not None and (current is None or value > current)
+        )
+    else:
+        promoted = False
+    if promoted:
+        client.set_registered_model_alias(name, alias, version)
+        logger.info(
+            "registered %s version %s (%s=%s) and set @%s (previous: %s)",
+            name, version, metric, value, alias, current,
+        )
+    else:
+        logger.info(
+            "registered %s version %s (%s=%s); @%s stays (its %s=%s)",
+            name, version, metric, value, alias, metric, current,
+        )
+    tracker.set_tags({"cimcoder.registered_model": f"{name}/{version}"})
+    return RegisteredModel(
+        name=name,
+        version=version,
+        model_uri=f"models:/{name}/{version}",
+        metric=value,
+        promoted=promoted,
+        alias=alias,
+    )
+
+
+def _alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _copy_run_folder(src: Path, dst: Path) -> None:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))

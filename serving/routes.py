@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +25,9 @@ from cimcoder.serving.schemas import (
     SearchResponse,
     SearchResult,
 )
+
+if TYPE_CHECKING:
+    from cimcoder.terminologies import Terminology
 
 logger = logging.getLogger(__name__)
 
@@ -132,13 +135,28 @@ codes_router = APIRouter(
 )
 
 
-def _terminology(request: Request) -> Any:
-    predictor = request.app.state.predictor
+def served_terminology(request: Request) -> Terminology:
+    """The loaded model's terminology, else CIM-10 FR (a service started without a model)."""
+    predictor = getattr(request.app.state, "predictor", None)
     if predictor is not None:
-        return predictor.terminology
+        terminology: Terminology = predictor.terminology
+        return terminology
     from cimcoder.terminologies import load_terminology
 
     return load_terminology("cim10")
+
+
+def search_terminology(terminology: Terminology, q: str, limit: int) -> SearchResponse:
+    """The terminology's own search (a code typed as such comes first), as an API answer."""
+    if not q.strip():
+        raise HTTPException(422, "the query 'q' is empty")
+    hits = terminology.search(q, limit)
+    return SearchResponse(
+        query=q,
+        terminology=terminology.name,
+        edition=terminology.edition,
+        results=[SearchResult(code=h.code, label=h.label, score=round(h.score, 4)) for h in hits],
+    )
 
 
 def _cim11_for(request: Request, code: str, terminology_name: str) -> list[str]:
@@ -158,21 +176,13 @@ async def search_codes(
     q: Annotated[str, Query(min_length=1, max_length=200, description="Words of a label.")],
     limit: Annotated[int, Query(ge=1, le=100, description="Most results.")] = 10,
 ) -> SearchResponse:
-    if not q.strip():
-        raise HTTPException(422, "the query 'q' is empty")
-    terminology = await run_in_threadpool(_terminology, request)
-    hits = await run_in_threadpool(terminology.search, q, limit)
-    return SearchResponse(
-        query=q,
-        terminology=terminology.name,
-        edition=terminology.edition,
-        results=[SearchResult(code=h.code, label=h.label, score=round(h.score, 4)) for h in hits],
-    )
+    terminology = await run_in_threadpool(served_terminology, request)
+    return await run_in_threadpool(search_terminology, terminology, q, limit)
 
 
 @codes_router.get("/{code}", response_model=CodeConcept, summary="Look a code up")
 async def get_code(request: Request, code: str) -> CodeConcept:
-    terminology = await run_in_threadpool(_terminology, request)
+    terminology = await run_in_threadpool(served_terminology, request)
     concept = await run_in_threadpool(terminology.__getitem__, code)  # 404 via handler
     predictor = request.app.state.predictor
     label_space = predictor.label_space if predictor is not None else None

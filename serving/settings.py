@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import threading
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -51,7 +52,7 @@ def _is_placeholder(value: str) -> bool:
     return any(fragment in low for fragment in _PLACEHOLDERS)
 
 
-def _default_data_dir() -> Path:
+def _default_state_dir() -> Path:
     return Path.home() / ".local" / "share" / "cimcoder"
 
 
@@ -92,13 +93,18 @@ class Settings(BaseSettings):
         default=False,
         description="Explicit local opt-out of authentication (development on loopback only).",
     )
-    data_dir: Path = Field(
-        default_factory=_default_data_dir,
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
         description="Folder for local state (the SQLite review database by default).",
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Deprecated old name of state_dir (CIMCODER_DATA_DIR), read for one more "
+        "release when state_dir is not set; use CIMCODER_STATE_DIR.",
     )
     database_url: str | None = Field(
         default=None,
-        description="SQLAlchemy URL of the review store; default sqlite:///<data_dir>/review.db.",
+        description="SQLAlchemy URL of the review store; default sqlite:///<state_dir>/review.db.",
     )
     max_request_bytes: int = Field(
         default=2_000_000, gt=0, description="Largest accepted request body, bytes (else 413)."
@@ -195,6 +201,23 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _deprecated_data_dir(self) -> Settings:
+        if self.data_dir is None:
+            return self
+        message = (
+            "CIMCODER_DATA_DIR (data_dir) is deprecated: set CIMCODER_STATE_DIR for the "
+            "service's state folder (and CIMCODER_DATASETS_DIR for the data sets); "
+            "CIMCODER_DATA_DIR will be ignored in the next release"
+        )
+        if "state_dir" in self.model_fields_set:
+            message += f"; ignored here since the state folder is set ({self.state_dir})"
+        else:
+            self.state_dir = self.data_dir
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        logger.warning(message)
+        return self
+
+    @model_validator(mode="after")
     def _auth_is_configured(self) -> Settings:
         if not self.auth_disabled and not self.api_keys:
             logger.warning(
@@ -218,11 +241,11 @@ class Settings(BaseSettings):
         return out
 
     def resolved_database_url(self) -> str:
-        """`database_url`, or the SQLite file under `data_dir` (folder created on demand)."""
+        """`database_url`, or the SQLite file under `state_dir` (folder created on demand)."""
         if self.database_url:
             return self.database_url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{(self.data_dir / 'review.db').resolve()}"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.state_dir / 'review.db').resolve()}"
 
     def resolved_session_secret(self) -> str:
         """The configured session secret, or a random one drawn once per Settings object."""

@@ -305,11 +305,16 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _lexicon(args: argparse.Namespace) -> int:
-    from cimcoder.terminologies.lexicon import check_entries, curated_entries, load_lexicon
+    from cimcoder.terminologies.lexicon import (
+        check_entries,
+        check_still_current,
+        curated_entries,
+        load_lexicon,
+    )
 
     if args.code is None:
         curated = curated_entries()
-        problems = [why for _, why in check_entries(curated)]
+        problems = [why for _, why in check_entries(curated)] + check_still_current()
         lexicon = load_lexicon()
         data = {
             "edition": lexicon.edition,

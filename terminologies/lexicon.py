@@ -259,6 +259,71 @@ def check_entries(
     return problems
 
 
+# ----------------------------------------------------------------------------- still current
+
+STILL_CURRENT_FILE = Path(__file__).parent / "data" / "still_current.tsv"
+STILL_CURRENT_QUALIFIERS = ("history", "family")
+
+
+@dataclass(frozen=True)
+class StillCurrent:
+    """CIM-10 codes whose mention under a qualifier is still a current diagnosis of the stay.
+
+    "ATCD : HTA, diabète de type 2, FA" lists treated chronic diseases: the DIM codes them as
+    DAS, they are not healed history. And a code that itself says the past or a relative
+    (Z86 personal history, I25.2 old infarction, Z80 family history of cancer) is what a
+    history or family mention *means*. The curated file `data/still_current.tsv` (codes as
+    CIM-10 categories or codes, a qualifier, a note) lists them; acute events (infarction,
+    stroke, embolism) and cancers (in remission: Z85) are not in it. CIM-10 only.
+    """
+
+    prefixes: dict[str, tuple[str, ...]]  # qualifier -> undotted code prefixes
+
+    def covers(self, codes: Sequence[str], qualifier: str) -> bool:
+        """True when every code is still current under `qualifier` (none given: False)."""
+        prefixes = self.prefixes.get(qualifier, ())
+        keys = [c.replace(".", "").upper() for c in codes]
+        return bool(keys) and bool(prefixes) and all(k.startswith(prefixes) for k in keys)
+
+    @classmethod
+    def read(cls, path: str | Path = STILL_CURRENT_FILE) -> StillCurrent:
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TerminologyFileError(f"cannot read {path}: {exc}") from None
+        if not lines or lines[0].split("\t") != ["codes", "qualifier", "note"]:
+            raise TerminologyFileError(f"{path}: the header must be codes / qualifier / note")
+        out: dict[str, list[str]] = {q: [] for q in STILL_CURRENT_QUALIFIERS}
+        for line_no, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            cells = line.split("\t")
+            if len(cells) != 3 or cells[1] not in out or not cells[0].split():
+                raise TerminologyFileError(
+                    f"{path}:{line_no}: expected codes, one of {'/'.join(out)}, a note"
+                )
+            out[cells[1]].extend(c.replace(".", "").upper() for c in cells[0].split())
+        return cls({q: tuple(v) for q, v in out.items()})
+
+
+@functools.lru_cache(maxsize=2)
+def still_current(terminology: str = "cim10") -> StillCurrent:
+    """The shipped still-current codes (cached); none for CIM-11."""
+    return StillCurrent.read() if terminology == "cim10" else StillCurrent({})
+
+
+def check_still_current(path: str | Path = STILL_CURRENT_FILE) -> list[str]:
+    """Codes of the still-current file that CIM-10 FR does not know (as code or category)."""
+    from cimcoder.terminologies import load_terminology
+
+    term = load_terminology("cim10")
+    known = {c.replace(".", "").upper() for c in term.codes()}
+    table = StillCurrent.read(path)
+    return [f"{path}: unknown code {p} ({q})" for q, ps in table.prefixes.items()
+            for p in ps if p not in known]
+
+
 def curated_entries(directory: str | Path = LEXICON_DIR) -> list[LexiconEntry]:
     """Every curated file of `directory`, in file-name order."""
     entries: list[LexiconEntry] = []

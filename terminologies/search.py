@@ -14,7 +14,7 @@ import re
 import unicodedata
 from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -297,7 +297,3 @@ class SearchIndex:
             ranked.append((final, doc))
         ranked.sort(key=lambda item: (-item[0], self._codes[item[1]]))
         return [(self._codes[doc], self._labels[doc], score) for score, doc in ranked[:limit]]
-
-
-def build_index(entries: Sequence[tuple[str, str, str]], leaves: frozenset[str]) -> SearchIndex:
-    return SearchIndex(entries, leaves)

@@ -28,7 +28,7 @@ def make_settings(tmp: Path, **overrides: object):  # type: ignore[no-untyped-de
     values: dict[str, object] = {
         "model": None,
         "api_keys": [KEY, f"serveur-dpi:{OTHER_KEY}"],
-        "data_dir": tmp,
+        "state_dir": tmp,
         "max_request_bytes": 20_000,
         "max_batch_items": 4,
         "_env_file": None,
@@ -126,6 +126,24 @@ def test_settings_refuse_placeholder_secrets(tmp_path: Path) -> None:
         make_settings(tmp_path, session_secret="changeme-changeme-changeme")
     with pytest.raises(ValidationError, match="placeholder"):
         make_settings(tmp_path, api_keys=["dim:changeme"])
+
+
+def test_old_data_dir_variable_still_sets_the_state_folder_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cimcoder.serving.settings import Settings
+
+    monkeypatch.delenv("CIMCODER_STATE_DIR", raising=False)
+    monkeypatch.setenv("CIMCODER_DATA_DIR", str(tmp_path / "old"))
+    with pytest.warns(DeprecationWarning, match="deprecated: set CIMCODER_STATE_DIR"):
+        settings = Settings(model=None, auth_disabled=True, _env_file=None)
+    assert settings.state_dir == tmp_path / "old"
+    assert settings.resolved_database_url() == f"sqlite:///{(tmp_path / 'old' / 'review.db').resolve()}"
+    assert "set CIMCODER_STATE_DIR" in caplog.text  # operators read logs, not Python warnings
+    # With both names set, the new one wins and the warning says the old one is ignored.
+    monkeypatch.setenv("CIMCODER_STATE_DIR", str(tmp_path / "new"))
+    with pytest.warns(DeprecationWarning, match="ignored here"):
+        assert Settings(model=None, auth_disabled=True, _env_file=None).state_dir == tmp_path / "new"
 
 
 # --- coding -------------------------------------------------------------------------------

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
 
 from cimcoder.cli import main
 from cimcoder.training.corpora import CorpusError, Diagnosis, Document, Stay, load_dataset
-from cimcoder.training.corpora.paths import ENV_VAR, shipped_path
+from cimcoder.training.corpora.paths import (
+    DEPRECATED_ENV_VAR,
+    ENV_VAR,
+    candidate_data_dirs,
+    shipped_path,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +65,42 @@ def test_shipped_data_found_through_env_var(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "data"))
     assert shipped_path("codiesp-fr/dev") == target
     assert len(load_dataset("codiesp-fr/dev")) == 250
+
+
+def test_old_data_dir_variable_still_finds_data_sets_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "data" / "codiesp-fr" / "dev"
+    shutil.copytree(REPO / "data" / "codiesp-fr" / "dev", target)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv(DEPRECATED_ENV_VAR, str(tmp_path / "data"))
+    with pytest.warns(DeprecationWarning, match=f"{DEPRECATED_ENV_VAR} is deprecated: set {ENV_VAR}"):
+        assert shipped_path("codiesp-fr/dev") == target
+    assert f"set {ENV_VAR}" in caplog.text  # also logged, for CLI users who never see warnings
+    # The new name wins over the old one, without a warning.
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "elsewhere"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert candidate_data_dirs()[0] == tmp_path / "elsewhere"
+
+
+def test_state_dir_does_not_hide_the_shipped_data_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cimcoder.serving.settings import Settings
+
+    # The service's state folder holds a folder named like a data set (an old export, say):
+    # under the single old variable it would have shadowed the shipped one.
+    (tmp_path / "codiesp-fr" / "dev").mkdir(parents=True)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv(DEPRECATED_ENV_VAR, raising=False)
+    monkeypatch.setenv("CIMCODER_STATE_DIR", str(tmp_path))
+    assert tmp_path not in candidate_data_dirs()
+    assert shipped_path("codiesp-fr/dev") == (REPO / "data" / "codiesp-fr" / "dev").resolve()
+    assert len(load_dataset("codiesp-fr/dev")) == 250
+    settings = Settings(model=None, auth_disabled=True, _env_file=None)
+    assert settings.state_dir == tmp_path
+    assert settings.resolved_database_url() == f"sqlite:///{(tmp_path / 'review.db').resolve()}"
 
 
 def test_shipped_data_has_licence_and_no_test_split() -> None:
@@ -127,7 +169,7 @@ def test_codiesp_not_found_anywhere_is_a_clear_error(tmp_path: Path, monkeypatch
     import cimcoder.training.corpora.paths as paths
 
     monkeypatch.setattr(paths, "candidate_data_dirs", lambda: [tmp_path / "nowhere"])
-    with pytest.raises(CorpusError, match=r"not found under .*CIMCODER_DATA_DIR"):
+    with pytest.raises(CorpusError, match=r"not found under .*; set CIMCODER_DATASETS_DIR$"):
         load_dataset("codiesp-fr/dev")
 
 

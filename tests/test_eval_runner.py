@@ -16,6 +16,7 @@ import pytest
 
 from cimcoder.cli import main
 from cimcoder.eval.policy import DecisionPolicy
+from cimcoder.eval.report import read_report
 from cimcoder.eval.runner import (
     EvalDataError,
     calibrate_run,
@@ -137,18 +138,20 @@ def test_evaluate_measures_only_the_other_half_and_writes_the_report(run_dir: Pa
     dev = _dev(run_dir)
     calibrate_run(run_dir, f"{dev}#A")
     report = evaluate_run(run_dir, data=dev)
-    assert report["dataset"] == f"{dev}#B"
-    assert report["notes"] and "autre moitié" in report["notes"][0]
-    folder = Path(report["files"]["folder"])
+    assert report.dataset == f"{dev}#B"
+    assert report.notes and "autre moitié" in report.notes[0]
+    assert report.folder is not None
+    folder = Path(report.folder)
     assert folder.parent == run_dir / "eval"
     assert (folder / "automation_report.html").is_file()
-    saved = json.loads((folder / "automation_report.json").read_text(encoding="utf-8"))
-    assert saved["headline"]["n_auto"] == report["headline"]["n_auto"]
-    targets = [r["target_precision"] for r in report["target_sweep"]]
+    saved = read_report(folder / "automation_report.json")
+    assert saved.headline.n_auto == report.headline.n_auto
+    assert saved == report.model_copy(update={"folder": None})
+    targets = [r.target_precision for r in report.target_sweep]
     assert targets == sorted(targets) and 0.95 in targets
     # Principal diagnoses are known (dp field) and the eight codes are all "frequent".
-    assert report["metrics"]["n_stays_with_principal"] == report["headline"]["n_stays"]
-    assert set(report["bands"]) == {"frequent"}
+    assert report.metrics.n_stays_with_principal == report.headline.n_stays
+    assert set(report.bands) == {"frequent"}
     with pytest.raises(EvalDataError, match="overstate"):
         evaluate_run(run_dir, data=f"{dev}#A")
 
@@ -158,9 +161,20 @@ def test_cli_calibrate_and_evaluate(run_dir: Path, capsys: pytest.CaptureFixture
                  "--min-review-probability", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "target precision   90.0%" in out and "measured precision" in out
-    assert "review per stay" in out and "(cap 2, floor 0.1)" in out and "micro-F1" in out
+    assert "review per stay" in out and "micro-F1" in out
+    assert "(cap 2, budget 1 x expected codes + 1, floor 0.1)" in out
+    assert main(["calibrate", str(run_dir), "--review-budget", "none", "--folds", "0"]) == 0
+    assert DecisionPolicy.load(run_dir).review_budget is None
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["calibrate", str(run_dir), "--review-budget", "0"])
+    capsys.readouterr()
+    assert main(["calibrate", str(run_dir), "--target-precision", "0.9", "--max-review", "2",
+                 "--min-review-probability", "0.1"]) == 0
+    capsys.readouterr()
     policy = DecisionPolicy.load(run_dir)
     assert policy.max_review_per_stay == 2 and policy.min_review_probability == 0.1
+    assert policy.review_budget == 1.0
     out_dir = run_dir / "report-cli"
     dev = str(run_dir.parent.parent.parent / "dev.jsonl")
     assert main(["evaluate", str(run_dir), "--data", dev, "--output", str(out_dir)]) == 0
@@ -169,8 +183,8 @@ def test_cli_calibrate_and_evaluate(run_dir: Path, capsys: pytest.CaptureFixture
     assert "target vs measured" in out
     assert "À la précision cible fixée par le DIM (90 %)" in out
     assert (out_dir / "automation_report.html").is_file()
-    saved = json.loads((out_dir / "automation_report.json").read_text(encoding="utf-8"))
-    assert saved["headline"]["review_per_stay_p90"] <= 2 and saved["headline"]["max_review_per_stay"] == 2
+    saved = read_report(out_dir / "automation_report.json")
+    assert saved.headline.review_per_stay_p90 <= 2 and saved.headline.max_review_per_stay == 2
     with pytest.raises(SystemExit):
         main(["calibrate", str(run_dir), "--max-review", "-1"])
     assert "must be 0 or more" in capsys.readouterr().err
@@ -217,11 +231,11 @@ def test_report_feeds_the_pipeline_comparison_table(run_dir: Path) -> None:
         assert isinstance(row[key], float), key
     # micro-F1 is the one at the threshold fitted on half A, applied to half B.
     t = result.policy.f1_threshold
-    assert report["metrics"]["f1_threshold"] == t is not None
+    assert report.metrics.f1_threshold == t is not None
     scored = score_stays(_load_scorer(run_dir), select_half(_load_stays(dev), "B"), "B")
     assert row["micro_f1"] == pytest.approx(micro_prf(scored.y, scored.scores >= t, scored.n_gold).f1)
     assert row["micro_f1"] > 0.5  # the word model finds most of the eight codes
-    assert report["automation"]["headline"]["statement_fr"]
+    assert report.automation.headline.statement_fr
 
 
 def test_older_policy_files_get_an_f1_threshold_from_their_fitting_half(run_dir: Path) -> None:
@@ -231,9 +245,9 @@ def test_older_policy_files_get_an_f1_threshold_from_their_fitting_half(run_dir:
     try:
         dev = str(run_dir.parent.parent.parent / "dev.jsonl")
         report = evaluate_run(run_dir, data=dev, sweep=False)
-        assert report["metrics"]["f1_threshold"] == pytest.approx(result.policy.f1_threshold)
-        assert any("ancien format" in n for n in report["notes"])
-        assert report["headline"]["max_review_per_stay"] is None
+        assert report.metrics.f1_threshold == pytest.approx(result.policy.f1_threshold)
+        assert any("ancien format" in n for n in report.notes)
+        assert report.headline.max_review_per_stay is None
     finally:
         result.policy.save(run_dir)
 
@@ -259,7 +273,7 @@ def test_a_run_without_policy_is_scored_once_for_calibration_and_evaluation(
     dev = str(run_dir.parent.parent.parent / "dev.jsonl")
     report = evaluate_run(fresh, data=dev, scorer=scorer)
     assert (fresh / "policy.json").is_file(), "evaluate calibrated the run first"
-    assert report["dataset"] == dev
+    assert report.dataset == dev
     # Calibration on dev (cross-fitted) and the evaluation with its target sweep read the same
     # 700 stays: one scoring pass serves both.
     assert calls == [700]
@@ -278,18 +292,18 @@ def test_default_calibration_fits_on_all_of_dev_and_measures_by_cross_fitting(ru
     # `evaluate` on the same data set reproduces the same held-out decisions, says how, and
     # refits the target sweep fold by fold.
     report = evaluate_run(run_dir, data=dev)
-    h = report["headline"]
-    assert report["dataset"] == dev and h["n_stays"] == 700
-    assert any("validation croisée à 5 plis" in n for n in report["notes"])
-    assert h["n_auto"] == m["n_auto"] and h["auto_precision"] == pytest.approx(m["measured_precision"])
-    sweep = {r["target_precision"]: r for r in report["target_sweep"]}
-    assert sweep[0.95]["n_auto"] == m["n_auto"] and all(r["cross_fitted_folds"] == 5 for r in sweep.values())
-    assert sweep[0.8]["n_auto"] >= sweep[0.98]["n_auto"]
+    h = report.headline
+    assert report.dataset == dev and h.n_stays == 700
+    assert any("validation croisée à 5 plis" in n for n in report.notes)
+    assert h.n_auto == m["n_auto"] and h.auto_precision == pytest.approx(m["measured_precision"])
+    sweep = {r.target_precision: r for r in report.target_sweep}
+    assert sweep[0.95].n_auto == m["n_auto"] and all(r.cross_fitted_folds == 5 for r in sweep.values())
+    assert sweep[0.8].n_auto >= sweep[0.98].n_auto
     # A half of the same data set: the same fold decisions, restricted to that half.
     half_b = evaluate_run(run_dir, data=f"{dev}#B", sweep=False)
     n_b = sum(stay_half(s) == "B" for s in result.fitted_on.stay_ids)
-    assert half_b["dataset"] == f"{dev}#B" and half_b["headline"]["n_stays"] == n_b
-    assert half_b["headline"]["n_auto"] < h["n_auto"]
+    assert half_b.dataset == f"{dev}#B" and half_b.headline.n_stays == n_b
+    assert half_b.headline.n_auto < h.n_auto
 
 
 def test_a_policy_fitted_on_all_stays_without_folds_is_not_measured_there(run_dir: Path) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from plm_builders import build_untrained_run
 from test_inference_predictor import tiny_corpus
 
 
 def build_tiny_plm_run(run_dir: Path) -> Path:
     """A 1-layer BERT encoder + label-wise head over the tiny corpus's label space (untrained
     but with biases forced from training counts, so decoding is deterministic)."""
-    from cimcoder.training.models.plm_icd import build_untrained_run
-
     texts, code_sets = tiny_corpus()
     return build_untrained_run(
         run_dir, texts, code_sets, vocab_size=400, min_frequency=1, hidden=32, layers=1,

@@ -14,11 +14,14 @@ from cimcoder.terminologies.lexicon import (
     LEXICON_DIR,
     Lexicon,
     LexiconEntry,
+    StillCurrent,
     check_entries,
+    check_still_current,
     curated_entries,
     label_variants,
     load_lexicon,
     read_lexicon_file,
+    still_current,
 )
 
 
@@ -142,6 +145,34 @@ def test_qualified_mentions(extractor, sentence: str, qualifier: str) -> None:
 def test_affirmed_mention_has_no_reason(extractor) -> None:
     mentions = extractor("Embolie pulmonaire bilatérale confirmée.")
     assert mentions and all(m.affirmed and m.reason() is None for m in mentions)
+
+
+def test_treated_chronic_diseases_in_the_history_stay_current_acute_events_do_not(extractor) -> None:
+    text = (
+        "ANTÉCÉDENTS :\n- HTA\n- FA paroxystique sous anticoagulant\n"
+        "- embolie pulmonaire en 2015\n\n"
+        "CONCLUSION : décompensation cardiaque.\n"
+    )
+    mentions = extractor(text)
+    assert codes_of(mentions, affirmed=True, still_current=True) >= {"I10", "I48.0"}
+    past = [m for m in mentions if "I26.9" in m.codes]
+    assert past and all(m.history and not m.affirmed and m.reason() == "antécédent" for m in past)
+    # A negation still wins over the chronic disease: "pas d'HTA" is no HTA.
+    assert "I10" in codes_of(extractor("Antécédents : pas d'HTA."), negated=True)
+
+
+def test_still_current_file_is_valid_and_read_strictly(tmp_path) -> None:
+    assert check_still_current() == []
+    table = still_current("cim10")
+    assert table.covers(["I10", "E11.98"], "history")
+    assert not table.covers(["I10", "I21.9"], "history")  # one acute code: not all current
+    assert table.covers(["Z80.3"], "family") and not table.covers(["I10"], "family")
+    assert not table.covers([], "history")
+    assert still_current("cim11").prefixes == {}
+    bad = tmp_path / "still.tsv"
+    bad.write_text("codes\tqualifier\tnote\nI10\tnegation\tno\n", encoding="utf-8")
+    with pytest.raises(TerminologyFileError, match=":2:"):
+        StillCurrent.read(bad)
 
 
 def test_sections_of_a_compte_rendu(extractor) -> None:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cimcoder.cli import main
+from cimcoder.eval.report import read_report
 from cimcoder.training.tracking import load_run_dir_from_uri, local_tracking_uri
 
 pytestmark = pytest.mark.slow
@@ -52,13 +53,13 @@ def test_run_trains_calibrates_evaluates_and_registers_champion(
     reports = list((run_dir / "eval").glob("*/*.json"))
     assert reports, "the evaluation report (JSON twin) is written into the run folder"
     assert list((run_dir / "eval").glob("*/*.html"))
-    report = json.loads(reports[0].read_text(encoding="utf-8"))
+    report = read_report(reports[0])
     # Fitted on the whole dev set; each stay measured by the fold policy fitted without it.
-    assert report["dataset"] == policy["fitted_on"]["data"] and policy["fitted_on"]["folds"] == 5
-    assert any("validation croisée à 5 plis" in n for n in report["notes"])
+    assert report.dataset == policy["fitted_on"]["data"] and policy["fitted_on"]["folds"] == 5
+    assert any("validation croisée à 5 plis" in n for n in report.notes)
     # Synthetic stays name their diagnoses plainly: a working model ranks well; a broken one
     # (random scores over ~100 codes) stays far below.
-    assert report["metrics"]["map"] > 0.5
+    assert report.metrics.map > 0.5
     assert "| champion |" in out and "MAP" in out
 
     local = load_run_dir_from_uri(

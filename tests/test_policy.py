@@ -15,6 +15,7 @@ from cimcoder.eval.policy import (
     AUTO,
     DEFAULT_MAX_REVIEW,
     DEFAULT_MIN_REVIEW_PROBABILITY,
+    DEFAULT_REVIEW_BUDGET,
     REJECT,
     REVIEW,
     CodePolicy,
@@ -181,7 +182,7 @@ CAP_LABELS = ["I10", "I50.0", "I50.1", "I48.2", "I25.1", "I21.4", "I35.0", "I44.
               "I26.9", "I27.2", "E11.9", "E66.0", "N18.3"]
 
 
-def hand_policy(cap: int | None = 10, floor: float = 0.05) -> DecisionPolicy:
+def hand_policy(cap: int | None = 10, floor: float = 0.05, budget: float | None = None) -> DecisionPolicy:
     """Same thresholds for every code: auto at 0.9, review from 0.01."""
     labels = CAP_LABELS
     y = np.zeros((2, len(labels)), dtype=bool)
@@ -189,7 +190,30 @@ def hand_policy(cap: int | None = 10, floor: float = 0.05) -> DecisionPolicy:
     cal = Calibrator.fit(y, np.full(y.shape, 0.5), labels, method="none")
     codes = {c: CodePolicy(0.9, 0.01, "global", "global") for c in labels}
     return DecisionPolicy(labels=labels, calibrator=cal, codes=codes,
-                          max_review_per_stay=cap, min_review_probability=floor)
+                          max_review_per_stay=cap, min_review_probability=floor, review_budget=budget)
+
+
+def test_review_budget_sizes_the_list_to_the_codes_the_stay_is_expected_to_have() -> None:
+    p = np.zeros((2, len(CAP_LABELS)))
+    # Stay 1, a short letter: one sure code and a tail of unlikely ones; expected 0.95 + 0.3 + 0.2
+    # + 0.1 (0.03 is below the floor) = 1.55 codes: ceil(1.55) + 1 = 3 places, one taken by auto.
+    p[0, :5] = [0.95, 0.30, 0.20, 0.10, 0.03]
+    # Stay 2, a long case: thirteen likely codes (expected 10.4, 12 places): the cap of 10 binds.
+    p[1, :13] = 0.8
+    budgeted = hand_policy(budget=1.0).decide(p, CAP_LABELS)
+    assert list(budgeted[0, :5]) == [AUTO, REVIEW, REVIEW, REJECT, REJECT]
+    assert (budgeted[1] == REVIEW).sum() == 10
+    p[1, :13] = 0.4  # expected 5.2: ceil + 1 = 7 places, below the cap
+    assert (hand_policy(budget=1.0).decide(p, CAP_LABELS)[1] == REVIEW).sum() == 7
+    p[1, :13] = 0.8
+    off = hand_policy(budget=None).decide(p, CAP_LABELS)
+    assert list(off[0, :5]) == [AUTO, REVIEW, REVIEW, REVIEW, REJECT]
+    assert (off[1] == REVIEW).sum() == 10
+    # A larger budget keeps more; auto-coding is never cut by it.
+    wide = hand_policy(budget=3.0).decide(p, CAP_LABELS)
+    assert list(wide[0, :5]) == [AUTO, REVIEW, REVIEW, REVIEW, REJECT]
+    p[0, :5] = 0.97
+    assert (hand_policy(budget=1.0).decide(p, CAP_LABELS)[0, :5] == AUTO).all()
 
 
 def test_review_cap_turns_the_eleventh_review_into_reject_and_never_caps_auto() -> None:
@@ -248,12 +272,16 @@ def test_fit_stores_the_workload_limits_and_the_f1_threshold(tmp_path) -> None:
     assert again.version == policy.version
     data = json.loads((tmp_path / "policy.json").read_text(encoding="utf-8"))
     assert data["format"] == 2
-    assert data["review_cap"] == {"max_review_per_stay": 3, "min_review_probability": 0.1}
+    assert data["review_cap"] == {"max_review_per_stay": 3, "min_review_probability": 0.1,
+                                  "review_budget": DEFAULT_REVIEW_BUDGET}
     # Defaults, and the CLI's copies of them.
     default = DecisionPolicy.fit(y, s, labels)
     assert default.max_review_per_stay == DEFAULT_MAX_REVIEW == eval_cli.DEFAULT_MAX_REVIEW
     assert default.min_review_probability == DEFAULT_MIN_REVIEW_PROBABILITY \
         == eval_cli.DEFAULT_MIN_REVIEW_PROBABILITY
+    assert default.review_budget == DEFAULT_REVIEW_BUDGET == eval_cli.DEFAULT_REVIEW_BUDGET
+    with pytest.raises(PolicyError, match="review budget"):
+        DecisionPolicy.fit(y, s, labels, review_budget=0.0)
     with pytest.raises(PolicyError, match="min review probability"):
         DecisionPolicy.fit(y, s, labels, min_review_probability=1.0)
 

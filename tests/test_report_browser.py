@@ -31,12 +31,13 @@ def test_report_opens_offline_with_plots_and_headline(tmp_path: Path) -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("request", lambda r: requests.append(r.url))
             page.goto(html_path.as_uri(), wait_until="load")
-            h = report["headline"]
+            h = report.headline
+            assert h.automation_rate is not None and h.auto_precision is not None
             # Headline figures, formatted the French way.
             kpi = page.locator("#kpi-automation .value").inner_text()
-            assert kpi == f"{100 * h['automation_rate']:.1f} %".replace(".", ",")
+            assert kpi == f"{100 * h.automation_rate:.1f} %".replace(".", ",")
             prec = page.locator("#kpi-precision .value").inner_text()
-            assert prec == f"{100 * h['auto_precision']:.1f} %".replace(".", ",")
+            assert prec == f"{100 * h.auto_precision:.1f} %".replace(".", ",")
             assert "objectif national" in page.locator("#verdict").inner_text()
             assert page.locator("#kpi-stays").is_visible() and page.locator("#kpi-workload").is_visible()
             # The plots are drawn: curves with points, chapter bars, reliability diagram.

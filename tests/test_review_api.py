@@ -179,3 +179,59 @@ def test_export_audit_settings_and_monitoring(client: TestClient) -> None:
     assert report["totals"]["stays"] == 1
     assert report["most_corrected"][0]["code"] in {"E11.9", "E87.68"}
     assert report["weekly"][0]["stays"] == 1
+
+
+def test_review_search_is_the_terminology_search(client: TestClient) -> None:
+    # The page's search answers what GET /v1/codes/search answers (the terminology's own
+    # search: a code typed as such comes first), cookie or key.
+    for q in ("hypokaliémie", "e8768", "insuffisance cardiaque"):
+        review = client.get("/v1/review/codes/search", params={"q": q, "limit": 8}, headers=auth())
+        api = client.get("/v1/codes/search", params={"q": q, "limit": 8}, headers=auth())
+        assert review.status_code == api.status_code == 200
+        assert review.json() == api.json()
+        assert review.json()["terminology"] == "cim10" and review.json()["results"]
+    # A chapter typed as such ("IX", circulatory diseases) is not a code a coder can pick.
+    chapter = client.get("/v1/review/codes/search", params={"q": "IX"}, headers=auth()).json()
+    assert "IX" not in [hit["code"] for hit in chapter["results"]]
+    assert client.get("/v1/review/codes/search", params={"q": "  "}, headers=auth()).status_code == 422
+
+
+def test_get_answers_are_the_workflow_views_under_response_models(client: TestClient) -> None:
+    from cimcoder.serving.review import monitoring, store_for_app, workflow
+    from cimcoder.serving.review.schemas import MonitoringReport
+
+    client.post("/v1/review/stays", json=enqueue_body("sej-api-5"), headers=auth())
+    auto = enqueue_body("sej-api-6", decisions={"I10": "auto", "E11.9": "auto"})
+    client.post("/v1/review/stays", json=auto, headers=auth())
+    saved = client.post("/v1/review/stays/sej-api-5/decisions", json=save_body(1), headers=auth())
+    assert saved.status_code == 200, saved.text
+    store = store_for_app(client.app)  # type: ignore[arg-type]
+    with store.session() as session:
+        view = workflow.stay_view(session, "sej-api-5")
+        queue = workflow.list_stays(session, workflow.QueueFilter())
+    # The models describe every field: the answers are the workflow's views, unchanged.
+    got_view = client.get("/v1/review/stays/sej-api-5", headers=auth()).json()
+    assert got_view == json.loads(json.dumps(view))
+    assert got_view["last_review"]["coder"] == "dr-dupont" and got_view["coding"]["source"] == "review"
+    assert got_view["suggestions"][0]["evidence"][0]["text"] in CRH_INSUFFISANCE_CARDIAQUE
+    got_queue = client.get("/v1/review/stays", headers=auth()).json()
+    assert got_queue == json.loads(json.dumps(queue)) and got_queue["total"] == 2
+    assert client.get("/v1/review/stays/absent", headers=auth()).status_code == 404
+
+    report = client.get("/v1/monitoring", headers=auth()).json()
+    expected = json.loads(json.dumps(monitoring.compute(store)))
+    assert {k: v for k, v in report.items() if k != "generated_at"} == {
+        k: v for k, v in expected.items() if k != "generated_at"
+    }
+    assert report["drift"]["code_frequency"]["note"] == "no labels.json train_counts"
+    # With training counts there is no note, and none is invented.
+    with_labels = monitoring.compute(store, labels={"I50.0": 40, "I10": 25, "E11.9": 10})
+    dumped = MonitoringReport.model_validate(with_labels).model_dump(mode="json", exclude_unset=True)
+    assert dumped == json.loads(json.dumps(with_labels))
+    assert "note" not in dumped["drift"]["code_frequency"] and dumped["drift"]["code_frequency"]["codes"]
+
+    schema = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/review/stays", "/v1/review/stays/{stay_id}", "/v1/review/settings",
+                 "/v1/review/codes/search", "/v1/monitoring"):
+        answer = schema[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert answer["$ref"].startswith("#/components/schemas/"), path

@@ -51,7 +51,7 @@ def review_server(database_url: str, tmp_path: Path, **env: str) -> Iterator[tup
         "CIMCODER_MODEL": "",
         "CIMCODER_API_KEYS": keys,
         "CIMCODER_DATABASE_URL": database_url,
-        "CIMCODER_DATA_DIR": str(tmp_path),
+        "CIMCODER_STATE_DIR": str(tmp_path),
         "CIMCODER_REVIEW_QC_SAMPLE_RATE": "0",
         **env,
     }

@@ -392,3 +392,24 @@ def test_psi_reads_a_shift() -> None:
 
 def test_week_labels_follow_iso_weeks() -> None:
     assert monitoring.week_of(datetime.date(2026, 11, 16)) == "2026-W47"
+
+
+def test_dp_check_reads_the_terminology_restrictions() -> None:
+    from cimcoder.terminologies import load_terminology
+
+    cim10 = load_terminology("cim10")
+    # Chute (cause externe, ATIH type 2) and a germ code (type 1): never a DP.
+    for code in ("W19.0", "B95.3"):
+        restrictions = cim10[code].restrictions
+        assert restrictions is not None and not restrictions.allows("DP")
+        with pytest.raises(workflow.InvalidReview, match=rf"^{code} ne peut pas être DP \(") as caught:
+            workflow.check_dp(code, "cim10")
+        assert restrictions.describe() in str(caught.value)
+    workflow.check_dp("I10", "cim10")  # HTA essentielle: a fine DP
+    # I50.0 is a forbidden parent code (type 3): not refused as DP, the save warns about it
+    # whatever its role.
+    assert not cim10["I50.0"].restrictions.codable  # type: ignore[union-attr]
+    workflow.check_dp("I50.0", "cim10")
+    assert workflow.pmsi_warnings(["I50.0"], "cim10")[0].startswith("I50.0 n'est pas codable en MCO")
+    # CIM-11 carries no PMSI restriction.
+    workflow.check_dp("BD10", "cim11")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cimcoder.inference.mlflow_model import register_run_model
 from cimcoder.training.tracking import (
     RunTracker,
     TrackingError,
@@ -16,7 +17,6 @@ from cimcoder.training.tracking import (
     load_run_dir_from_uri,
     local_tracking_uri,
     read_run_metric,
-    register_run_model,
     resolve_tracking_uri,
 )
 
@@ -91,13 +91,13 @@ def test_flatten_params_dots_nested_keys_and_truncates() -> None:
 
 
 def test_credentials_are_hidden_in_printed_uris() -> None:
-    from cimcoder.training.tracking import _redact
+    from cimcoder.training.tracking import redact_uri
 
-    assert _redact("https://dim:s3cret@mlflow.chu.fr/api") == "https://***@mlflow.chu.fr/api"
+    assert redact_uri("https://dim:s3cret@mlflow.chu.fr/api") == "https://***@mlflow.chu.fr/api"
     # A password holding "@" must not leak its tail; an "@" in the path is not a password.
-    assert _redact("http://dim:p@ss@mlflow:5000") == "http://***@mlflow:5000"
-    assert _redact("http://mlflow:5000/runs/a@b") == "http://mlflow:5000/runs/a@b"
-    assert _redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert redact_uri("http://dim:p@ss@mlflow:5000") == "http://***@mlflow:5000"
+    assert redact_uri("http://mlflow:5000/runs/a@b") == "http://mlflow:5000/runs/a@b"
+    assert redact_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
 
 
 def test_tracker_logs_params_metrics_and_artefacts(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 from mlflow_server import MlflowServer
 from test_tracking import make_run_dir
 
-from cimcoder.training.tracking import RunTracker, load_run_dir_from_uri, register_run_model
+from cimcoder.inference.mlflow_model import register_run_model
+from cimcoder.training.tracking import RunTracker, load_run_dir_from_uri
 
 pytestmark = pytest.mark.slow
 

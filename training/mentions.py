@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cimcoder.terminologies.lexicon import still_current
+
 if TYPE_CHECKING:
     from cimcoder.terminologies.lexicon import Lexicon
 
@@ -115,6 +117,9 @@ class Mention:
     history: bool = False
     reported: bool = False
     section: str = "autre"
+    # A history or family cue that does not apply to these codes (treated chronic disease,
+    # history code): see `cimcoder.terminologies.lexicon.StillCurrent`.
+    still_current: bool = False
 
     @property
     def affirmed(self) -> bool:
@@ -225,6 +230,7 @@ class MentionExtractor:
         self.measurements = measurements
         self._nlp: Any = None
         self._keys: dict[str, tuple[tuple[str, ...], str]] = {}
+        self._still = still_current(lexicon.terminology)
         codes = set(_terminology_codes(lexicon.terminology))
         self._measures = [
             (m, tuple((lo, hi, tuple(c for p in pats for c in (_measure_codes(codes, p) if "x" in p else (p,)) if c in codes)) for lo, hi, pats in m.rules))
@@ -322,6 +328,10 @@ class MentionExtractor:
             if span.label_ == "lex_fuzzy":
                 kind = "fuzzy"
             ext = span._
+            history = bool(getattr(ext, "history", False))
+            family = bool(getattr(ext, "family", False))
+            kept_history = history and not self._still.covers(codes, "history")
+            kept_family = family and not self._still.covers(codes, "family")
             mention = Mention(
                 codes=codes,
                 start=span.start_char,
@@ -329,10 +339,11 @@ class MentionExtractor:
                 kind=kind,
                 negated=bool(getattr(ext, "negation", False)),
                 hypothesis=bool(getattr(ext, "hypothesis", False)),
-                family=bool(getattr(ext, "family", False)),
-                history=bool(getattr(ext, "history", False)),
+                family=kept_family,
+                history=kept_history,
                 reported=bool(getattr(ext, "reported_speech", False)),
                 section=_section_at(sections, span.start_char),
+                still_current=(history and not kept_history) or (family and not kept_family),
             )
             key = (codes, mention.start, mention.end)
             if key not in found or _KIND_RANK.get(kind, 9) < _KIND_RANK.get(found[key].kind, 9):

@@ -1,4 +1,8 @@
-"""MLflow tracking through one logger object, `RunTracker`, and model registration.
+"""MLflow tracking through one logger object, `RunTracker`, and the model registry's plumbing.
+
+Logging a run folder as the registered pyfunc model is `cimcoder.inference.mlflow_model.
+register_run_model`, next to the pyfunc class it logs; this module keeps what it builds on
+(`RegisteredModel`, `read_run_metric`, `fluent_uri`), `set_alias`, and `load_run_dir_from_uri`.
 
 Where runs go:
 - `tracking_uri` argument, else `MLFLOW_TRACKING_URI`, else the **local store**: an SQLite
@@ -18,7 +22,6 @@ can coexist in one process and tests can point each one at its own temporary sto
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -37,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from cimcoder.errors import CimcoderError
 
 if TYPE_CHECKING:
-    from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
@@ -52,8 +54,6 @@ MAX_PARAM_CHARS = 500
 # Run-folder files worth browsing in the MLflow UI (small; the weights go with the model).
 RUN_SUMMARY_FILES = ("config.yaml", "labels.json", "metrics.json", "policy.json")
 RUN_REPORT_GLOBS = ("report*", "eval*", "*.md", "*.html")
-
-PYFUNC_CLASS = "cimcoder.inference.mlflow_model:CimcoderPyfunc"
 
 FALLBACK_HINT = (
     "view it with `mlflow ui --backend-store-uri {uri}`; to copy it to the server later, "
@@ -260,7 +260,7 @@ class RunTracker:
         )
         tracker._journal.tags.update(all_tags)
         logger.info(
-            "MLflow run %s in experiment %r at %s", run.info.run_id, experiment, _redact(uri)
+            "MLflow run %s in experiment %r at %s", run.info.run_id, experiment, redact_uri(uri)
         )
         return tracker
 
@@ -268,7 +268,7 @@ class RunTracker:
         logger.warning(
             "MLflow tracking server %s is unreachable (%s); the run %s is kept in the local "
             "store %s; %s",
-            _redact(server_uri),
+            redact_uri(server_uri),
             reason,
             self.run_id,
             self.tracking_uri,
@@ -288,7 +288,7 @@ class RunTracker:
         except Exception as exc:
             if self.fell_back or not _is_remote(self.tracking_uri):
                 raise TrackingError(
-                    f"MLflow {what} failed at {_redact(self.tracking_uri)}: {exc}"
+                    f"MLflow {what} failed at {redact_uri(self.tracking_uri)}: {exc}"
                 ) from exc
             self._switch_to_local(f"{what} failed: {type(exc).__name__}: {exc}")
             return None
@@ -433,7 +433,7 @@ class RunTracker:
             self.end("FAILED")
 
 
-def _redact(uri: str) -> str:
+def redact_uri(uri: str) -> str:
     """Hide credentials in a URI before logging it."""
     if "://" not in uri:
         return uri
@@ -504,7 +504,7 @@ _METRIC_ALIASES = {"map": {"map", "mean_average_precision"}, "micro_f1": {"micro
 
 @dataclass
 class RegisteredModel:
-    """What `register_run_model` did."""
+    """What `register_run_model` (`cimcoder.inference.mlflow_model`) did."""
 
     name: str
     version: str
@@ -514,30 +514,8 @@ class RegisteredModel:
     alias: str
 
 
-def _model_signature() -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "text")]),
-        outputs=Schema([ColSpec("string", "codes"), ColSpec("string", "prediction")]),
-    )
-
-
-def _pip_requirements() -> list[str]:
-    from importlib import metadata
-
-    reqs = []
-    for dist in ("mlflow", "torch", "transformers", "scikit-learn", "numpy", "pandas", "edsnlp"):
-        try:
-            reqs.append(f"{dist}=={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return reqs
-
-
 @contextmanager
-def _fluent_uri(uri: str) -> Iterator[None]:
+def fluent_uri(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API at `uri` for the duration (model logging needs it).
 
     `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into the
@@ -564,121 +542,6 @@ def _fluent_uri(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _champion_metric(client: MlflowClient, name: str, alias: str, metric: str) -> float | None:
-    """Metric of the model currently holding `alias` (None when there is none)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-    tag = (mv.tags or {}).get(f"cimcoder.{metric}")
-    if tag is not None:
-        try:
-            return float(tag)
-        except ValueError:
-            pass
-    if mv.run_id:
-        try:
-            value = client.get_run(mv.run_id).data.metrics.get(metric)
-            return None if value is None else float(value)
-        except MlflowException:
-            return None
-    return None
-
-
-def register_run_model(
-    run_dir: str | Path,
-    tracker: RunTracker,
-    name: str = "cimcoder",
-    alias: str = "champion",
-    promote: bool | Literal["if_better"] = "if_better",
-    metric: str = "map",
-    input_example: str | None = None,
-) -> RegisteredModel:
-    """Log the run folder as an MLflow pyfunc model, register it, and maybe move `alias`.
-
-    The whole run folder goes into the model (artefact key "run"). `promote=True` always sets
-    `alias` on the new version; "if_better" only when its `metric` (from metrics.json) beats
-    the current alias holder's (or when nobody holds it yet); False never.
-    """
-    import mlflow
-    import pandas as pd
-
-    python_model = _pyfunc_class()()
-
-    root = Path(run_dir).resolve()
-    if not (root / "config.yaml").is_file():
-        raise TrackingError(f"{root} is not a model run folder (no config.yaml)")
-    value = read_run_metric(root, metric)
-    client = tracker.client
-
-    tracker.log_run_folder_summary(root)
-    example = pd.DataFrame(
-        {"text": [input_example or "Patient de 67 ans hospitalisé pour insuffisance cardiaque."]}
-    )
-    with _fluent_uri(tracker.tracking_uri), tempfile.TemporaryDirectory() as tmp:
-        # The model holds a copy of the run folder without resumable checkpoints (large, and
-        # useless for serving).
-        staged = Path(tmp) / root.name
-        _copy_run_folder(root, staged)
-        mlflow.start_run(run_id=tracker.run_id)
-        try:
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=python_model,
-                artifacts={"run": str(staged)},
-                signature=_model_signature(),
-                input_example=example,
-                pip_requirements=_pip_requirements(),
-                registered_model_name=name,
-                await_registration_for=60,
-            )
-        except Exception as exc:
-            raise TrackingError(
-                f"could not log/register the model at {_redact(tracker.tracking_uri)}: {exc}. "
-                f"The run folder {root} is intact: register it again once MLflow is reachable"
-            ) from exc
-        finally:
-            # Leave the run RUNNING: the caller's tracker ends it.
-            mlflow.end_run(status="RUNNING")
-    version = str(info.registered_model_version)
-    if value is not None:
-        client.set_model_version_tag(name, version, f"cimcoder.{metric}", repr(value))
-    client.set_model_version_tag(name, version, "cimcoder.run_folder", root.name)
-
-    current = _champion_metric(client, name, alias, metric)
-    if promote is True:
-        promoted = True
-    elif promote == "if_better":
-        holder_exists = _alias_holder(client, name, alias) is not None
-        promoted = (not holder_exists) or (
-            value is not None and (current is None or value > current)
-        )
-    else:
-        promoted = False
-    if promoted:
-        client.set_registered_model_alias(name, alias, version)
-        logger.info(
-            "registered %s version %s (%s=%s) and set @%s (previous: %s)",
-            name, version, metric, value, alias, current,
-        )
-    else:
-        logger.info(
-            "registered %s version %s (%s=%s); @%s stays (its %s=%s)",
-            name, version, metric, value, alias, metric, current,
-        )
-    tracker.set_tags({"cimcoder.registered_model": f"{name}/{version}"})
-    return RegisteredModel(
-        name=name,
-        version=version,
-        model_uri=f"models:/{name}/{version}",
-        metric=value,
-        promoted=promoted,
-        alias=alias,
-    )
-
-
 def set_alias(
     registered: RegisteredModel, alias: str = "champion", tracking_uri: str | None = None
 ) -> RegisteredModel:
@@ -692,32 +555,6 @@ def set_alias(
     client.set_registered_model_alias(registered.name, alias, registered.version)
     logger.info("@%s -> %s version %s", alias, registered.name, registered.version)
     return dataclasses.replace(registered, promoted=True, alias=alias)
-
-
-def _pyfunc_class() -> type:
-    """The pyfunc wrapper class, resolved at call time.
-
-    It lives in `cimcoder.inference` (serving code) while registration happens at the end of
-    training; resolving it by name keeps `training` free of import-time upward dependencies.
-    """
-    module_name, _, attr = PYFUNC_CLASS.partition(":")
-    cls: type = getattr(importlib.import_module(module_name), attr)
-    return cls
-
-
-def _alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def _copy_run_folder(src: Path, dst: Path) -> None:
-    import shutil
-
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
 
 
 def load_run_dir_from_uri(
@@ -740,7 +577,7 @@ def load_run_dir_from_uri(
     try:
         # MLflow resolves `models:/` names through the *global* registry URI whatever
         # `registry_uri` says (mlflow 3.17, ModelsArtifactRepository._get_model_uri_infos).
-        with _fluent_uri(registry):
+        with fluent_uri(registry):
             local = Path(
                 mlflow.artifacts.download_artifacts(
                     artifact_uri=uri,
@@ -750,9 +587,9 @@ def load_run_dir_from_uri(
                 )
             )
     except MlflowException as exc:
-        raise TrackingError(f"cannot load model {uri} from {_redact(registry)}: {exc.message}") from None
+        raise TrackingError(f"cannot load model {uri} from {redact_uri(registry)}: {exc.message}") from None
     except OSError as exc:
-        raise TrackingError(f"cannot download model {uri} from {_redact(registry)}: {exc}") from None
+        raise TrackingError(f"cannot download model {uri} from {redact_uri(registry)}: {exc}") from None
     mlmodel = local / "MLmodel"
     if not mlmodel.is_file():
         raise TrackingError(f"{uri} is not an MLflow model (no MLmodel file)")

@@ -10,7 +10,30 @@ registers for every command) loads neither FastAPI nor SQLAlchemy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cimcoder.lazy import lazy_exports
+
+if TYPE_CHECKING:  # real types for mypy and editors; at run time `__getattr__` imports
+    from cimcoder.serving.review.routes import (
+        init_app as init_app,
+        router as router,
+        store_for_app as store_for_app,
+    )
+    from cimcoder.serving.review.store import (
+        ReviewConflict as ReviewConflict,
+        ReviewError as ReviewError,
+        ReviewStore as ReviewStore,
+        StayStatus as StayStatus,
+        UnknownStay as UnknownStay,
+        open_store as open_store,
+    )
+    from cimcoder.serving.review.workflow import (
+        InvalidReview as InvalidReview,
+        enqueue as enqueue,
+        enqueue_many as enqueue_many,
+        save_review as save_review,
+    )
 
 _EXPORTS = {
     "init_app": "cimcoder.serving.review.routes",

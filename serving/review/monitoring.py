@@ -66,17 +66,6 @@ def psi_level(value: float) -> str:
     return "stable"
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """95 % Wilson score interval of a proportion (None without observations)."""
-    if n == 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def week_of(moment: datetime.datetime | datetime.date) -> str:
     year, week, _ = moment.isocalendar()
     return f"{year}-W{week:02d}"
@@ -131,6 +120,9 @@ def _code_drift(suggested: Counter[str], train: Mapping[str, int]) -> dict[str, 
 
 def compute(store: ReviewStore, labels: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The monitoring report (the JSON of `GET /v1/monitoring`)."""
+    # Imported here: scipy is only needed once a report is built, not when the app starts.
+    from cimcoder.eval.intervals import proportion_interval
+
     with store.session() as session:
         stays = session.execute(
             select(
@@ -236,7 +228,7 @@ def compute(store: ReviewStore, labels: Mapping[str, int] | None = None) -> dict
         if c["reject"] + c["change"] + c["add"] > 0
     ]
     corrected.sort(key=lambda row: (-row["corrections"], row["code"]))
-    interval = wilson(qc_confirmed, qc_total)
+    interval = proportion_interval(qc_confirmed, qc_total, confidence=0.95, method="wilson")
     status_counts = Counter(s.status for s in stays)
     return {
         "generated_at": datetime.datetime.now(datetime.UTC).isoformat(),

@@ -31,9 +31,13 @@ from cimcoder.serving.review import audit, export, monitoring, workflow
 from cimcoder.serving.review.schemas import (
     EnqueueRequest,
     EnqueueResult,
+    MonitoringReport,
+    QcSettings,
     QcSettingsIn,
     ReviewIn,
     ReviewResult,
+    StayQueue,
+    StayView,
 )
 from cimcoder.serving.review.store import (
     STATUS_LABELS,
@@ -43,6 +47,8 @@ from cimcoder.serving.review.store import (
     UnknownStay,
     open_store,
 )
+from cimcoder.serving.routes import search_terminology, served_terminology
+from cimcoder.serving.schemas import SearchResponse
 from cimcoder.serving.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -141,7 +147,7 @@ def post_stay(body: EnqueueRequest, request: Request, user: CurrentUser, store: 
     return EnqueueResult(**result.__dict__)
 
 
-@router.get("/v1/review/stays", summary="The review queue, filtered")
+@router.get("/v1/review/stays", response_model=StayQueue, summary="The review queue, filtered")
 def get_stays(
     user: CurrentUser,
     store: StoreDep,
@@ -152,17 +158,21 @@ def get_stays(
     qc: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> dict[str, Any]:
+) -> StayQueue:
     flt = workflow.QueueFilter(status, unit, date_from, date_to, qc, limit, offset)
     with store.session() as session:
-        return workflow.list_stays(session, flt)
+        return StayQueue.model_validate(workflow.list_stays(session, flt))
 
 
-@router.get("/v1/review/stays/{stay_id}", summary="One stay: text, suggestions, coding")
-def get_stay(stay_id: str, user: CurrentUser, store: StoreDep) -> dict[str, Any]:
+@router.get(
+    "/v1/review/stays/{stay_id}",
+    response_model=StayView,
+    summary="One stay: text, suggestions, coding",
+)
+def get_stay(stay_id: str, user: CurrentUser, store: StoreDep) -> StayView:
     try:
         with store.session() as session:
-            return workflow.stay_view(session, stay_id)
+            return StayView.model_validate(workflow.stay_view(session, stay_id))
     except UnknownStay as exc:
         raise _not_found(exc) from None
 
@@ -182,52 +192,39 @@ def post_decisions(stay_id: str, body: ReviewIn, user: CurrentUser, store: Store
         raise HTTPException(409, {"detail": str(exc), "current": exc.current}) from None
 
 
-@router.get("/v1/review/codes/search", summary="Terminology search for the review page")
+@router.get(
+    "/v1/review/codes/search",
+    response_model=SearchResponse,
+    summary="Terminology search for the review page",
+)
 def search_codes(
     request: Request,
     user: CurrentUser,
     q: Annotated[str, Query(min_length=1, max_length=200, description="Words or a code.")],
     limit: Annotated[int, Query(ge=1, le=50)] = 10,
-) -> dict[str, Any]:
+) -> SearchResponse:
     # Same answer as GET /v1/codes/search, but open to the coders' session cookie (the
     # machine API accepts keys only).
-    if not q.strip():
-        raise HTTPException(422, "the query 'q' is empty")
-    predictor = getattr(request.app.state, "predictor", None)
-    terminology = getattr(predictor, "terminology", None)
-    if terminology is None:
-        from cimcoder.terminologies import load_terminology
-
-        terminology = load_terminology("cim10")
-    hits = list(terminology.search(q, limit))
-    direct = terminology.get(q.strip()) if len(q.strip()) <= 8 else None
-    if direct is not None and all(h.code != direct.code for h in hits):
-        hits = hits[: limit - 1]
-        results = [{"code": direct.code, "label": direct.label, "score": 1.0}]
-    else:
-        results = []
-    results += [{"code": h.code, "label": h.label, "score": round(h.score, 4)} for h in hits]
-    return {
-        "query": q,
-        "terminology": terminology.name,
-        "edition": terminology.edition,
-        "results": results,
-    }
+    return search_terminology(served_terminology(request), q, limit)
 
 
-@router.get("/v1/review/settings", summary="DIM settings of the review workflow")
-def get_review_settings(request: Request, user: CurrentUser, store: StoreDep) -> dict[str, Any]:
+@router.get(
+    "/v1/review/settings", response_model=QcSettings, summary="DIM settings of the review workflow"
+)
+def get_review_settings(request: Request, user: CurrentUser, store: StoreDep) -> QcSettings:
     with store.session() as session:
-        return {"qc_rate": workflow.qc_rate(session, _qc_default(request))}
+        return QcSettings(qc_rate=workflow.qc_rate(session, _qc_default(request)))
 
 
-@router.put("/v1/review/settings", summary="Set the quality-control sample rate")
+@router.put(
+    "/v1/review/settings", response_model=QcSettings, summary="Set the quality-control sample rate"
+)
 def put_review_settings(
     body: QcSettingsIn, request: Request, user: CurrentUser, store: StoreDep
-) -> dict[str, Any]:
+) -> QcSettings:
     with store.session() as session:
         rate = workflow.set_qc_rate(session, body.qc_rate, user, _qc_default(request))
-    return {"qc_rate": rate}
+    return QcSettings(qc_rate=rate)
 
 
 @router.get("/v1/review/export", summary="Validated stays as corpora-schema JSONL")
@@ -256,9 +253,16 @@ def get_audit(
     )
 
 
-@router.get("/v1/monitoring", summary="Auto-coding rate, QC precision, corrections, drift")
-def get_monitoring(request: Request, user: CurrentUser, store: StoreDep) -> dict[str, Any]:
-    return monitoring.compute(store, labels=monitoring.labels_for_app(request.app))
+@router.get(
+    "/v1/monitoring",
+    response_model=MonitoringReport,
+    # `code_frequency.note` is only there when there is nothing to compare with.
+    response_model_exclude_unset=True,
+    summary="Auto-coding rate, QC precision, corrections, drift",
+)
+def get_monitoring(request: Request, user: CurrentUser, store: StoreDep) -> MonitoringReport:
+    report = monitoring.compute(store, labels=monitoring.labels_for_app(request.app))
+    return MonitoringReport.model_validate(report)
 
 
 # -- pages ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cimcoder.inference.schemas import StayPrediction
+from cimcoder.inference.schemas import Evidence, StayPrediction
 
 
 class ReviewDocumentIn(BaseModel):
@@ -125,3 +125,212 @@ class QcSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     qc_rate: float = Field(ge=0.0, le=1.0, description="Fraction of auto-coded stays reviewed.")
+
+
+# -- answers of the GET endpoints ---------------------------------------------------------
+
+
+class QcSettings(BaseModel):
+    """`GET/PUT /v1/review/settings`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    qc_rate: float = Field(description="Fraction of auto-coded stays sent to quality control.")
+
+
+class StaySummary(BaseModel):
+    """One stay of the review queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    unit: str | None = Field(description="Unité médicale.")
+    date: str | None = Field(description="Stay date, ISO 8601.")
+    status: str = Field(description="to_code, auto_coded, in_review or validated.")
+    status_label: str = Field(description="The status in French words, as the page shows it.")
+    auto_coded: bool
+    qc_sampled: bool = Field(description="Auto-coded but drawn for quality control.")
+    version: int = Field(description="Bumped by every save (optimistic lock).")
+    dp: str | None = Field(description="DP of the stay's current coding.")
+    updated_at: str = Field(description="Last change, ISO 8601 UTC.")
+    validated_by: str | None
+
+
+class StayQueue(BaseModel):
+    """`GET /v1/review/stays`: one page of the filtered queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: int = Field(description="Stays matching the filter, all pages.")
+    stays: list[StaySummary]
+
+
+class DocumentInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    doc_type: str
+    date: str | None
+    chars: int = Field(description="Length of the document's text.")
+
+
+class StayModel(BaseModel):
+    """What scored the stay."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None
+    thresholds_version: str | None
+    terminology: str
+    edition: str | None
+    input_hash: str = Field(description="Hash of the text the model scored.")
+
+
+class Suggestion(BaseModel):
+    """One code the model proposed (or rejected, kept for the coder to rescue)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    label: str | None
+    score: float
+    decision: str = Field(description="auto, review or reject.")
+    role: str | None
+    cim11: list[str]
+    evidence: list[Evidence]
+    flags: list[str]
+
+
+class CodedCode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    role: str | None
+
+
+class CurrentCoding(BaseModel):
+    """The stay's coding now: the last save's final codes, else the model's kept proposal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dp: str | None
+    codes: list[CodedCode]
+    source: Literal["review", "model"]
+
+
+class ReviewedCode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    action: str
+    final_code: str | None
+    role: str | None
+    reason: str | None
+
+
+class LastReview(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision_id: str
+    coder: str
+    at: str = Field(description="ISO 8601 UTC.")
+    dp: str | None
+    status: str
+    codes: list[ReviewedCode]
+
+
+class StayView(StaySummary):
+    """`GET /v1/review/stays/{id}`: everything the stay page needs."""
+
+    patient_id: str | None
+    text: str = Field(description="The documents joined with blank lines (evidence offsets refer to it).")
+    documents: list[DocumentInfo]
+    model: StayModel
+    suggestions: list[Suggestion]
+    coding: CurrentCoding
+    last_review: LastReview | None
+
+
+class MonitoringTotals(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stays: int
+    auto_coded: int
+    by_status: dict[str, int]
+
+
+class MonitoringWeek(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    week: str = Field(description="ISO week, e.g. 2025-W07.")
+    stays: int
+    auto_coded: int
+    qc_sampled: int
+    validated: int
+    codes_kept: int = Field(description="Suggestions decided auto or review.")
+    codes_auto: int
+    auto_rate: float | None = Field(description="Share of the week's stays fully auto-coded.")
+    auto_code_rate: float | None = Field(description="Share of kept suggestions auto-coded.")
+    score_psi: float | None = Field(description="PSI of the week's scores against the first week.")
+    score_drift: str | None = Field(description="stable, modérée or majeure.")
+
+
+class QcPrecision(BaseModel):
+    """Precision of auto-coded codes measured on the quality-control sample."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stays_reviewed: int
+    auto_codes_checked: int
+    auto_codes_confirmed: int
+    precision: float | None
+    precision_ci95: list[float] | None = Field(description="95 % Wilson interval [low, high].")
+
+
+class CorrectedCode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    rejected: int
+    changed: int
+    added: int = Field(description="Added by coders: codes the model missed.")
+    accepted: int
+    corrections: int
+
+
+class CodeShare(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    train_share: float
+    production_share: float
+    ratio: float | None
+
+
+class CodeFrequencyDrift(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    psi: float | None
+    level: str | None
+    codes: list[CodeShare]
+    note: str | None = Field(default=None, description="Why there is no comparison (only then).")
+
+
+class MonitoringDrift(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    score_reference_week: str | None
+    score_bins: list[float]
+    code_frequency: CodeFrequencyDrift
+
+
+class MonitoringReport(BaseModel):
+    """`GET /v1/monitoring`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generated_at: str
+    totals: MonitoringTotals
+    weekly: list[MonitoringWeek]
+    qc: QcPrecision
+    most_corrected: list[CorrectedCode]
+    drift: MonitoringDrift

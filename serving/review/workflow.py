@@ -8,7 +8,7 @@ import datetime
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,6 +36,9 @@ from cimcoder.serving.review.store import (
     utcnow,
 )
 from cimcoder.training.corpora.schema import DOCUMENT_SEPARATOR
+
+if TYPE_CHECKING:
+    from cimcoder.terminologies import Restrictions
 
 logger = logging.getLogger(__name__)
 
@@ -473,12 +476,7 @@ def _review_result(
     }
 
 
-# ATIH "type MCO" values that forbid a code as DP (1, 2: not DP/DR; 4: not DP); type 3
-# (forbidden parent) makes the grouping reject the stay whatever the role.
-_NOT_DP_TYPES = {1: "interdit en DP et DR", 2: "cause externe, interdite en DP", 4: "interdit en DP"}
-
-
-def _restrictions(code: str, terminology: str) -> Any:
+def _restrictions(code: str, terminology: str) -> Restrictions | None:
     if terminology != "cim10":
         return None
     from cimcoder.terminologies import load_terminology
@@ -488,10 +486,11 @@ def _restrictions(code: str, terminology: str) -> Any:
 
 
 def check_dp(code: str, terminology: str) -> None:
-    """Refuse a DP that the PMSI never accepts as DP (ATIH types 1, 2 and 4)."""
+    """Refuse a DP that the PMSI never accepts as DP. A code not codable at all (forbidden
+    parent) is not refused here: `pmsi_warnings` reports it whatever its role."""
     restrictions = _restrictions(code, terminology)
-    if restrictions is not None and restrictions.mco_type in _NOT_DP_TYPES:
-        raise InvalidReview(f"{code} ne peut pas être DP ({_NOT_DP_TYPES[restrictions.mco_type]})")
+    if restrictions is not None and restrictions.codable and not restrictions.allows("DP"):
+        raise InvalidReview(f"{code} ne peut pas être DP ({restrictions.describe()})")
 
 
 def pmsi_warnings(codes: list[str], terminology: str) -> list[str]:

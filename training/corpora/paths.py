@@ -1,30 +1,66 @@
 """Where the shipped data sets live.
 
-Looked up in order: the `CIMCODER_DATA_DIR` environment variable; `data/` at the root of a
+Looked up in order: the `CIMCODER_DATASETS_DIR` environment variable; `data/` at the root of a
 source checkout (next to `training/`); `<sys.prefix>/share/cimcoder/data` (where a wheel built
 with the data files installs them). Nothing reads `../shared`: a fresh clone is self-contained.
+
+`CIMCODER_DATA_DIR` named both this folder and the service's state folder; it is still read
+here, with a deprecation warning, when `CIMCODER_DATASETS_DIR` is unset (until the next
+release). The service's state folder is `CIMCODER_STATE_DIR` (`cimcoder.serving.settings`).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from cimcoder.training.corpora.errors import CorpusError
 
-ENV_VAR = "CIMCODER_DATA_DIR"
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "CIMCODER_DATASETS_DIR"
+DEPRECATED_ENV_VAR = "CIMCODER_DATA_DIR"
 SHIPPED = {
     "codiesp-fr/train": "codiesp-fr/train",
     "codiesp-fr/dev": "codiesp-fr/dev",
 }
 
 
+def _deprecation_message() -> str:
+    return (
+        f"{DEPRECATED_ENV_VAR} is deprecated: set {ENV_VAR} for the data sets (and "
+        f"CIMCODER_STATE_DIR for the service's state folder); {DEPRECATED_ENV_VAR} will be "
+        "ignored in the next release"
+    )
+
+
+@functools.cache
+def _log_deprecated_once(value: str) -> None:
+    logger.warning("%s (read as the data set folder: %s)", _deprecation_message(), value)
+
+
+def env_data_dir() -> Path | None:
+    """`$CIMCODER_DATASETS_DIR`, else the deprecated `$CIMCODER_DATA_DIR` (warned), else None."""
+    value = os.environ.get(ENV_VAR)
+    if value:
+        return Path(value).expanduser()
+    old = os.environ.get(DEPRECATED_ENV_VAR)
+    if not old:
+        return None
+    warnings.warn(_deprecation_message(), DeprecationWarning, stacklevel=2)
+    _log_deprecated_once(old)
+    return Path(old).expanduser()
+
+
 def candidate_data_dirs() -> list[Path]:
     dirs: list[Path] = []
-    env = os.environ.get(ENV_VAR)
-    if env:
-        dirs.append(Path(env).expanduser())
+    env = env_data_dir()
+    if env is not None:
+        dirs.append(env)
     # training/corpora/paths.py -> repo root is two folders above the package.
     dirs.append(Path(__file__).resolve().parents[2] / "data")
     dirs.append(Path(sys.prefix) / "share" / "cimcoder" / "data")

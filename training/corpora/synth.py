@@ -24,7 +24,6 @@ Generation is seedable and per-stay deterministic: stay i depends only on (seed,
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import random
 import re
@@ -453,8 +452,3 @@ def write_jsonl(path: str | Path, n: int, seed: int = 0) -> int:
         raise CorpusError(f"{path}: cannot write: {exc.strerror}") from None
     logger.info("wrote %d synthetic stays (seed %d) to %s", count, seed, path)
     return count
-
-
-def not_coded_json(item: SynthStay) -> str:
-    """The must-not-code mentions of a stay as JSON (for evaluation sets built on synth)."""
-    return json.dumps({"id": item.stay.id, "not_coded": [{"code": c, "span": list(s)} for c, s in item.not_coded]})

@@ -30,10 +30,6 @@ _SOURCE_COLUMNS = ("source_code", "code_cie10es")
 CODES_FILE = "codes.tsv"
 
 
-def is_text_folder(path: Path) -> bool:
-    return path.is_dir() and (path / CODES_FILE).is_file()
-
-
 def _pick(header: list[str], options: tuple[str, ...]) -> str | None:
     return next((name for name in options if name in header), None)
 

@@ -122,6 +122,7 @@ FEATURES: tuple[str, ...] = (
     "learned_hits", "learned_precision", "learned_npmi", "learned_aligned",
     "log_train_count", "codable", "depth", "chapter", "symptom", "z_code", "allowed_dp",
     "log_chars", "stay_affirmed_codes", "stay_mentions",
+    "n_still_current", "report_sections",
 )
 _F = {name: i for i, name in enumerate(FEATURES)}
 _CHAPTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -254,6 +255,8 @@ def candidates_and_features(
     knn_rank = _rank(view.knn)
     n_chars = max(len(view.text), 1)
     affirmed_codes = {c for c, ms in by_code.items() if any(m.affirmed for m in ms)}
+    # Hospital letters have headed sections (motif, antécédents, conclusion); case reports not.
+    n_sections = len({m.section for ms in by_code.values() for m in ms} - {"autre"})
     x = np.zeros((len(cols), len(FEATURES)), dtype=np.float32)
     veto = np.zeros(len(cols), dtype=bool)
     for r, j in enumerate(cols):
@@ -314,6 +317,8 @@ def candidates_and_features(
         row[_F["log_chars"]] = math.log1p(len(view.text))
         row[_F["stay_affirmed_codes"]] = len(affirmed_codes)
         row[_F["stay_mentions"]] = sum(len(ms) for ms in by_code.values())
+        row[_F["n_still_current"]] = sum(m.still_current for m in affirmed)
+        row[_F["report_sections"]] = n_sections
         supported = any(m.affirmed for m in related)
         veto[r] = not supported if params.auto_requires_mention else bool(related) and not supported
     if not affirmed_codes:  # nothing affirmed in the whole report: nothing is auto-coded
