@@ -29,7 +29,7 @@ test: setup system-deps
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy terminologies inference serving eval
+	$(BIN)/python scripts/mypy.py
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -484,7 +484,7 @@ def build_report(
     policy: DecisionPolicy,
     *,
     stay_ids: Sequence[str],
-    n_gold: Sequence[int] | None = None,
+    n_gold: np.ndarray | Sequence[int] | None = None,
     principal: Sequence[str | None] | None = None,
     bands: Mapping[str, str] | None = None,
     code_titles: Mapping[str, str] | Callable[[str], str | None] | None = None,

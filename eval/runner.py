@@ -40,6 +40,7 @@ from cimcoder.eval.policy import (
     DecisionPolicy,
 )
 from cimcoder.eval.report import Report, Tracker, build_report, write_report
+from cimcoder.terminologies.codes import TerminologyName
 
 logger = logging.getLogger(__name__)
 
@@ -222,9 +223,10 @@ def _load_scorer(run_dir: Path) -> Any:
     return load_scorer(run_dir)
 
 
-def _labels_of(scorer: Any) -> tuple[str, dict[str, str]]:
+def _labels_of(scorer: Any) -> tuple[TerminologyName, dict[str, str]]:
     space = getattr(scorer, "label_space", None)
-    terminology = getattr(space, "terminology", "cim10") or "cim10"
+    # A LabelSpace's terminology is a TerminologyName.
+    terminology: TerminologyName = getattr(space, "terminology", "cim10") or "cim10"
     bands = {c: space.band(c) for c in scorer.labels} if space is not None else {}
     return terminology, bands
 

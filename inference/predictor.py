@@ -23,6 +23,7 @@ import numpy as np
 
 from cimcoder.errors import CimcoderError
 from cimcoder.inference.schemas import (
+    DECISIONS,
     CodePrediction,
     Decision,
     Evidence,
@@ -598,7 +599,7 @@ class _Context:
 
 def _decision(value: Any) -> Decision:
     text = str(value)
-    if text not in ("auto", "review", "reject"):
+    if text not in DECISIONS:
         raise PredictorError(f"the decision policy returned an unknown decision {text!r}")
     return text
 

@@ -83,9 +83,10 @@ def _record_from_mapping(data: dict[str, Any], where: str) -> Record:
     documents = data.get("documents")
     if text is None and isinstance(documents, list):
         texts = [d.get("text") if isinstance(d, dict) else d for d in documents]
-        if not all(isinstance(t, str) for t in texts):
+        strings = [t for t in texts if isinstance(t, str)]
+        if len(strings) != len(texts):
             return Unreadable(where, "every document needs a 'text' string", stay_id)
-        joined = StayInput.from_documents(stay_id, texts)
+        joined = StayInput.from_documents(stay_id, strings)
         if not joined.text.strip():
             return Unreadable(where, "empty report", stay_id)
         return joined

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Decision = Literal["auto", "review", "reject"]
+DECISIONS: tuple[Decision, ...] = ("auto", "review", "reject")
 ProposedRole = Literal["DP", "DR", "DAS"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cimcoder.errors import CimcoderError
 
@@ -34,8 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_serve)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with a readable error instead of a pydantic dump."""
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with a readable error instead of a pydantic dump.
+
+    `overrides` are raw values (command-line options) that Settings validates."""
     from pydantic import ValidationError
 
     from cimcoder.serving.settings import Settings

@@ -310,14 +310,14 @@ def build_cim10(
     restriction_values: dict[tuple[int, str, int | None], Restrictions] = {}
     for compact, row in compact_rows.items():
         category = compact[:3]
-        chapter = chapter_of_category(category)
-        if chapter is None:
+        row_chapter = chapter_of_category(category)
+        if row_chapter is None:
             raise TerminologyFileError(
                 f"{source}, line {row.line}: {row.code} is in no CIM-10 chapter"
             )
-        block = block_of(category)
+        row_block = block_of(category)
         if len(compact) == 3:
-            kind, parent = "category", block or chapter
+            kind, parent = "category", row_block or row_chapter
         else:
             kind = "subcategory" if len(compact) == 4 and "+" not in compact else "extension"
             parent_compact = compact[:-1].rstrip("+")
@@ -335,8 +335,8 @@ def build_cim10(
             long_label=row.long,
             kind=kind,
             parent=parent,
-            chapter=chapter,
-            block=block,
+            chapter=row_chapter,
+            block=row_block,
             restrictions=restriction_values.setdefault(
                 (row.mco_type, row.smr, row.psy), Restrictions(row.mco_type, row.smr, row.psy)
             ),

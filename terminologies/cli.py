@@ -316,19 +316,22 @@ def _lexicon(args: argparse.Namespace) -> int:
         curated = curated_entries()
         problems = [why for _, why in check_entries(curated)] + check_still_current()
         lexicon = load_lexicon()
-        data = {
-            "edition": lexicon.edition,
-            "entries": lexicon.counts(),
-            "curated_codes": len({c for e in curated for c in e.codes}),
-            "problems": problems,
-        }
+        counts = lexicon.counts()
+        curated_codes = len({c for e in curated for c in e.codes})
         if args.json:
-            _print_json(data)
+            _print_json(
+                {
+                    "edition": lexicon.edition,
+                    "entries": counts,
+                    "curated_codes": curated_codes,
+                    "problems": problems,
+                }
+            )
         else:
             print(f"lexicon of {lexicon.edition}: {len(lexicon)} entries")
-            for kind, n in data["entries"].items():
+            for kind, n in counts.items():
                 print(f"  {kind:<14} {n}")
-            print(f"curated files: {len(curated)} entries over {data['curated_codes']} codes, "
+            print(f"curated files: {len(curated)} entries over {curated_codes} codes, "
                   f"{len(problems)} problems")
             for why in problems[:50]:
                 print(f"  {why}")

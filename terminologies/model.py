@@ -185,8 +185,11 @@ class SearchHit:
 class Terminology(Protocol):
     """What every terminology offers (see docs/ARCHITECTURE.md)."""
 
-    name: str
-    edition: str
+    # Read-only: terminologies are immutable (frozen dataclasses satisfy a property).
+    @property
+    def name(self) -> str: ...
+    @property
+    def edition(self) -> str: ...
 
     def get(self, code: str) -> Concept | None: ...
     def __getitem__(self, code: str) -> Concept: ...

@@ -161,6 +161,16 @@ def test_treated_chronic_diseases_in_the_history_stay_current_acute_events_do_no
     assert "I10" in codes_of(extractor("Antécédents : pas d'HTA."), negated=True)
 
 
+def test_insulin_in_the_treatment_makes_the_diabetes_insulin_treated(extractor) -> None:
+    treated = extractor("Diabète de type 2 déséquilibré.\nTraitement de sortie : Lantus 20 UI le soir.")
+    assert "E11.90" in codes_of(treated, affirmed=True)
+    assert any(m.kind == "treatment" for m in treated)
+    oral = extractor("Diabète de type 2 sous metformine. Pas d'insuline.")
+    assert "E11.98" in codes_of(oral) and "E11.90" not in codes_of(oral)
+    said = extractor("Diabète de type 2 non insulinotraité.")
+    assert "E11.90" not in codes_of(said)
+
+
 def test_still_current_file_is_valid_and_read_strictly(tmp_path) -> None:
     assert check_still_current() == []
     table = still_current("cim10")

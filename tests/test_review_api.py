@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_review_store import CRH_INSUFFISANCE_CARDIAQUE, make_case
+from test_review_store import CRH_INSUFFISANCE_CARDIAQUE, make_case, make_chimio_case
 
 from cimcoder.serving.app import create_app
 from cimcoder.serving.settings import Settings
@@ -235,3 +235,87 @@ def test_get_answers_are_the_workflow_views_under_response_models(client: TestCl
                  "/v1/review/codes/search", "/v1/monitoring"):
         answer = schema[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         assert answer["$ref"].startswith("#/components/schemas/"), path
+
+
+def chimio_body(stay_id: str, **kw: object) -> dict[str, object]:
+    stay, prediction = make_chimio_case(stay_id, **kw)
+    return {"stay": stay, "prediction": prediction.model_dump(mode="json")}
+
+
+def chimio_save(version: int, **kw: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "decision_id": str(uuid.uuid4()),
+        "base_version": version,
+        "codes": [
+            {"code": "Z51.1", "action": "accept"},
+            {"code": "C50.4", "action": "accept"},
+            {"code": "C79.5", "action": "accept"},
+        ],
+        "dp": "Z51.1",
+        "dr": "C50.4",
+    }
+    body.update(kw)
+    return body
+
+
+def test_dr_is_proposed_set_refused_cleared_and_exported(client: TestClient) -> None:
+    auto = chimio_body("sej-chimio-api-1", decisions={"C79.5": "auto"})
+    assert client.post("/v1/review/stays", json=auto, headers=auth()).json()["status"] == "auto_coded"
+    listed = client.get("/v1/review/stays?status=auto_coded", headers=auth()).json()["stays"]
+    assert [(s["id"], s["dp"], s["dr"]) for s in listed] == [("sej-chimio-api-1", "Z51.1", "C50.4")]
+
+    created = client.post("/v1/review/stays", json=chimio_body("sej-chimio-api-2"), headers=auth())
+    assert created.status_code == 201, created.text
+    view = client.get("/v1/review/stays/sej-chimio-api-2", headers=auth()).json()
+    assert (view["dp"], view["dr"]) == (None, None)
+    assert (view["coding"]["dp"], view["coding"]["dr"]) == ("Z51.1", "C50.4")
+    assert {"code": "C50.4", "role": "DR"} in view["coding"]["codes"]
+
+    url = "/v1/review/stays/sej-chimio-api-2/decisions"
+    # A DR next to a DP that is not a Z care code: a 422 the coder can read, nothing written.
+    refused = client.post(url, json=chimio_save(1, dp="C50.4", dr="C79.5"), headers=auth())
+    assert refused.status_code == 422
+    assert refused.json() == {
+        "detail": "pas de DR quand le DP C50.4 n'est pas un code Z de motif de soins (p. ex. "
+        "Z51.1 chimiothérapie, Z51.5 soins palliatifs, Z49.1 dialyse) : codez C79.5 en DAS"
+    }
+    too_long = client.post(url, json=chimio_save(1, dr="C" * 17), headers=auth())
+    assert too_long.status_code == 422 and "dr" in too_long.json()["detail"]
+
+    saved = client.post(url, json=chimio_save(1), headers=auth())
+    assert saved.status_code == 200, saved.text
+    answer = saved.json()
+    assert (answer["version"], answer["dp"], answer["dr"]) == (2, "Z51.1", "C50.4")
+    assert {c["final_code"]: c["role"] for c in answer["codes"]} == {
+        "Z51.1": "DP", "C50.4": "DR", "C79.5": "DAS",
+    }
+    view = client.get("/v1/review/stays/sej-chimio-api-2", headers=auth()).json()
+    assert (view["dr"], view["coding"]["dr"], view["last_review"]["dr"]) == ("C50.4",) * 3
+
+    export = client.get("/v1/review/export", headers=auth())
+    assert export.status_code == 200
+    (stay,) = [json.loads(line) for line in export.text.splitlines()]
+    assert [(d["code"], d["role"]) for d in stay["diagnoses"]] == [
+        ("Z51.1", "DP"), ("C50.4", "DR"), ("C79.5", "DAS"),
+    ]
+
+    # An empty DR clears it; the audit trail keeps both saves.
+    cleared = client.post(url, json=chimio_save(2, dr=""), headers=auth(KEY_MARTIN))
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["dr"] is None
+    assert {c["final_code"]: c["role"] for c in cleared.json()["codes"]}["C50.4"] == "DAS"
+    trail = client.get(
+        "/v1/review/audit", params={"format": "jsonl", "stay_id": "sej-chimio-api-2"},
+        headers=auth(),
+    ).text.splitlines()
+    saves = [json.loads(x) for x in trail if json.loads(x)["event"] == "review.saved"]
+    assert [(e["actor"], e["before"]["dr"], e["after"]["dr"]) for e in saves] == [
+        ("dr-dupont", "C50.4", "C50.4"), ("dr-martin", "C50.4", None),
+    ]
+
+    client.post("/review/login", data={"username": "dr-dupont", "key": KEY_DUPONT})
+    queue = client.get("/review?vue=auto")
+    assert queue.status_code == 200 and "<th>DR</th>" in queue.text
+    assert "<td>C50.4</td>" in queue.text
+    page = client.get("/review/stays/sej-chimio-api-2")
+    assert page.status_code == 200 and 'id="dr-value"' in page.text

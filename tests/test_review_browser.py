@@ -1,6 +1,6 @@
 """A DIM coder in headless Chromium: log in, open the queue, accept and reject suggestions,
-add a missed code through the terminology search, set the DP, save; then the stored
-decisions and the audit trail are checked in the database."""
+add a missed code through the terminology search, set the DP (and the DR of a chemotherapy
+session), save; then the stored decisions and the audit trail are checked in the database."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 from test_review_concurrency import KEY, key_of, review_server
-from test_review_store import make_case
+from test_review_store import make_case, make_chimio_case
 
 from cimcoder.serving.review.store import AuditEvent, Review, ReviewStay, ReviewStore
 
@@ -129,4 +129,96 @@ def test_coder_reviews_a_stay_in_the_browser(tmp_path: Path) -> None:
         assert events[1].model_version == "run-test-1"
         assert events[1].thresholds_version == "policy-test-1"
         assert events[1].after["dp"] == "I50.0"
+    store.close()
+
+
+def test_coder_sets_the_dr_of_a_chemotherapy_session(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    stay_id = "sej-chimio-2026-001"
+    with review_server(url, tmp_path) as (base, _proc):
+        stay, prediction = make_chimio_case(stay_id)  # C79.5 to review: not auto-coded
+        answer = httpx.post(
+            f"{base}/v1/review/stays",
+            json={"stay": stay, "prediction": prediction.model_dump(mode="json")},
+            headers=key_of("codeur-1"),
+            timeout=60,
+        )
+        assert answer.status_code == 201, answer.text
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(30_000)
+            page.goto(f"{base}/review/stays/{stay_id}")
+            page.fill("#username", "codeur-0")
+            page.fill("#key", f"{KEY}0")
+            page.click("button[type=submit]")
+
+            def row(code: str) -> str:
+                return f'.code-row[data-code="{code}"]'
+
+            # The model's DP and DR are pre-selected.
+            expect(page.locator("#dp-value")).to_have_text("Z51.1")
+            expect(page.locator("#dr-value")).to_have_text("C50.4")
+            expect(page.locator(f"{row('C50.4')} button.dr-btn.on")).to_be_visible()
+            # DR again on the DR clears it; Shift+d on the focused code sets it back.
+            page.click(f"{row('C50.4')} button.dr-btn")
+            expect(page.locator("#dr-value")).to_have_text("aucun")
+            expect(page.locator("#dr-clear")).to_be_hidden()
+            page.locator(f"{row('C50.4')} .label").click()
+            page.keyboard.press("Shift+D")
+            expect(page.locator("#dr-value")).to_have_text("C50.4")
+            page.locator(f"{row('C79.5')} .label").click()
+            page.keyboard.press("a")
+
+            # The DR moved to DP leaves no DR; a DR next to a DP that is not a Z code is
+            # refused by the server with its French message, and nothing is saved.
+            page.locator(f"{row('C50.4')} .label").click()
+            page.keyboard.press("d")
+            expect(page.locator("#dp-value")).to_have_text("C50.4")
+            expect(page.locator("#dr-value")).to_have_text("aucun")
+            page.click(f"{row('C79.5')} button.dr-btn")
+            expect(page.locator("#dr-value")).to_have_text("C79.5")
+            page.keyboard.press("s")
+            expect(page.locator("#save-message")).to_contain_text(
+                "pas de DR quand le DP C50.4 n'est pas un code Z de motif de soins"
+            )
+            expect(page.locator("#stay-status")).to_have_text("à coder")
+
+            # The coder puts the session back as DP and the cancer as DR.
+            page.click(f"{row('Z51.1')} button.dp-btn")
+            page.click(f"{row('C50.4')} button.dr-btn")
+            expect(page.locator("#dr-value")).to_have_text("C50.4")
+            page.click(f"{row('Z51.1')} button.dr-btn")  # the DP cannot be the DR as well
+            expect(page.locator("#save-message")).to_contain_text("autre affection que le DP")
+            expect(page.locator("#dr-value")).to_have_text("C50.4")
+            page.keyboard.press("s")
+            expect(page.locator("#save-message")).to_contain_text("Enregistré")
+            expect(page.locator("#stay-status")).to_have_text("validé")
+
+            page.reload()  # the saved coding comes back from the last review
+            expect(page.locator("#dp-value")).to_have_text("Z51.1")
+            expect(page.locator("#dr-value")).to_have_text("C50.4")
+            browser.close()
+
+    store = ReviewStore(url)
+    with store.session() as session:
+        saved = session.get(ReviewStay, stay_id)
+        assert (saved.status, saved.version, saved.dp_code, saved.dr_code) == (
+            "validated", 2, "Z51.1", "C50.4",
+        )
+        review = session.scalars(select(Review).where(Review.stay_id == stay_id)).one()
+        assert review.dr_code == "C50.4"
+        assert {(c.code, c.final_code, c.role) for c in review.codes} == {
+            ("Z51.1", "Z51.1", "DP"), ("C50.4", "C50.4", "DR"), ("C79.5", "C79.5", "DAS"),
+        }
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.stay_id == stay_id).order_by(AuditEvent.id)
+        ).all()
+        assert [e.event for e in events] == ["stay.enqueued", "review.saved"]
+        assert (events[1].actor, events[1].after["dp"], events[1].after["dr"]) == (
+            "codeur-0", "Z51.1", "C50.4",
+        )
     store.close()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_review_store import make_case
+from test_review_store import make_case, make_chimio_case
 
 from cimcoder.serving.review import cli
 from cimcoder.serving.review.store import ReviewError
@@ -74,6 +74,44 @@ def test_import_then_export_and_audit(
     assert run(["review", "monitoring", *db]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["totals"]["by_status"] == {"to_code": 1, "validated": 2}
+
+
+def test_chemotherapy_sessions_export_their_dr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = tmp_path / "crh"
+    texts.mkdir()
+    with (tmp_path / "preds.jsonl").open("w") as out:
+        for i in range(2):
+            stay, prediction = make_chimio_case(f"chimio-{i}", decisions={"C79.5": "auto"})
+            (texts / f"chimio-{i}.txt").write_text(stay["text"], encoding="utf-8")
+            out.write(prediction.model_dump_json() + "\n")
+    db = ["--database-url", f"sqlite:///{tmp_path / 'review.db'}"]
+    assert run(["review", "import", "--predictions", str(tmp_path / "preds.jsonl"),
+                "--texts", str(texts), *db]) == 0
+    # Gold of chimio-0: the DIM's coding with its DR; chimio-1's gold puts the DR next to a
+    # DP that takes none (C50.4), so the scripted coder codes C79.5 as a DAS.
+    gold = tmp_path / "gold.jsonl"
+    stays = [
+        Stay(id="chimio-0", documents=[{"text": "x"}],
+             diagnoses=[{"code": "Z51.1", "role": "DP"}, {"code": "C50.4", "role": "DR"},
+                        {"code": "C79.5", "role": "DAS"}]),
+        Stay(id="chimio-1", documents=[{"text": "x"}],
+             diagnoses=[{"code": "C50.4", "role": "DP"}, {"code": "C79.5", "role": "DR"}]),
+    ]
+    gold.write_text("".join(s.model_dump_json() + "\n" for s in stays))
+    capsys.readouterr()
+    assert run(["review", "scripted", "--gold", str(gold), *db]) == 0
+    printed = capsys.readouterr().out
+    assert "validated 2 stay(s)" in printed
+    assert "1 gold DR(s) not allowed next to the DP kept as DAS" in printed
+    out = tmp_path / "retours.jsonl"
+    assert run(["review", "export", "--output", str(out), *db]) == 0
+    exported = [Stay.model_validate_json(x) for x in out.read_text().splitlines()]
+    assert [(s.id, [(d.code, d.role) for d in s.diagnoses]) for s in exported] == [
+        ("chimio-0", [("Z51.1", "DP"), ("C50.4", "DR"), ("C79.5", "DAS")]),
+        ("chimio-1", [("C50.4", "DP"), ("C79.5", "DAS")]),
+    ]
 
 
 def test_bad_inputs_are_clear_errors(predicted: tuple[Path, Path], tmp_path: Path) -> None:

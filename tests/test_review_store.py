@@ -3,6 +3,7 @@ trail, export to the corpora schema — on SQLite and on a real PostgreSQL serve
 
 from __future__ import annotations
 
+import csv
 import datetime
 import itertools
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.review import audit, export, monitoring, workflow
@@ -50,6 +51,25 @@ SUGGESTIONS = [
     ("I26.9", "Embolie pulmonaire", 0.12, "reject", "DAS", "embolie pulmonaire"),
 ]
 
+# A chemotherapy session: the DP is the care given (Z51.1), the DR the cancer treated.
+CRH_CHIMIOTHERAPIE = (
+    "Hospitalisation de jour pour séance de chimiothérapie, 4e cure d'EC.\n"
+    "Patiente suivie pour un cancer du sein gauche du quadrant supéro-externe, avec "
+    "métastases osseuses connues traitées par acide zolédronique.\n"
+    "Bonne tolérance clinique, pas de nausées. Polynucléaires neutrophiles à 2,1 G/l.\n"
+    "Conclusion : cure administrée sans incident, prochaine séance dans 21 jours."
+)
+
+CHIMIO_SUGGESTIONS = [
+    ("Z51.1", "Séance de chimiothérapie pour tumeur", 0.98, "auto", "DP",
+     "séance de chimiothérapie"),
+    ("C50.4", "Tumeur maligne du quadrant supéro-externe du sein", 0.93, "auto", "DR",
+     "cancer du sein gauche du quadrant supéro-externe"),
+    ("C79.5", "Tumeur maligne secondaire des os et de la moelle osseuse", 0.66, "review", "DAS",
+     "métastases osseuses"),
+    ("R11", "Nausées et vomissements", 0.08, "reject", "DAS", "nausées"),
+]
+
 
 def make_case(
     stay_id: str,
@@ -58,11 +78,13 @@ def make_case(
     date: str = "2026-11-16",
     decisions: dict[str, str] | None = None,
     model_version: str = "run-test-1",
+    text_: str = CRH_INSUFFISANCE_CARDIAQUE,
+    suggestions: list[tuple[str, str, float, str, str, str]] | None = None,
 ) -> tuple[dict[str, Any], StayPrediction]:
-    """A stay of heart failure and its prediction, with evidence located in its text."""
-    text_ = CRH_INSUFFISANCE_CARDIAQUE
+    """A stay (heart failure unless told) and its prediction, with evidence located in its
+    text."""
     codes = []
-    for code, label, score, decision, role, mention in SUGGESTIONS:
+    for code, label, score, decision, role, mention in suggestions or SUGGESTIONS:
         start = text_.index(mention)
         codes.append(
             {
@@ -113,6 +135,37 @@ def full_review(base_version: int, **overrides: Any) -> ReviewIn:
     return ReviewIn(**body)
 
 
+def make_chimio_case(stay_id: str, **kw: Any) -> tuple[dict[str, Any], StayPrediction]:
+    """A breast cancer chemotherapy session: DP Z51.1 and DR C50.4 proposed by the model."""
+    return make_case(
+        stay_id, unit="Oncologie", text_=CRH_CHIMIOTHERAPIE, suggestions=CHIMIO_SUGGESTIONS, **kw
+    )
+
+
+def chimio_review(base_version: int, **overrides: Any) -> ReviewIn:
+    """Keep the session, the cancer and the bone metastases: DP Z51.1, DR C50.4."""
+    body = {
+        "decision_id": uuid.uuid4().hex,
+        "base_version": base_version,
+        "codes": [
+            CodeDecisionIn(code="Z51.1", action="accept"),
+            CodeDecisionIn(code="C50.4", action="accept"),
+            CodeDecisionIn(code="C79.5", action="accept"),
+        ],
+        "dp": "Z51.1",
+        "dr": "C50.4",
+    }
+    body.update(overrides)
+    return ReviewIn(**body)
+
+
+def enqueue_chimio(store: ReviewStore, ids: list[str], **kw: Any) -> None:
+    with store.session() as session:
+        for stay_id in ids:
+            stay, pred = make_chimio_case(stay_id, **kw)
+            workflow.enqueue(session, stay, pred, default_qc_rate=0.0)
+
+
 def enqueue_cases(store: ReviewStore, ids: list[str], qc_rate: float = 0.0, **kw: Any) -> None:
     with store.session() as session:
         for stay_id in ids:
@@ -158,6 +211,24 @@ def test_stay_needing_review_enters_the_queue(store: ReviewStore) -> None:
     span = view["suggestions"][0]["evidence"][0]
     assert view["text"][span["start"] : span["end"]] == "insuffisance cardiaque congestive décompensée"
     assert view["model"]["thresholds_version"] == "policy-test-1"
+
+
+def test_a_corpora_stay_enters_the_queue_with_its_documents_and_unit(store: ReviewStore) -> None:
+    import datetime
+
+    from cimcoder.training.corpora.schema import Document, Stay, StayContext
+
+    _, pred = make_case("sej-corpora")
+    stay = Stay(
+        id="sej-corpora", patient_id="p-1", context=StayContext(unit="Cardiologie"),
+        documents=[Document(text=CRH_INSUFFISANCE_CARDIAQUE, date=datetime.date(2026, 11, 16))],
+    )
+    with store.session() as session:
+        workflow.enqueue(session, stay, pred, default_qc_rate=0.0)
+    with store.session() as session:
+        view = workflow.stay_view(session, "sej-corpora")
+    assert view["unit"] == "Cardiologie" and view["text"] == CRH_INSUFFISANCE_CARDIAQUE
+    assert str(view["date"]) == "2026-11-16"
 
 
 def test_auto_coded_stays_are_apart_and_sampled_for_qc_by_hash(store: ReviewStore) -> None:
@@ -413,3 +484,196 @@ def test_dp_check_reads_the_terminology_restrictions() -> None:
     assert workflow.pmsi_warnings(["I50.0"], "cim10")[0].startswith("I50.0 n'est pas codable en MCO")
     # CIM-11 carries no PMSI restriction.
     workflow.check_dp("BD10", "cim11")
+
+
+# -- DR (diagnostic relié) ----------------------------------------------------------------
+
+
+def _alembic(store: ReviewStore, action: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from cimcoder.serving.review.store import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        getattr(command, action)(config, revision)
+
+
+def test_migration_0002_adds_the_dr_and_gives_unreviewed_auto_stays_theirs(
+    store: ReviewStore,
+) -> None:
+    all_auto = {"C79.5": "auto"}
+    enqueue_chimio(store, ["sej-chimio-auto", "sej-chimio-revu"], decisions=all_auto)
+    enqueue_chimio(store, ["sej-chimio-a-coder"])  # C79.5 to review: not auto-coded
+    workflow.save_review(store, "sej-chimio-revu", chimio_review(1), "dr-dupont")
+
+    _alembic(store, "downgrade", "0001")  # a store as it was before the DR
+    with store.engine.connect() as conn:
+        stay_columns = {c["name"] for c in inspect(conn).get_columns("stays")}
+        review_columns = {c["name"] for c in inspect(conn).get_columns("reviews")}
+    assert "dr_code" not in stay_columns | review_columns
+    assert "dp_code" in stay_columns
+
+    _alembic(store, "upgrade", "head")
+    with store.session() as session:
+        dr_of = {s.id: (s.dp_code, s.dr_code) for s in session.scalars(select(ReviewStay))}
+        review = session.scalars(select(Review)).one()
+    # Untouched auto-coded stay: the model's DR, as a new import records it. A reviewed stay
+    # keeps what was saved then (no DR column yet); a stay to code has no coding yet.
+    assert dr_of == {
+        "sej-chimio-auto": ("Z51.1", "C50.4"),
+        "sej-chimio-revu": ("Z51.1", None),
+        "sej-chimio-a-coder": (None, None),
+    }
+    assert review.dr_code is None
+
+
+def test_import_records_the_proposed_dr(store: ReviewStore) -> None:
+    enqueue_chimio(store, ["sej-chimio-1"], decisions={"C79.5": "auto"})
+    enqueue_chimio(store, ["sej-chimio-2"])
+    with store.session() as session:
+        auto = session.get(ReviewStay, "sej-chimio-1")
+        assert (auto.status, auto.dp_code, auto.dr_code) == ("auto_coded", "Z51.1", "C50.4")
+        view = workflow.stay_view(session, "sej-chimio-1")
+        to_code = workflow.stay_view(session, "sej-chimio-2")
+        enqueued = session.scalars(
+            select(AuditEvent).where(AuditEvent.stay_id == "sej-chimio-1")
+        ).one()
+    assert (view["dp"], view["dr"]) == ("Z51.1", "C50.4")
+    assert view["coding"] == {
+        "dp": "Z51.1",
+        "dr": "C50.4",
+        "codes": [{"code": "Z51.1", "role": "DP"}, {"code": "C50.4", "role": "DR"},
+                  {"code": "C79.5", "role": "DAS"}],
+        "source": "model",
+    }
+    assert [(s["code"], s["role"]) for s in view["suggestions"][:2]] == [
+        ("Z51.1", "DP"), ("C50.4", "DR"),
+    ]
+    assert (enqueued.after["dp"], enqueued.after["dr"]) == ("Z51.1", "C50.4")
+    # Not auto-coded: nothing is coded on the stay yet, but the proposal keeps its roles.
+    assert (to_code["dp"], to_code["dr"]) == (None, None)
+    assert (to_code["coding"]["dp"], to_code["coding"]["dr"]) == ("Z51.1", "C50.4")
+    assert {"code": "C50.4", "role": "DR"} in to_code["coding"]["codes"]
+
+
+def test_coder_sets_changes_and_clears_the_dr_with_an_audit_trail(store: ReviewStore) -> None:
+    enqueue_chimio(store, ["sej-chimio-3"])
+    first = workflow.save_review(store, "sej-chimio-3", chimio_review(1), "dr-dupont")
+    assert (first["dp"], first["dr"], first["warnings"]) == ("Z51.1", "C50.4", [])
+    assert {c["final_code"]: c["role"] for c in first["codes"]} == {
+        "Z51.1": "DP", "C50.4": "DR", "C79.5": "DAS",
+    }
+    # The tumour spans two quadrants: the coder changes the code, the DR follows it.
+    to_c508 = [CodeDecisionIn(code="C50.4", action="change", new_code="c508",
+                              reason="lésion à cheval sur deux quadrants"),
+               CodeDecisionIn(code="C79.5", action="accept")]
+    changed = chimio_review(2, codes=to_c508, dr="c508", status="in_review")
+    second = workflow.save_review(store, "sej-chimio-3", changed, "dr-martin")
+    assert second["dr"] == "C50.8"
+    assert {c["final_code"]: c["role"] for c in second["codes"]} == {
+        "C50.8": "DR", "Z51.1": "DP", "C79.5": "DAS",
+    }
+    cleared = workflow.save_review(
+        store,
+        "sej-chimio-3",
+        chimio_review(3, codes=to_c508, dr=None),
+        "dr-dupont",
+    )
+    assert cleared["dr"] is None
+    assert {c["final_code"]: c["role"] for c in cleared["codes"]}["C50.8"] == "DAS"
+
+    with store.session() as session:
+        stay = session.get(ReviewStay, "sej-chimio-3")
+        assert (stay.version, stay.dp_code, stay.dr_code) == (4, "Z51.1", None)
+        saves = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.stay_id == "sej-chimio-3", AuditEvent.event == "review.saved")
+            .order_by(AuditEvent.id)
+        ).all()
+        view = workflow.stay_view(session, "sej-chimio-3")
+    assert [(e.actor, e.before["dr"], e.after["dr"]) for e in saves] == [
+        ("dr-dupont", "C50.4", "C50.4"),  # before: the model's proposal
+        ("dr-martin", "C50.4", "C50.8"),
+        ("dr-dupont", "C50.8", None),
+    ]
+    assert {"code": "C50.8", "role": "DR"} in saves[1].after["codes"]
+    assert view["last_review"]["dr"] is None and view["coding"]["dr"] is None
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "message"),
+    [
+        ("ic", {"dr": "I10"},
+         "pas de DR quand le DP I50.0 n'est pas un code Z de motif de soins"),
+        ("chimio", {"dr": "Z51.1"}, "Z51.1 est déjà le DP"),
+        ("chimio", {"dp": None, "dr": "C50.4", "status": "in_review"}, "un DR .C50.4. suppose un DP"),
+        ("chimio", {"dr": "C79.5", "codes": [CodeDecisionIn(code="C79.5", action="reject")]},
+         "le DR C79.5 doit être un des codes retenus"),
+        ("chimio", {"dr": "Y43.3", "codes": [CodeDecisionIn(code="C79.5", action="accept"),
+                                              CodeDecisionIn(code="Y43.3", action="add")]},
+         r"Y43.3 ne peut pas être DR \(cause externe : interdit en DP et DR"),
+        ("chimio", {"dr": "C50.99"}, "C50.99"),
+    ],
+    ids=["dp-not-a-z-code", "dr-is-the-dp", "no-dp", "dr-rejected", "external-cause-dr",
+         "unknown-code"],
+)
+def test_invalid_dr_is_refused_and_writes_nothing(
+    store: ReviewStore, case: str, overrides: dict[str, Any], message: str
+) -> None:
+    if case == "ic":
+        enqueue_cases(store, ["sej-dr-1"])
+        body = full_review(1, **overrides)
+    else:
+        enqueue_chimio(store, ["sej-dr-1"])
+        body = chimio_review(1, **overrides)
+    with pytest.raises(workflow.InvalidReview, match=message):
+        workflow.save_review(store, "sej-dr-1", body, "dr-dupont")
+    with store.session() as session:
+        assert session.get(ReviewStay, "sej-dr-1").version == 1
+        assert session.scalar(select(func.count()).select_from(Review)) == 0
+
+
+def test_dr_check_needs_a_z_care_dp_and_reads_the_restrictions() -> None:
+    from cimcoder.terminologies import load_terminology
+
+    # Dialysis for end-stage kidney disease, palliative care of a lung cancer: fine DRs.
+    workflow.check_dr("N18.5", "Z49.1", "cim10")
+    workflow.check_dr("C34.9", "Z51.5", "cim10")
+    # Syncope (R55, chapter XVIII) is a DP from chapters I-XIX: no DR.
+    with pytest.raises(workflow.InvalidReview, match="le DP R55 n'est pas un code Z"):
+        workflow.check_dr("I10", "R55", "cim10")
+    restrictions = load_terminology("cim10")["B95.3"].restrictions
+    assert restrictions is not None and not restrictions.allows("DR")
+    with pytest.raises(workflow.InvalidReview, match=r"^B95.3 ne peut pas être DR \(") as caught:
+        workflow.check_dr("B95.3", "Z51.1", "cim10")
+    assert restrictions.describe() in str(caught.value)
+    # CIM-11: the session code of chapter 24 (QB97) takes a DR, a disease (BD10) does not.
+    workflow.check_dr("2C6Z", "QB97", "cim11")
+    with pytest.raises(workflow.InvalidReview, match="pas de DR"):
+        workflow.check_dr("2C6Z", "BD10", "cim11")
+
+
+def test_export_gives_the_dr_its_role_in_every_format(store: ReviewStore, tmp_path: Path) -> None:
+    enqueue_chimio(store, ["sej-chimio-4"])
+    workflow.save_review(store, "sej-chimio-4", chimio_review(1), "dr-dupont")
+    out = tmp_path / "valides.jsonl"
+    assert export.export_validated(store, out) == (1, 0)
+    (stay,) = [Stay.model_validate_json(line) for line in out.read_text().splitlines()]
+    # What retraining reads: Diagnosis.role, DP first, then the DR, then the DAS.
+    assert [(d.code, d.role) for d in stay.diagnoses] == [
+        ("Z51.1", "DP"), ("C50.4", "DR"), ("C79.5", "DAS"),
+    ]
+    assert [(d.code, d.role) for d in next(export.iter_validated_stays(store)).diagnoses] == [
+        ("Z51.1", "DP"), ("C50.4", "DR"), ("C79.5", "DAS"),
+    ]
+    assert audit.export_audit(store, tmp_path / "audit.jsonl") == 2
+    saved = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[1])
+    assert (saved["after"]["dp"], saved["after"]["dr"]) == ("Z51.1", "C50.4")
+    assert audit.export_audit(store, tmp_path / "audit.csv") == 2
+    with (tmp_path / "audit.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert json.loads(rows[1]["after"])["dr"] == "C50.4"

@@ -52,7 +52,7 @@ def _load_stays(name: str) -> list[Any]:
 def _to_cim11(code_sets: list[list[str]]) -> tuple[list[list[str]], dict[str, int]]:
     """Gold CIM-10 codes carried over to CIM-11 through the WHO crosswalk."""
     try:
-        from cimcoder.terminologies import load_crosswalk  # type: ignore[attr-defined]
+        from cimcoder.terminologies import load_crosswalk
     except ImportError:
         raise TrainingError(
             "data.labels.terminology=cim11 needs the CIM-10 -> CIM-11 crosswalk "

@@ -181,7 +181,7 @@ MEASURES: tuple[_Measure, ...] = (
 def _terminology_codes(name: str) -> list[str]:
     from cimcoder.terminologies import load_terminology
 
-    return list(load_terminology(name).codes())  # type: ignore[arg-type]
+    return list(load_terminology(name).codes())
 
 
 def _measure_codes(lexicon_codes: set[str], pattern: str) -> tuple[str, ...]:
@@ -231,6 +231,7 @@ class MentionExtractor:
         self._nlp: Any = None
         self._keys: dict[str, tuple[tuple[str, ...], str]] = {}
         self._still = still_current(lexicon.terminology)
+        self._insulin_sibling = _insulin_siblings(lexicon.terminology)
         codes = set(_terminology_codes(lexicon.terminology))
         self._measures = [
             (m, tuple((lo, hi, tuple(c for p in pats for c in (_measure_codes(codes, p) if "x" in p else (p,)) if c in codes)) for lo, hi, pats in m.rules))
@@ -351,7 +352,24 @@ class MentionExtractor:
         if self.measurements:
             for m in self._measured(text, sections):
                 found.setdefault((m.codes, m.start, m.end), m)
+            for m in self._insulin_treated(text, list(found.values())):
+                found.setdefault((m.codes, m.start, m.end), m)
         return sorted(found.values(), key=lambda m: (m.start, m.end, m.codes))
+
+    def _insulin_treated(self, text: str, mentions: list[Mention]) -> Iterable[Mention]:
+        """The drugs say what the words do not (ATIH: E11.x0 insulinotraité / E11.x8 non
+        insulinotraité ou sans précision): a report that gives insulin turns an affirmed
+        "non insulinotraité ou sans précision" diabetes code into its insulin-treated sibling,
+        on the same span."""
+        if not _INSULIN.search(text):
+            return
+        for m in mentions:
+            if not m.affirmed or len(m.codes) != 1:
+                continue
+            sibling = self._insulin_sibling.get(m.codes[0])
+            if sibling is not None:
+                yield Mention((sibling,), m.start, m.end, "treatment", section=m.section,
+                              still_current=m.still_current)
 
     def _measured(self, text: str, sections: list[tuple[int, str]]) -> Iterable[Mention]:
         for measure, rules in self._measures:
@@ -364,6 +382,40 @@ class MentionExtractor:
                     if codes and (lo is None or value >= lo) and (hi is None or value < hi):
                         yield Mention(codes, match.start(), match.end(), "measurement",
                                       section=_section_at(sections, match.start()))
+
+
+# Insulin given or prescribed (brand names of the insulins sold in France), not "non
+# insulinotraité" / "non insulino-requérant" / "sans insuline".
+_INSULIN = re.compile(
+    r"(?<!non )(?<!non-)(?<!sans )(?<!pas d')(?<!pas d’)\b(?:insuline|insulines|insulinoth[ée]rapie|"
+    r"insulino-?trait[ée]e?|insulino-?requ[ée]rante?|lantus|levemir|tresiba|toujeo|abasaglar|"
+    r"semglee|novorapid|humalog|apidra|fiasp|lyumjev|actrapid|umuline|insulatard|novomix|"
+    r"mixtard|xultophy|suliqua)\b",
+    re.IGNORECASE,
+)
+
+
+def _insulin_siblings(terminology: str) -> dict[str, str]:
+    """CIM-10 FR codes "... non insulinotraité ou sans précision" -> their "insulinotraité"
+    sibling (E11.98 -> E11.90), read from the labels."""
+    if terminology != "cim10":
+        return {}
+    from cimcoder.terminologies import load_terminology
+
+    term = load_terminology("cim10")
+    out: dict[str, str] = {}
+    for code in term.codes():
+        if not code.endswith("8") or "non insulinotrait" not in _label_of(term, code):
+            continue
+        sibling = code[:-1] + "0"
+        if "insulinotrait" in _label_of(term, sibling) and "non insulinotrait" not in _label_of(term, sibling):
+            out[code] = sibling
+    return out
+
+
+def _label_of(term: Any, code: str) -> str:
+    concept = term.get(code)
+    return (getattr(concept, "label", "") or "").lower() if concept is not None else ""
 
 
 # spaCy refuses texts over 1,000,000 characters and its memory grows with length: a huge

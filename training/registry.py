@@ -126,7 +126,8 @@ def get_model(name: str) -> type:
 def build_model(config: RunConfig, label_space: LabelSpace) -> Scorer:
     """An untrained model of `config.model.name` over `label_space`."""
     cls = get_model(config.model.name)
-    return cls.from_config(config, label_space)  # type: ignore[attr-defined,no-any-return]
+    # `register_model` checked that the class has from_config() and load().
+    return cls.from_config(config, label_space)  # type: ignore[attr-defined]
 
 
 def load_scorer(run_dir: str | Path) -> Scorer:
@@ -138,4 +139,4 @@ def load_scorer(run_dir: str | Path) -> Scorer:
         raise CimcoderError(f"model run folder not found: {path}")
     config = read_run_config(path)
     cls = get_model(config.model.name)
-    return cls.load(path)  # type: ignore[attr-defined,no-any-return]
+    return cls.load(path)  # type: ignore[attr-defined]

@@ -185,6 +185,7 @@ def _scripted(args: argparse.Namespace) -> int:
         f"{summary.rejected} rejected, {summary.added} missed code(s) added "
         f"({summary.codes_not_addable} gold code(s) outside the terminology, "
         f"{summary.dp_changed} gold DP(s) not allowed as DP replaced, "
+        f"{summary.dr_dropped} gold DR(s) not allowed next to the DP kept as DAS, "
         f"{summary.skipped_no_gold} stay(s) without gold and {summary.skipped_invalid} "
         "breaking a PMSI rule left in the queue)"
     )

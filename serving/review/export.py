@@ -5,24 +5,33 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from cimcoder.serving.review.store import Review, ReviewStay, ReviewStore, StayStatus
+from cimcoder.serving.review.workflow import coded_role
+from cimcoder.terminologies.codes import TerminologyName
 from cimcoder.training.corpora.schema import Diagnosis, Document, Stay, StayContext
 
 logger = logging.getLogger(__name__)
 
 
+_ROLE_ORDER = {"DP": 0, "DR": 1, "DAS": 2}
+
+
 def to_corpus_stay(stay: ReviewStay, review: Review) -> Stay:
-    """The coded stay as the corpora schema has it: DP first, then the DAS in coding order."""
+    """The coded stay as the corpora schema has it: DP first, then the DR (when the DP is a Z
+    care code), then the DAS in coding order."""
     diagnoses = [
-        Diagnosis(code=rc.final_code, role="DP" if rc.final_code == review.dp_code else "DAS")
+        Diagnosis(
+            code=rc.final_code, role=coded_role(rc.final_code, review.dp_code, review.dr_code)
+        )
         for rc in review.codes
         if rc.final_code is not None
     ]
-    diagnoses.sort(key=lambda d: d.role != "DP")
+    diagnoses.sort(key=lambda d: _ROLE_ORDER[d.role])
     return Stay(
         id=stay.id,
         patient_id=stay.patient_id,
@@ -30,7 +39,8 @@ def to_corpus_stay(stay: ReviewStay, review: Review) -> Stay:
             Document(text=d.text, doc_type=d.doc_type, date=d.doc_date) for d in stay.documents
         ],
         diagnoses=diagnoses,
-        terminology=stay.terminology,
+        # The store keeps the model's terminology as text; Stay validates it.
+        terminology=cast(TerminologyName, stay.terminology),
         edition=stay.terminology_edition,
         context=StayContext(unit=stay.unit) if stay.unit else None,
     )

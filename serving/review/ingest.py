@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cimcoder.inference.schemas import StayPrediction
-from cimcoder.serving.review.schemas import StayIn
+from cimcoder.serving.review.schemas import ReviewDocumentIn, StayIn
 from cimcoder.serving.review.store import ReviewError
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def _from_dataset(name: str) -> dict[str, StayIn]:
             patient_id=stay.patient_id,
             unit=context.unit if context is not None else None,
             documents=[
-                {"text": d.text, "doc_type": d.doc_type, "date": d.date}
+                ReviewDocumentIn(text=d.text, doc_type=d.doc_type, date=d.date)
                 for d in stay.documents
             ],
         )

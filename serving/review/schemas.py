@@ -96,13 +96,19 @@ class ReviewIn(BaseModel):
     base_version: int = Field(ge=1, description="Stay version the coder saw (optimistic lock).")
     codes: list[CodeDecisionIn] = Field(default_factory=list, max_length=2000)
     dp: str | None = Field(default=None, max_length=16, description="Chosen DP (final code).")
+    dr: str | None = Field(
+        default=None,
+        max_length=16,
+        description="Chosen DR (final code), only when the DP is a Z code for the care given "
+        "(e.g. DP Z51.1 chemotherapy session, DR C50.4 the cancer treated); null: no DR.",
+    )
     status: Literal["validated", "in_review"] = Field(
         default="validated", description="validated: coding done; in_review: draft."
     )
 
-    @field_validator("dp")
+    @field_validator("dp", "dr")
     @classmethod
-    def _blank_dp_is_none(cls, value: str | None) -> str | None:
+    def _blank_role_is_none(cls, value: str | None) -> str | None:
         return value if value and value.strip() else None
 
 
@@ -114,6 +120,7 @@ class ReviewResult(BaseModel):
     version: int
     status: str
     dp: str | None
+    dr: str | None = Field(description="DR of the saved coding (null: none).")
     codes: list[dict[str, str | None]]
     replayed: bool = Field(description="True when this decision id had already been saved.")
     warnings: list[str] = Field(
@@ -152,6 +159,7 @@ class StaySummary(BaseModel):
     qc_sampled: bool = Field(description="Auto-coded but drawn for quality control.")
     version: int = Field(description="Bumped by every save (optimistic lock).")
     dp: str | None = Field(description="DP of the stay's current coding.")
+    dr: str | None = Field(description="DR of the stay's current coding (DP a Z care code).")
     updated_at: str = Field(description="Last change, ISO 8601 UTC.")
     validated_by: str | None
 
@@ -213,6 +221,7 @@ class CurrentCoding(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dp: str | None
+    dr: str | None
     codes: list[CodedCode]
     source: Literal["review", "model"]
 
@@ -234,6 +243,7 @@ class LastReview(BaseModel):
     coder: str
     at: str = Field(description="ISO 8601 UTC.")
     dp: str | None
+    dr: str | None
     status: str
     codes: list[ReviewedCode]
 

@@ -2,22 +2,29 @@
 
 For the end-to-end check on a coded corpus (e.g. CodiEsp-FR dev): each suggestion in the
 gold coding is accepted, every other kept suggestion rejected, gold codes the model missed are
-added, and the gold DP (else the first gold code) is chosen. The saves go through the same
-`save_review` as a human coder's, so the audit trail and exports are the real ones.
+added, the gold DP (else the first gold code) is chosen, and the gold DR when the PMSI accepts
+it next to that DP (else it stays coded, as a DAS). The saves go through the same `save_review`
+as a human coder's, so the audit trail and exports are the real ones.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
 from cimcoder.serving.review.schemas import CodeDecisionIn, ReviewIn
 from cimcoder.serving.review.store import ReviewStay, ReviewStore, StayStatus
-from cimcoder.serving.review.workflow import InvalidReview, check_code, check_dp, save_review
+from cimcoder.serving.review.workflow import (
+    InvalidReview,
+    check_code,
+    check_dp,
+    check_dr,
+    save_review,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,7 @@ class ScriptedSummary:
     codes_not_addable: int = 0
     skipped_invalid: int = 0
     dp_changed: int = 0
+    dr_dropped: int = 0
 
 
 def _allowed_dp(code: str, terminology: str) -> bool:
@@ -42,9 +50,17 @@ def _allowed_dp(code: str, terminology: str) -> bool:
     return True
 
 
+def _allowed_dr(code: str, dp: str, terminology: str) -> bool:
+    try:
+        check_dr(code, dp, terminology)
+    except InvalidReview:
+        return False
+    return True
+
+
 def review_with_gold(
     store: ReviewStore,
-    gold: dict[str, list[tuple[str, str]]],
+    gold: Mapping[str, Sequence[tuple[str, str]]],
     coder: str,
     statuses: Iterable[str] = (StayStatus.TO_CODE, StayStatus.IN_REVIEW, StayStatus.AUTO_CODED),
 ) -> ScriptedSummary:
@@ -93,8 +109,14 @@ def review_with_gold(
         if dp is None:
             summary.skipped_invalid += 1
             continue
+        dr_gold = next((c for c, role in codes if role == "DR"), None)
+        dr = (
+            dr_gold
+            if dr_gold is not None and dr_gold in finals and _allowed_dr(dr_gold, dp, terminology)
+            else None
+        )
         body = ReviewIn(
-            decision_id=uuid.uuid4().hex, base_version=version, codes=decisions, dp=dp
+            decision_id=uuid.uuid4().hex, base_version=version, codes=decisions, dp=dp, dr=dr
         )
         try:
             save_review(store, stay_id, body, coder)
@@ -104,4 +126,5 @@ def review_with_gold(
             continue
         summary.reviewed += 1
         summary.dp_changed += int(dp_gold is not None and dp != dp_gold)
+        summary.dr_dropped += int(dr_gold is not None and dr is None)
     return summary

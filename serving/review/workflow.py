@@ -8,7 +8,7 @@ import datetime
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.review import audit
-from cimcoder.serving.review.schemas import ReviewIn, StayIn
+from cimcoder.serving.review.schemas import ReviewDocumentIn, ReviewIn, StayIn
 from cimcoder.serving.review.store import (
     STATUS_LABELS,
     Action,
@@ -38,6 +38,8 @@ from cimcoder.serving.review.store import (
 from cimcoder.training.corpora.schema import DOCUMENT_SEPARATOR
 
 if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
+
     from cimcoder.terminologies import Restrictions
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ QC_RATE_KEY = "qc_rate"
 # and for score monitoring; the full ranking stays in the predictions JSONL.
 MAX_REJECTED_STORED = 30
 SYSTEM_ACTOR = "system"
+CodedRole = Literal["DP", "DR", "DAS"]
+# The chapter of reasons for care (CIM-10 FR: Z codes): the only DPs a DR may complete.
+_CARE_CHAPTER = {"cim10": "XXI", "cim11": "24"}
 
 
 class InvalidReview(ReviewError):
@@ -133,9 +138,10 @@ def _as_stay_in(stay: Any) -> StayIn:
         id=stay.id,
         patient_id=stay.patient_id,
         unit=context.unit if context is not None else None,
-        date=stay.date,
+        # A corpora stay has no date of its own: its latest dated document's (discharge letter).
+        date=max((doc.date for doc in stay.documents if doc.date is not None), default=None),
         documents=[
-            {"text": doc.text, "doc_type": doc.doc_type, "date": doc.date}
+            ReviewDocumentIn(text=doc.text, doc_type=doc.doc_type, date=doc.date)
             for doc in stay.documents
         ],
     )
@@ -153,6 +159,13 @@ def is_auto_coded(prediction: StayPrediction) -> bool:
     """Every code the model keeps is 'auto' (none left for a coder), and it keeps one."""
     kept = [c for c in prediction.codes if c.decision != "reject"]
     return bool(kept) and all(c.decision == "auto" for c in kept)
+
+
+def _proposed(prediction: StayPrediction, role: str) -> str | None:
+    """The code the model proposed, and coded automatically, in `role` (DP or DR)."""
+    return next(
+        (c.code for c in prediction.codes if c.role == role and c.decision == "auto"), None
+    )
 
 
 def enqueue(
@@ -198,7 +211,10 @@ def enqueue(
     rate = qc_rate(session, default_qc_rate)
     sampled = auto and qc_draw(stay_in.id) < rate
     status = StayStatus.AUTO_CODED if auto and not sampled else StayStatus.TO_CODE
-    dp = next((c.code for c in pred.codes if c.role == "DP" and c.decision == "auto"), None)
+    # An auto-coded stay is coded as the model proposed it: its DP, and its DR when the DP is
+    # a care code (Z51.1 chemotherapy session: DR = the cancer treated).
+    dp = _proposed(pred, "DP") if auto else None
+    dr = _proposed(pred, "DR") if dp is not None else None
     now = utcnow()
     row = ReviewStay(
         id=stay_in.id,
@@ -209,7 +225,8 @@ def enqueue(
         auto_coded=auto,
         qc_sampled=sampled,
         version=1,
-        dp_code=dp if auto else None,
+        dp_code=dp,
+        dr_code=dr,
         terminology=pred.model.terminology,
         model_version=pred.model.version,
         thresholds_version=pred.model.thresholds_version,
@@ -254,6 +271,8 @@ def enqueue(
             "status": status.value,
             "auto_coded": auto,
             "qc_sampled": sampled,
+            "dp": dp,
+            "dr": dr,
             "suggestions": [
                 {"code": c.code, "score": c.score, "decision": c.decision, "role": c.role}
                 for c in pred.codes
@@ -274,6 +293,15 @@ def latest_review(session: Session, stay: ReviewStay) -> Review | None:
     ).first()
 
 
+def coded_role(code: str, dp: str | None, dr: str | None) -> CodedRole:
+    """The PMSI role of a code kept for the stay, given the stay's DP and DR."""
+    if code == dp:
+        return "DP"
+    if code == dr:
+        return "DR"
+    return "DAS"
+
+
 def current_coding(session: Session, stay: ReviewStay) -> dict[str, Any]:
     """The stay's coding now: the last save's final codes, else the model's kept proposal."""
     review = latest_review(session, stay)
@@ -283,12 +311,16 @@ def current_coding(session: Session, stay: ReviewStay) -> dict[str, Any]:
             for rc in review.codes
             if rc.final_code is not None
         ]
-        return {"dp": review.dp_code, "codes": codes, "source": "review"}
+        return {"dp": review.dp_code, "dr": review.dr_code, "codes": codes, "source": "review"}
     kept = [p for p in stay.predictions if p.decision in ("auto", "review")]
     dp = stay.dp_code or next((p.code for p in kept if p.role == "DP"), None)
+    dr = stay.dr_code or next(
+        (p.code for p in kept if p.role == "DR" and dp is not None and p.code != dp), None
+    )
     return {
         "dp": dp,
-        "codes": [{"code": p.code, "role": "DP" if p.code == dp else "DAS"} for p in kept],
+        "dr": dr,
+        "codes": [{"code": p.code, "role": coded_role(p.code, dp, dr)} for p in kept],
         "source": "model",
     }
 
@@ -308,6 +340,7 @@ def stay_summary(stay: ReviewStay) -> dict[str, Any]:
         "qc_sampled": stay.qc_sampled,
         "version": stay.version,
         "dp": stay.dp_code,
+        "dr": stay.dr_code,
         "updated_at": stay.updated_at.isoformat() + "Z",
         "validated_by": stay.validated_by,
     }
@@ -360,6 +393,7 @@ def stay_view(session: Session, stay_id: str) -> dict[str, Any]:
                 "coder": review.coder,
                 "at": review.created_at.isoformat() + "Z",
                 "dp": review.dp_code,
+                "dr": review.dr_code,
                 "status": review.status_after,
                 "codes": [
                     {
@@ -467,6 +501,7 @@ def _review_result(
         "version": review.new_version,
         "status": review.status_after,
         "dp": review.dp_code,
+        "dr": review.dr_code,
         "codes": [
             {"code": rc.code, "action": rc.action, "final_code": rc.final_code, "role": rc.role}
             for rc in review.codes
@@ -493,6 +528,34 @@ def check_dp(code: str, terminology: str) -> None:
         raise InvalidReview(f"{code} ne peut pas être DP ({restrictions.describe()})")
 
 
+def is_care_code(code: str, terminology: str) -> bool:
+    """Whether `code` is a reason for care (CIM-10 chapter XXI, the Z codes; CIM-11 chapter
+    24): the only DPs that a DR may complete."""
+    from cimcoder.terminologies import load_terminology
+
+    concept = load_terminology(terminology).get(code)
+    return concept is not None and concept.chapter == _CARE_CHAPTER.get(terminology)
+
+
+def check_dr(code: str, dp: str | None, terminology: str) -> None:
+    """Refuse a DR that the PMSI does not accept: a DR answers "care for which disease?"
+    when the DP is a Z code for the care given (Z51.1 chemotherapy, Z51.5 palliative care,
+    Z49.1 dialysis), so it needs such a DP, differs from it, and is allowed as DR by the ATIH.
+    As for the DP, a forbidden parent code is left to `pmsi_warnings`."""
+    if dp is None:
+        raise InvalidReview(f"un DR ({code}) suppose un DP : choisissez d'abord le DP du séjour")
+    if code == dp:
+        raise InvalidReview(f"{code} est déjà le DP : le DR est une autre affection que le DP")
+    if not is_care_code(dp, terminology):
+        raise InvalidReview(
+            f"pas de DR quand le DP {dp} n'est pas un code Z de motif de soins (p. ex. Z51.1 "
+            f"chimiothérapie, Z51.5 soins palliatifs, Z49.1 dialyse) : codez {code} en DAS"
+        )
+    restrictions = _restrictions(code, terminology)
+    if restrictions is not None and restrictions.codable and not restrictions.allows("DR"):
+        raise InvalidReview(f"{code} ne peut pas être DR ({restrictions.describe()})")
+
+
 def pmsi_warnings(codes: list[str], terminology: str) -> list[str]:
     """Codes the grouping would reject (forbidden parent codes): reported, not refused, since
     a model's label space may hold them."""
@@ -509,24 +572,26 @@ def pmsi_warnings(codes: list[str], terminology: str) -> list[str]:
 
 
 def _canonical_codes(body: ReviewIn, terminology: str) -> dict[str, str]:
-    """Canonical spelling of every code the coder typed (added, change targets, DP).
+    """Canonical spelling of every code the coder typed (added, change targets, DP, DR).
 
     Done before the save's transaction opens: the first terminology load takes a while and
     must not hold the stay's row lock.
     """
     typed = [i.code for i in body.codes if i.action == "add"]
     typed += [i.new_code for i in body.codes if i.action == "change" and i.new_code]
-    if body.dp is not None:
-        typed.append(body.dp)
+    typed += [code for code in (body.dp, body.dr) if code is not None]
     canon = {raw: check_code(raw, terminology) for raw in dict.fromkeys(typed)}
-    if body.dp is not None:
-        check_dp(canon[body.dp], terminology)
+    dp = canon[body.dp] if body.dp is not None else None
+    if dp is not None:
+        check_dp(dp, terminology)
+    if body.dr is not None:
+        check_dr(canon[body.dr], dp, terminology)
     return canon
 
 
 def _plan(
     stay: ReviewStay, body: ReviewIn, canon: dict[str, str]
-) -> tuple[list[ReviewCode], str | None]:
+) -> tuple[list[ReviewCode], str | None, str | None]:
     """Turn the request into review rows; checks every rule before anything is written."""
     suggestions = {p.code: p for p in stay.predictions}
     seen: set[str] = set()
@@ -595,10 +660,15 @@ def _plan(
             raise InvalidReview(f"the DP {dp} must be one of the codes kept for the stay")
     if body.status == "validated" and dp is None:
         raise InvalidReview("choisissez le DP avant de valider le séjour")
+    dr = None
+    if body.dr is not None:
+        dr = canon[body.dr]
+        if dr not in finals:
+            raise InvalidReview(f"le DR {dr} doit être un des codes retenus pour le séjour")
     for position, row in enumerate(rows):
         row.position = position
-        row.role = None if row.final_code is None else ("DP" if row.final_code == dp else "DAS")
-    return rows, dp
+        row.role = None if row.final_code is None else coded_role(row.final_code, dp, dr)
+    return rows, dp, dr
 
 
 def save_review(
@@ -626,7 +696,9 @@ def save_review(
             if not exc.current:
                 # Lost the race at the UPDATE: tell the coder what the stay is now.
                 with store.session() as session:
-                    exc.current = stay_summary(session.get(ReviewStay, stay_id))
+                    current = session.get(ReviewStay, stay_id)
+                    if current is not None:
+                        exc.current = stay_summary(current)
             raise
     raise ReviewConflict(f"stay {stay_id} is being saved by someone else: reload and try again")
 
@@ -649,7 +721,7 @@ def _save_once(
                 f"{body.base_version}) : rechargez-le",
                 current=stay_summary(stay),
             )
-        rows, dp = _plan(stay, body, canon)
+        rows, dp, dr = _plan(stay, body, canon)
         before = current_coding(session, stay) | {"status": stay.status, "version": stay.version}
         _ensure_coder(session, coder)
         now = utcnow()
@@ -658,15 +730,21 @@ def _save_once(
             "version": new_version,
             "status": StayStatus(body.status).value,
             "dp_code": dp,
+            "dr_code": dr,
             "updated_at": now,
         }
         if body.status == "validated":
             values.update(validated_at=now, validated_by=coder)
-        result = session.execute(
-            update(ReviewStay)
-            .where(ReviewStay.id == stay_id, ReviewStay.version == body.base_version)
-            .values(**values)
-            .execution_options(synchronize_session=False)
+        # An UPDATE answers a CursorResult (it has the rowcount); Session.execute is typed
+        # for any statement.
+        result = cast(
+            "CursorResult[Any]",
+            session.execute(
+                update(ReviewStay)
+                .where(ReviewStay.id == stay_id, ReviewStay.version == body.base_version)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ),
         )
         if result.rowcount != 1:
             raise ReviewConflict(f"le séjour {stay_id} vient d'être modifié : rechargez-le")
@@ -678,6 +756,7 @@ def _save_once(
             new_version=new_version,
             status_after=values["status"],
             dp_code=dp,
+            dr_code=dr,
             qc=stay.qc_sampled,
             n_codes=len(rows),
             created_at=now,
@@ -698,6 +777,7 @@ def _save_once(
                 "status": values["status"],
                 "version": new_version,
                 "dp": dp,
+                "dr": dr,
                 "codes": [{"code": r.final_code, "role": r.role} for r in rows if r.final_code],
                 "decisions": [
                     {

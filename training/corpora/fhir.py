@@ -33,11 +33,13 @@ from typing import Any
 from cimcoder.training.corpora.codes import CodeResolver, TerminologyName, UnknownPolicy
 from cimcoder.training.corpora.errors import CorpusError
 from cimcoder.training.corpora.schema import (
+    CODED_ROLES,
     Corpus,
     Diagnosis,
     Document,
     LoadReport,
     Role,
+    Sex,
     Stay,
     StayContext,
 )
@@ -55,7 +57,7 @@ CIM10_SYSTEMS = frozenset(
     }
 )
 CIM11_SYSTEMS = frozenset({"http://id.who.int/icd/release/11/mms", "http://id.who.int/icd11/mms"})
-_ROLES = ("DP", "DR", "DAS")
+_SEX_BY_GENDER: dict[str, Sex] = {"male": "M", "female": "F"}
 _TAG = re.compile(r"<[^>]+>")
 _BLOCK_TAG = re.compile(r"</?(?:p|div|br|li|tr|h[1-6])\b[^>]*>", re.IGNORECASE)
 _SPACES = re.compile(r"[ \t]+")
@@ -84,8 +86,9 @@ def _codings(concepts: Any) -> list[dict[str, Any]]:
 
 def _explicit_role(values: list[Any]) -> Role | None:
     for value in values:
-        if isinstance(value, str) and value.strip().upper() in _ROLES:
-            return value.strip().upper()
+        role = value.strip().upper() if isinstance(value, str) else None
+        if role in CODED_ROLES:
+            return role
     return None
 
 
@@ -368,7 +371,7 @@ def _context(encounter: dict[str, Any] | None, patient: dict[str, Any] | None) -
     start, end = _date(period.get("start")), _date(period.get("end"))
     los = (end - start).days if start and end and end >= start else None
     gender = (patient or {}).get("gender")
-    sex = {"male": "M", "female": "F"}.get(gender) if isinstance(gender, str) else None
+    sex = _SEX_BY_GENDER.get(gender) if isinstance(gender, str) else None
     birth = _date((patient or {}).get("birthDate") if patient else None)
     age = None
     if birth and start:

@@ -27,11 +27,13 @@ from typing import Any
 from cimcoder.training.corpora.codes import CodeResolver, TerminologyName, UnknownPolicy
 from cimcoder.training.corpora.errors import CorpusError
 from cimcoder.training.corpora.schema import (
+    CODED_ROLES,
     Corpus,
     Diagnosis,
     Document,
     LoadReport,
     Role,
+    Sex,
     Stay,
     StayContext,
 )
@@ -39,7 +41,7 @@ from cimcoder.training.corpora.schema import (
 logger = logging.getLogger(__name__)
 
 STATUS_CONCEPTS: dict[int, Role] = {32902: "DP", 32908: "DAS"}
-GENDER_CONCEPTS = {8507: "M", 8532: "F"}
+GENDER_CONCEPTS: dict[int, Sex] = {8507: "M", 8532: "F"}
 _REQUIRED = {
     "note": ("note_id", "person_id", "note_text", "visit_occurrence_id"),
     "condition_occurrence": (
@@ -221,7 +223,7 @@ def _read(
 
 def _role(cond: dict[str, Any]) -> Role:
     source = (cond.get("condition_status_source_value") or "").strip().upper()
-    if source in ("DP", "DR", "DAS"):
+    if source in CODED_ROLES:
         return source
     concept = cond.get("condition_status_concept_id")
     return STATUS_CONCEPTS.get(int(concept), "unknown") if concept is not None else "unknown"

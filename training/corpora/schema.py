@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["DP", "DR", "DAS", "unknown"]
 ROLES: tuple[Role, ...] = ("DP", "DR", "DAS", "unknown")
+CODED_ROLES: tuple[Role, ...] = ("DP", "DR", "DAS")  # the roles a source may state
+Sex = Literal["M", "F"]
+SEXES: tuple[Sex, ...] = ("M", "F")
 DOCUMENT_SEPARATOR = "\n\n"
 
 
@@ -54,7 +57,7 @@ class StayContext(BaseModel):
 
     unit: str | None = Field(default=None, description="Care unit (unité médicale) or specialty.")
     age: int | None = Field(default=None, ge=0, le=130, description="Age in years at admission.")
-    sex: Literal["M", "F"] | None = Field(default=None, description="Sex: M or F.")
+    sex: Sex | None = Field(default=None, description="Sex: M or F.")
     length_of_stay: int | None = Field(default=None, ge=0, description="Length of stay, days.")
 
 

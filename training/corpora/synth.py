@@ -35,6 +35,7 @@ from pathlib import Path
 from cimcoder.training.corpora.errors import CorpusError
 from cimcoder.training.corpora.schema import (
     DOCUMENT_SEPARATOR,
+    SEXES,
     Corpus,
     Diagnosis,
     Document,
@@ -245,7 +246,8 @@ def generate_stay(index: int, seed: int = 0, n: int = 1) -> SynthStay:
     """Stay number `index` of a corpus of `n` synthetic stays drawn with `seed`."""
     rng = random.Random(f"cimcoder-synth:{seed}:{index}")
     scenario: Scenario = rng.choices(SCENARIOS, cum_weights=_CUM_WEIGHTS)[0]
-    sex = scenario.sex or rng.choice("MF")
+    # Drawn exactly as rng.choice("MF") was: seeded stays are unchanged.
+    sex = scenario.sex or rng.choice(SEXES)
     female = sex == "F"
     age = rng.randint(*scenario.ages)
     los = rng.randint(*scenario.los)

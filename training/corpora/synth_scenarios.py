@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cimcoder.training.corpora.schema import Sex
+
 Phrases = tuple[str, ...]
 
 
@@ -48,7 +50,7 @@ class Scenario:
     dr: tuple[str, Phrases] | None = None
     extras: tuple[Extra, ...] = ()
     comorbidities: tuple[str, ...] = ()
-    sex: str | None = None
+    sex: Sex | None = None
     operative: Phrases = ()
 
 

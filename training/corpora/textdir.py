@@ -20,7 +20,15 @@ from pathlib import Path
 
 from cimcoder.training.corpora.codes import CodeResolver, TerminologyName, UnknownPolicy
 from cimcoder.training.corpora.errors import CorpusError
-from cimcoder.training.corpora.schema import ROLES, Corpus, Diagnosis, Document, LoadReport, Stay
+from cimcoder.training.corpora.schema import (
+    ROLES,
+    Corpus,
+    Diagnosis,
+    Document,
+    LoadReport,
+    Role,
+    Stay,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +44,7 @@ def _pick(header: list[str], options: tuple[str, ...]) -> str | None:
 
 def _read_codes(
     path: Path, report: LoadReport
-) -> tuple[list[tuple[int, str, str, str | None, str]], str]:
+) -> tuple[list[tuple[int, str, str, str | None, Role]], str]:
     """Rows (line, stay_id, code, source_code, role) and the name of the code column."""
     try:
         with path.open(encoding="utf-8", newline="") as handle:

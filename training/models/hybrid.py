@@ -107,7 +107,7 @@ def _parse(raw: dict[str, Any]) -> HybridParams:
 # ============================================================================ features
 
 _KINDS = ("abbreviation", "synonym", "variant", "eponym", "label", "label_variant", "cim11",
-          "measurement", "fuzzy")
+          "measurement", "fuzzy", "treatment")
 _SECTIONS = ("motif", "conclusion", "evolution", "histoire", "antecedents", "examen",
              "examens_complementaires", "traitement_entree", "traitement_sortie", "autre")
 FEATURES: tuple[str, ...] = (
@@ -350,6 +350,8 @@ class _TextComponents:
     def scores(self, texts: Sequence[str], knn_k: int) -> tuple[np.ndarray, np.ndarray]:
         """TF-IDF + LR probabilities and neighbour votes, both [n, L]."""
         lr = self.lr
+        if lr.constant is None or lr.alpha is None or lr.intercepts is None:
+            raise HybridError("the TF-IDF component is not fitted")
         out_lr = np.zeros((len(texts), len(self.space)), dtype=np.float32)
         out_knn = np.zeros_like(out_lr)
         const = ~np.isnan(lr.constant)
@@ -511,13 +513,17 @@ class HybridEvidence:
         model = self.scorer.dp_model
         if model is not None:  # learned from role-labelled stays
             space = self.scorer.label_space
-            rows = {c: view.candidates.get(space.index(c)) for c in codes if c in space}
-            known = [c for c, x in rows.items() if x is not None]
+            rows = {c: x for c in codes if c in space
+                    if (x := view.candidates.get(space.index(c))) is not None}
+            known = list(rows)
             out = dict.fromkeys(codes, 0.05)
             if known:
                 p = model.predict_proba(np.stack([rows[c] for c in known]))[:, 1]
                 out.update({c: float(v) for c, v in zip(known, p, strict=True)})
-            return out
+            # The DP must be written in the record: a code no affirmed mention supports (found
+            # by similar reports only) is a DP of last resort, whatever the model learned.
+            documented = self.affirmed(i, codes)
+            return {c: w if c in documented else 0.2 * w for c, w in out.items()}
         weights: dict[str, float] = {}
         strong: dict[str, bool] = {}
         for code in codes:
@@ -689,10 +695,10 @@ class HybridScorer:
                 ys.append(labels)
                 dp = principal[i]
                 if dp is not None and dp in self.label_space and self.label_space.index(dp) in cols:
-                    # Which of the stay's coded candidates is the DP (the others are DAS).
-                    coded = labels
-                    dp_x.append(x[coded])
-                    dp_y.append(np.array([cols[r] == self.label_space.index(dp) for r in np.flatnonzero(coded)]))
+                    # Which candidate is the DP, against the stay's DAS *and* the candidates
+                    # the DIM did not code: at inference it chooses among suggestions, some wrong.
+                    dp_x.append(x)
+                    dp_y.append(np.array([j == self.label_space.index(dp) for j in cols]))
                 n_gold += len({self.label_space.index(c) for c in code_lists[i] if c in self.label_space})
                 n_gold_cand += len(gold & set(cols))
             logger.info("hybrid: fold %d/%d done (%.0fs)", k + 1, self.params.folds, time.perf_counter() - t0)

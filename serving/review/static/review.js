@@ -49,6 +49,7 @@
       decisions: {}, // code -> {action, newCode, newLabel}
       added: [], // [{code, label}]
       dp: null,
+      dr: null, // diagnostic relié: only next to a Z care DP (the server checks the rule)
       focus: 0,
       changing: null, // code being replaced through the search box
       pendingId: null, // decision id of a save not yet acknowledged (retried as is)
@@ -74,9 +75,12 @@
           };
         }
         state.dp = last.dp;
+        state.dr = last.dr || null;
       } else {
         const proposed = suggestions.find((s) => s.role === "DP" && s.decision === "auto");
         state.dp = stay.dp || (proposed ? proposed.code : null);
+        const proposedDr = suggestions.find((s) => s.role === "DR" && s.decision === "auto");
+        state.dr = stay.dr || (state.dp && proposedDr ? proposedDr.code : null);
       }
     }
 
@@ -169,6 +173,7 @@
           el("span", { class: "pill pill-add", text: "ajouté" }),
           el("span", { class: "buttons" }, [
             el("button", { class: "dp-btn" + (state.dp === row.code ? " on" : ""), text: "DP", title: "Choisir comme DP (d)", onclick: () => setDp(row.code) }),
+            el("button", { class: "dr-btn" + (state.dr === row.code ? " on" : ""), text: "DR", title: "Choisir comme DR, ou le retirer (Maj+d)", onclick: () => setDr(row.code) }),
             el("button", { text: "Retirer", onclick: () => removeAdded(row.code) }),
           ]),
         ]);
@@ -199,6 +204,7 @@
           el("button", { class: "reject", text: "Rejeter", title: "r", onclick: () => decide(row.code, "reject") }),
           el("button", { class: "change", text: "Modifier", title: "c", onclick: () => startChange(row.code) }),
           el("button", { class: "dp-btn" + (fin && state.dp === fin ? " on" : ""), text: "DP", title: "Choisir comme DP (d)", onclick: () => setDp(row.code) }),
+          el("button", { class: "dr-btn" + (fin && state.dr === fin ? " on" : ""), text: "DR", title: "Choisir comme DR, ou le retirer (Maj+d)", onclick: () => setDr(row.code) }),
         ]),
       ]);
     }
@@ -224,6 +230,8 @@
       added.textContent = "";
       for (const r of rows.filter((x) => x.kind === "added")) added.append(codeRow(r, index++));
       document.getElementById("dp-value").textContent = state.dp || "— (à choisir)";
+      document.getElementById("dr-value").textContent = state.dr || "aucun";
+      document.getElementById("dr-clear").hidden = !state.dr;
       document.getElementById("stay-version").textContent = state.version;
       const search = document.getElementById("code-search");
       search.placeholder = state.changing
@@ -253,6 +261,7 @@
       state.decisions[code] = { action };
       const after = finalCode(code);
       if (state.dp && state.dp === before) state.dp = after; // the DP follows its code
+      if (state.dr && state.dr === before) state.dr = after; // and so does the DR
       render();
     }
 
@@ -267,12 +276,26 @@
       let fin = byCode[code] ? finalCode(code) : code;
       if (byCode[code] && !fin) { decide(code, "accept"); fin = code; }
       state.dp = fin;
+      if (state.dr === fin) state.dr = null; // the code moves from DR to DP
+      render();
+    }
+
+    function setDr(code) {
+      let fin = byCode[code] ? finalCode(code) : code;
+      if (fin && state.dr === fin) { state.dr = null; render(); return; } // again: no DR
+      if (fin && fin === state.dp) {
+        message("Le DR doit être une autre affection que le DP (" + fin + ").", "error");
+        return;
+      }
+      if (byCode[code] && !fin) { decide(code, "accept"); fin = code; }
+      state.dr = fin;
       render();
     }
 
     function removeAdded(code) {
       state.added = state.added.filter((a) => a.code !== code);
       if (state.dp === code) state.dp = null;
+      if (state.dr === code) state.dr = null;
       render();
     }
 
@@ -286,8 +309,10 @@
       if (state.changing) {
         const from = state.changing;
         const wasDp = state.dp && state.dp === finalCode(from);
+        const wasDr = state.dr && state.dr === finalCode(from);
         state.decisions[from] = { action: "change", newCode: hit.code, newLabel: hit.label };
         if (wasDp) state.dp = hit.code;
+        if (wasDr) state.dr = hit.code;
         state.changing = null;
       } else if (byCode[hit.code] && byCode[hit.code].decision !== "reject") {
         decide(hit.code, "accept");
@@ -352,7 +377,7 @@
       }
       for (const a of state.added) codes.push({ code: a.code, action: "add" });
       if (!state.pendingId) state.pendingId = newId();
-      const body = { decision_id: state.pendingId, base_version: state.version, codes, dp: state.dp, status };
+      const body = { decision_id: state.pendingId, base_version: state.version, codes, dp: state.dp, dr: state.dr, status };
       message("Enregistrement…", "");
       let result;
       try {
@@ -387,6 +412,7 @@
     document.getElementById("save").addEventListener("click", () => save("validated"));
     document.getElementById("save-draft").addEventListener("click", () => save("in_review"));
     document.getElementById("reject-rest").addEventListener("click", rejectUndecided);
+    document.getElementById("dr-clear").addEventListener("click", () => { state.dr = null; render(); });
 
     document.addEventListener("keydown", (e) => {
       const tag = (e.target && e.target.tagName) || "";
@@ -401,6 +427,7 @@
         case "r": if (isSuggestion) decide(code, "reject"); else if (code) removeAdded(code); break;
         case "c": if (isSuggestion) startChange(code); break;
         case "d": if (code) setDp(code); break;
+        case "D": if (code) setDr(code); break;
         case "/": state.changing = null; render(); searchBox.focus(); break;
         case "s": save("validated"); break;
         case "x": rejectUndecided(); break;
