@@ -1,7 +1,26 @@
-"""Benchmark of `cimcoder predict`: throughput, FLOPs per report and fraction of matmul peak.
+"""Benchmark of `cimcoder predict`: scoring runtimes, throughput, FLOPs and share of matmul peak.
 
-    .venv/bin/python benchmarks/bench_predict.py [--model RUN_DIR] [--n 64] [--threads 2]
+    .venv/bin/python benchmarks/bench_predict.py [--model RUN_DIR] [--n 16] [--n-base 4]
+        [--threads 2] [--runtimes torch,onnx,onnx-int8] [--sizes quickstart,bert-base] [--map]
+    .venv/bin/python benchmarks/bench_predict.py --end-to-end [--model RUN_DIR] [--n 64]
 
+By default, for each scoring runtime (torch; ONNX Runtime fp32, `onnx`; ONNX Runtime with
+dynamically quantized int8 weights, `onnx-int8`) and each model size, the predictor's steady
+state (evidence on, load and graph export excluded) on the first CodiEsp-FR **dev** reports:
+reports/s, tokens/s (tokens read, specials included) and GFLOP/s with its share of the machine's
+peaks, measured in the same run: an fp32 2048^3 matmul (torch) and an int8 2048^3 GEMM
+(ONNX Runtime's MatMulInteger, what `onnx-int8` runs its weight products with).
+- Sizes: `quickstart` is --model, else the newest quickstart run under runs/, else an untrained
+  PLM-ICD of the quickstart size (BERT 2 x 128, chunks 128 x 12); `bert-base` an untrained
+  BERT-base-sized PLM-ICD (12 layers x 768, 12 heads, 512-token chunks x 4, tokenizer trained
+  on CodiEsp-FR train, codes seen 10+ times), built once by the same code path
+  (tests/plm_builders.py). Speed does not depend on the weights.
+- FLOPs: torch.utils.flop_counter.FlopCounterMode around the torch scoring of the same reports
+  (the ONNX graphs do the same products; the int8 ones in int8).
+- --map: MAP on the whole CodiEsp-FR dev set of the quickstart model by each runtime (raw
+  scores, gold codes outside the label space count as missed) and its difference to torch.
+
+With --end-to-end, the earlier report for one model:
 - For the hybrid coder, also the scoring time of each component (TF-IDF + neighbours,
   edsnlp mentions, learned vocabulary, features + reranker).
 - Model: --model, else the newest quickstart run under runs/ (runs/**/quickstart*), else a
@@ -28,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +69,29 @@ def find_quickstart_run() -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
-def build_small_model(run_dir: Path = BENCH_MODEL_DIR) -> Path:
-    """A small, untrained PLM-ICD over the CodiEsp-FR train label space (built once)."""
+@dataclass(frozen=True)
+class Size:
+    """An untrained PLM-ICD of a given size (speed does not depend on the weights)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    chunking: tuple[int, int]  # (max_chunk_tokens, max_chunks)
+    min_count: int  # codes seen at least this often in CodiEsp-FR train
+
+
+SIZES = {
+    "small": Size(256, 4, 4, 1024, (256, 8), 2),
+    "quickstart": Size(128, 2, 2, 512, (128, 12), 1),  # configs/codiesp-fr/quickstart.yaml
+    "bert-base": Size(768, 12, 12, 3072, (512, 4), 10),  # BERT-base, a small label count
+}
+
+
+def build_sized_model(size: str, run_dir: Path | None = None) -> Path:
+    """An untrained PLM-ICD of `SIZES[size]` over the CodiEsp-FR train label space, built once
+    (tests/plm_builders.py: the same code path as a trained run folder)."""
+    run_dir = run_dir or BENCH_MODEL_DIR.parent / f"plm-{size}"
     if (run_dir / "labels.json").is_file():
         return run_dir
     from cimcoder.training.corpora import load_dataset
@@ -58,13 +99,20 @@ def build_small_model(run_dir: Path = BENCH_MODEL_DIR) -> Path:
     sys.path.insert(0, str(REPO / "tests"))  # the builder is test code, not shipped
     from plm_builders import build_untrained_run
 
-    print(f"building a small PLM-ICD in {run_dir} (once) ...", file=sys.stderr)
+    spec = SIZES[size]
+    print(f"building a {size} PLM-ICD in {run_dir} (once) ...", file=sys.stderr)
     train = load_dataset("codiesp-fr/train")
     return build_untrained_run(
         run_dir, [stay.text for stay in train.stays], [stay.codes for stay in train.stays],
-        vocab_size=8000, min_frequency=2, hidden=256, layers=4, heads=4, intermediate=1024,
-        max_positions=512, chunking=(256, 8), min_count=2,
+        vocab_size=8000, min_frequency=2, hidden=spec.hidden, layers=spec.layers,
+        heads=spec.heads, intermediate=spec.intermediate, max_positions=512,
+        chunking=spec.chunking, min_count=spec.min_count,
     )
+
+
+def build_small_model(run_dir: Path = BENCH_MODEL_DIR) -> Path:
+    """A small, untrained PLM-ICD over the CodiEsp-FR train label space (built once)."""
+    return build_sized_model("small", run_dir)
 
 
 def resolve_model(arg: str | None) -> Path | str:
@@ -94,6 +142,42 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeat: int = 5) -> float
     for _ in range(repeat):
         start = time.perf_counter()
         torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def ort_gemm_peak_gops(threads: int, *, int8: bool, size: int = 2048, repeat: int = 5) -> float:
+    """Best GOP/s of a size^3 GEMM in ONNX Runtime: MatMulInteger (uint8 x int8 -> int32, as
+    dynamically quantized weight products) or fp32 MatMul; constant right-hand side."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if int8:
+        weight = rng.integers(-128, 128, (size, size), dtype=np.int8)
+        x = rng.integers(0, 256, (size, size), dtype=np.uint8)
+        op, x_type, y_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
+    else:
+        weight = rng.standard_normal((size, size), dtype=np.float32)
+        x = rng.standard_normal((size, size), dtype=np.float32)
+        op, x_type, y_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("x", x_type, [size, size])],
+        [helper.make_tensor_value_info("y", y_type, [size, size])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": x})  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, {"x": x})
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 
@@ -145,14 +229,125 @@ def flops_per_report(predictor, text: str, evidence: bool = True) -> float | Non
     return float(counter.get_total_flops())
 
 
+def scoring_work(scorer: Any, texts: list[str], batch_size: int) -> tuple[float, int]:
+    """FLOPs of the torch scoring pass (with evidence) of `texts`, and the tokens it reads."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        scorer.predict_scores_with_evidence(texts, batch_size=batch_size)
+    tokens = sum(len(chunk) for doc in scorer.chunk(texts) for chunk in doc.input_ids)
+    return float(counter.get_total_flops()), tokens
+
+
+def dev_map(predictor: Any, batch_size: int) -> tuple[float, Any]:
+    """MAP of `predictor`'s raw scores on the whole CodiEsp-FR dev set (gold codes outside the
+    label space count as missed), and the scores."""
+    import numpy as np
+
+    from cimcoder.metrics import mean_average_precision
+    from cimcoder.training.corpora import load_dataset
+
+    stays = load_dataset("codiesp-fr/dev").stays
+    index = {code: j for j, code in enumerate(predictor.labels)}
+    y_true = np.zeros((len(stays), len(index)), dtype=bool)
+    for i, stay in enumerate(stays):
+        for code in stay.codes:
+            if code in index:
+                y_true[i, index[code]] = True
+    scores = predictor.scorer.predict_scores([stay.text for stay in stays], batch_size=batch_size)
+    n_gold = [len(set(stay.codes)) for stay in stays]
+    return mean_average_precision(y_true, scores, n_gold=n_gold), scores
+
+
+def compare_runtimes(args: argparse.Namespace) -> int:
+    import torch
+
+    from cimcoder.inference import Predictor
+
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    sizes = [s for s in args.sizes.split(",") if s]
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops(args.threads)
+    ort_fp32 = ort_gemm_peak_gops(args.threads, int8=False)
+    ort_int8 = ort_gemm_peak_gops(args.threads, int8=True)
+    print(f"threads               : {args.threads} (torch and ONNX Runtime), batch size {args.batch_size}")
+    print(f"fp32 matmul peak      : {peak:.1f} GFLOP/s (torch, 2048^3, best of 5); ONNX Runtime MatMul {ort_fp32:.1f}")
+    print(f"int8 GEMM peak        : {ort_int8:.1f} GOP/s (ONNX Runtime MatMulInteger u8 x s8 -> s32, 2048^3)")
+    print(f"machine load average  : {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine: wall figures vary with it)")
+    header = f"{'size':<11} {'runtime':<10} {'reports/s':>9} {'tokens/s':>9} {'GFLOP/s':>8} {'% fp32 peak':>11} {'% int8 peak':>11} {'load s':>7}"
+    for size in sizes:
+        model = resolve_quickstart(args.model) if size == "quickstart" else build_sized_model(size)
+        n = args.n if size == "quickstart" else args.n_base
+        texts = [r["text"] for r in dev_reports(n)]
+        base = Predictor.load(model)
+        flops, tokens = scoring_work(base.scorer, texts, args.batch_size)  # also the warm-up
+        print(f"\n{size}: {model} ({len(base.labels)} codes), {len(texts)} CodiEsp-FR dev reports, "
+              f"{tokens} tokens, {flops / 1e9 / len(texts):.1f} GFLOP per report (torch count)")
+        print(header)
+        for runtime in runtimes:
+            t0 = time.perf_counter()
+            predictor = base if runtime == "torch" else Predictor.load(model, runtime=runtime)
+            load_s = time.perf_counter() - t0
+            predictor.predict(texts[:1], batch_size=args.batch_size)  # warm-up
+            t0 = time.perf_counter()
+            predictor.predict(texts, batch_size=args.batch_size)
+            seconds = time.perf_counter() - t0
+            gflops = flops / seconds / 1e9
+            int8_share = f"{100 * gflops / ort_int8:10.1f}%" if runtime == "onnx-int8" else f"{'-':>11}"
+            print(f"{size:<11} {runtime:<10} {len(texts) / seconds:9.2f} {tokens / seconds:9.0f} "
+                  f"{gflops:8.1f} {100 * gflops / peak:10.1f}% {int8_share} {load_s:7.1f}")
+    print("\nload s: model load, plus the ONNX export / int8 quantization on a first use (then cached).")
+    print("onnx-int8: the encoder's weight products run in int8, the attention products and the "
+          "label-wise head in fp32; its share of the int8 peak counts all FLOPs against it.")
+    if args.map:
+        model = resolve_quickstart(args.model)
+        print(f"\nMAP on CodiEsp-FR dev, {model} (raw scores):")
+        reference = None
+        for runtime in runtimes:
+            value, scores = dev_map(Predictor.load(model, runtime=runtime), args.batch_size)
+            if reference is None:
+                reference = (runtime, value, scores)
+                print(f"  {runtime:<10}: MAP {value:.4f}")
+                continue
+            diff = abs(scores - reference[2]).max()
+            print(f"  {runtime:<10}: MAP {value:.4f} ({value - reference[1]:+.4f} vs {reference[0]}; "
+                  f"largest probability difference {diff:.2e})")
+    return 0
+
+
+def resolve_quickstart(arg: str | None) -> Path | str:
+    """--model, else the newest quickstart run under runs/, else an untrained one of its size."""
+    if arg:
+        return arg
+    return find_quickstart_run() or build_sized_model("quickstart")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="run folder or MLflow URI")
-    parser.add_argument("--n", type=int, default=64, help="CodiEsp-FR dev reports to score")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
+    parser.add_argument("--model", default=None, help="run folder or MLflow URI (quickstart size)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="CodiEsp-FR dev reports to score (default 16; 64 with --end-to-end)")
+    parser.add_argument("--n-base", type=int, default=4, help="reports at BERT-base size (default 4)")
+    parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads (2 cores)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="comma-separated")
+    parser.add_argument("--sizes", default="quickstart,bert-base", help=f"comma-separated, of {', '.join(SIZES)}")
+    parser.add_argument("--map", action="store_true", help="also MAP on the whole dev set per runtime")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="the one-model report: CLI end to end, evidence one-pass vs two-pass")
     args = parser.parse_args()
+    unknown = [s for s in args.sizes.split(",") if s and s not in SIZES]
+    if unknown:
+        parser.error(f"unknown size(s) {unknown}: choose among {', '.join(SIZES)}")
+    if args.end_to_end:
+        args.n = 64 if args.n is None else args.n
+        return end_to_end(args)
+    args.n = 16 if args.n is None else args.n
+    return compare_runtimes(args)
 
+
+def end_to_end(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)

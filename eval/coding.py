@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cimcoder.errors import CimcoderError
-from cimcoder.eval.metrics import micro_prf
+from cimcoder.metrics import PRF, micro_prf
 from cimcoder.terminologies import normalize_code
 from cimcoder.terminologies.errors import InvalidCodeError
 
@@ -255,15 +255,10 @@ class TrapHits:
 
 
 @dataclass(frozen=True)
-class LevelMetrics:
-    """The codes emitted at one decision level (suggested = auto or review; auto alone)."""
+class LevelMetrics(PRF):
+    """The codes emitted at one decision level (suggested = auto or review; auto alone): micro
+    precision / recall / F1 with their counts, how many codes, which traps."""
 
-    precision: float
-    recall: float
-    f1: float
-    tp: int
-    fp: int
-    fn: int
     emitted: int
     traps: TrapHits
 
@@ -309,17 +304,14 @@ def _as_predicted(items: Sequence[Any]) -> list[PredictedCode]:
     return [PredictedCode(*item) for item in items]
 
 
-def _level_prf(
-    gold: list[set[str]], emitted: list[set[str]]
-) -> tuple[float, float, float, int, int, int]:
+def _level_prf(gold: list[set[str]], emitted: list[set[str]]) -> PRF:
     vocab = {code: j for j, code in enumerate(sorted(set().union(*gold, *emitted)))}
     y = np.zeros((len(gold), len(vocab)), dtype=bool)
     d = np.zeros_like(y)
     for i, (g, e) in enumerate(zip(gold, emitted, strict=True)):
         y[i, [vocab[c] for c in g]] = True
         d[i, [vocab[c] for c in e]] = True
-    prf = micro_prf(y, d)
-    return prf.precision, prf.recall, prf.f1, prf.tp, prf.fp, prf.fn
+    return micro_prf(y, d)
 
 
 def _trap_hits(reports: Sequence[CodedReport], emitted: list[set[str]]) -> TrapHits:
@@ -358,8 +350,8 @@ def _level(
     emitted = [
         {code_key(p.code) for p in preds if p.decision in decisions} for preds in predictions
     ]
-    p, r, f, tp, fp, fn = _level_prf(gold, emitted)
-    return LevelMetrics(p, r, f, tp, fp, fn, sum(map(len, emitted)), _trap_hits(reports, emitted))
+    prf = _level_prf(gold, emitted)
+    return LevelMetrics(**asdict(prf), emitted=sum(map(len, emitted)), traps=_trap_hits(reports, emitted))
 
 
 def _dp_accuracy(

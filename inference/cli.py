@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cimcoder.errors import CimcoderError
+from cimcoder.inference.schemas import RUNTIMES
 
 if TYPE_CHECKING:
     from cimcoder.inference.predictor import Predictor, StayInput
@@ -40,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, type=Path, metavar="OUT.jsonl")
     parser.add_argument(
         "--batch-size", type=int, default=8, help="reports per model forward (default 8)"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=None,
+        help="what runs the scoring: torch, onnx (ONNX Runtime fp32) or onnx-int8 (int8 "
+        "weights); ONNX runtimes are for transformer (plm_icd) models, their graph exported "
+        "once into the run folder (default: $CIMCODER_RUNTIME or torch)",
     )
     parser.add_argument(
         "--no-evidence",
@@ -79,7 +88,10 @@ def run_predict(args: argparse.Namespace) -> int:
         )
 
     model = args.model or os.environ.get("CIMCODER_MODEL") or DEFAULT_MODEL_URI
-    predictor = Predictor.load(model)
+    runtime = args.runtime or os.environ.get("CIMCODER_RUNTIME") or "torch"
+    if runtime not in RUNTIMES:
+        raise CimcoderError(f"CIMCODER_RUNTIME={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    predictor = Predictor.load(model, runtime=runtime)
 
     tmp = output.with_name(output.name + ".part")
     scored = truncated = 0

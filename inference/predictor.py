@@ -29,6 +29,7 @@ from cimcoder.inference.schemas import (
     Evidence,
     InputInfo,
     ModelInfo,
+    Runtime,
     StayPrediction,
 )
 
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_URI = "models:/cimcoder@champion"
 POLICY_FILE = "policy.json"
 LABELS_FILE = "labels.json"
+ONNX_CACHE_DIR = "onnx"  # exported graphs (cimcoder.inference.onnx_runtime): not the model
 # Ranking metrics need the head of the ranking even when rejected (the `predict` contract).
 MIN_CANDIDATES = 30
 EVIDENCE_TOP_K = 3
@@ -95,7 +97,7 @@ def _fingerprint(run_dir: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(run_dir)
-        if rel.parts[0] in {"checkpoints", "mlruns"} or rel.name == POLICY_FILE:
+        if rel.parts[0] in {"checkpoints", "mlruns", ONNX_CACHE_DIR} or rel.name == POLICY_FILE:
             continue
         digest.update(str(rel).encode())
         size = path.stat().st_size
@@ -160,6 +162,7 @@ class Predictor:
         self.version = version
         self.source = source or name
         self.architecture = architecture or getattr(scorer, "model_name", type(scorer).__name__)
+        self.runtime: Runtime = getattr(scorer, "runtime", "torch")  # onnx_runtime.OnnxPLMScorer
         self.min_candidates = min_candidates
         self.evidence_top_k = evidence_top_k
         if terminology is None:
@@ -191,14 +194,19 @@ class Predictor:
     # -- loading -----------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, uri_or_path: str | Path = DEFAULT_MODEL_URI) -> Predictor:
-        """Load a run folder or an MLflow model URI (default `models:/cimcoder@champion`)."""
+    def load(cls, uri_or_path: str | Path = DEFAULT_MODEL_URI, *, runtime: str = "torch") -> Predictor:
+        """Load a run folder or an MLflow model URI (default `models:/cimcoder@champion`),
+        scored by `runtime` (torch, onnx or onnx-int8: `cimcoder.inference.onnx_runtime`)."""
         from cimcoder.training import load_scorer
 
         run_dir, source = resolve_run_dir(uri_or_path)
         if not (run_dir / LABELS_FILE).is_file():
             raise PredictorError(f"{run_dir} is not a model run folder: no {LABELS_FILE}")
         scorer = load_scorer(run_dir)
+        if runtime != "torch":
+            from cimcoder.inference.onnx_runtime import with_runtime
+
+            scorer = with_runtime(scorer, run_dir, runtime)
         warm = getattr(scorer, "warm", None)
         if warm is not None:  # build what a first request would otherwise wait for
             warm()
@@ -281,6 +289,7 @@ class Predictor:
             version=self.version,
             source=self.source,
             architecture=str(self.architecture),
+            runtime=self.runtime,
             terminology=self.label_space.terminology,
             edition=self.label_space.edition or self.terminology.edition,
             labels=len(self.labels),

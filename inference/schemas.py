@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 Decision = Literal["auto", "review", "reject"]
 DECISIONS: tuple[Decision, ...] = ("auto", "review", "reject")
 ProposedRole = Literal["DP", "DR", "DAS"]
+Runtime = Literal["torch", "onnx", "onnx-int8"]
+RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "onnx-int8")
 
 
 class Evidence(BaseModel):
@@ -66,6 +68,11 @@ class ModelInfo(BaseModel):
     version: str = Field(description="Model version: run id, registry version or folder hash.")
     source: str = Field(description="Where the model was loaded from (run folder or URI).")
     architecture: str = Field(description="Scorer kind, e.g. plm_icd or tfidf_lr.")
+    runtime: Runtime = Field(
+        default="torch",
+        description="What ran the scoring: torch, onnx (ONNX Runtime fp32) or onnx-int8 "
+        "(ONNX Runtime, dynamically quantized int8 weights: scores differ slightly).",
+    )
     terminology: str = Field(description="cim10 or cim11.")
     edition: str = Field(description="Terminology edition of the label space.")
     labels: int = Field(description="Number of codes the model scores.")

@@ -125,6 +125,69 @@ class InternalErrorMiddleware:
             await response(scope, receive, tracking_send)
 
 
+# Everything from this origin only: no CDN, no inline script or style, no framing.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+# FastAPI's interactive docs load Swagger UI / ReDoc from a CDN with an inline script: they
+# alone get a policy naming it (they hold no report text).
+DOCS_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "worker-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+CACHEABLE_PREFIXES = ("/review/static/",)
+_SET_HERE = frozenset(
+    {
+        b"content-security-policy",
+        b"x-content-type-options",
+        b"x-frame-options",
+        b"referrer-policy",
+        b"cache-control",
+    }
+)
+
+
+class SecurityHeadersMiddleware:
+    """Adds the browser-safety headers to every answer, errors included.
+
+    `Cache-Control: no-store` on everything but the static files: pages and answers carry
+    report text, which must not stay in a shared or browser cache.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        policy = DOCS_CONTENT_SECURITY_POLICY if path in DOCS_PATHS else CONTENT_SECURITY_POLICY
+        added = [
+            (b"content-security-policy", policy.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
+        if not path.startswith(CACHEABLE_PREFIXES):
+            added.append((b"cache-control", b"no-store"))
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() not in _SET_HERE
+                ]
+                message = {**message, "headers": kept + added}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 async def _no_receive() -> Message:  # pragma: no cover - a JSONResponse never reads
     return {"type": "http.disconnect"}
 
@@ -207,7 +270,9 @@ def create_app(settings: Settings | None = None, predictor: Any = None) -> FastA
             from cimcoder.inference.predictor import Predictor
 
             logger.info("loading model %s", settings.model)
-            state.predictor = await asyncio.to_thread(Predictor.load, settings.model)
+            state.predictor = await asyncio.to_thread(
+                Predictor.load, settings.model, runtime=settings.runtime
+            )
         batcher: MicroBatcher[Any, Any] | None = None
         if state.predictor is not None:
             loaded = state.predictor
@@ -255,4 +320,5 @@ def create_app(settings: Settings | None = None, predictor: Any = None) -> FastA
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -77,7 +77,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
         # Loaded here, before uvicorn starts, so a bad model is a one-line error (exit 2)
         # rather than a lifespan traceback.
-        predictor = Predictor.load(settings.model)
+        predictor = Predictor.load(settings.model, runtime=settings.runtime)
     app = create_app(settings, predictor=predictor)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
     return 0

@@ -7,6 +7,7 @@ import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cimcoder.inference.schemas import StayPrediction
+from cimcoder.serving.validation import STAY_ID_RULE, PlainText, ReportText, StayId
 
 # --- requests ---------------------------------------------------------------------------
 
@@ -16,8 +17,8 @@ class DocumentIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, description="Plain text of the document.")
-    doc_type: str = Field(default="crh", max_length=64, description="crh, cro, lettre, ...")
+    text: ReportText = Field(min_length=1, description="Plain text of the document.")
+    doc_type: PlainText = Field(default="crh", max_length=64, description="crh, cro, lettre, ...")
     date: datetime.date | None = Field(default=None, description="Date the document was written.")
 
 
@@ -43,8 +44,10 @@ class CodeRequest(BaseModel):
         },
     )
 
-    id: str | None = Field(default=None, max_length=200, description="Stay or report id.")
-    text: str | None = Field(default=None, description="The report, when there is one document.")
+    id: StayId | None = Field(default=None, description=f"Stay or report id: {STAY_ID_RULE}.")
+    text: ReportText | None = Field(
+        default=None, description="The report, when there is one document."
+    )
     documents: list[DocumentIn] | None = Field(
         default=None, min_length=1, max_length=200, description="The stay's documents, in order."
     )

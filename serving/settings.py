@@ -18,6 +18,8 @@ from typing import Annotated
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cimcoder.inference.schemas import Runtime
+
 logger = logging.getLogger(__name__)
 _RANDOM_SECRET_LOCK = threading.Lock()
 
@@ -83,6 +85,11 @@ class Settings(BaseSettings):
         default=DEFAULT_MODEL_URI,
         description="Run folder or MLflow model URI loaded at start-up. None (or an empty "
         "variable) starts the service without a model: coding endpoints answer 503.",
+    )
+    runtime: Runtime = Field(
+        default="torch",
+        description="What scores the model: torch, onnx (ONNX Runtime fp32) or onnx-int8 (int8 "
+        "weights). ONNX runtimes serve transformer (plm_icd) models only.",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

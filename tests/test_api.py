@@ -215,10 +215,19 @@ def test_batch_keeps_order_and_limits_size(client: TestClient) -> None:
         ({"text": "HTA.", "langue": "fr"}, "Extra inputs"),
         ({"documents": []}, "at least 1"),
         ({"text": 42}, "valid string"),
+        ({"text": "HTA traitée.\x00"}, "NUL byte"),
+        ({"text": "HTA \ud800 traitée."}, "lone UTF-16 surrogate"),
+        ({"documents": [{"text": "HTA.", "doc_type": "crh\x00"}]}, "NUL byte"),
+        ({"text": "\x01\x02\x1b\u200b\x7f"}, "only control characters"),
+        ({"id": "sejour 42", "text": "HTA."}, "should match pattern"),
+        ({"id": "s" * 129, "text": "HTA."}, "should match pattern"),
     ],
 )
 def test_bad_input_is_a_clear_422(client: TestClient, body: dict, expected: str) -> None:
-    response = client.post("/v1/code", json=body, headers=AUTH)
+    # Sent as escaped JSON: a lone surrogate cannot be sent as UTF-8.
+    response = client.post(
+        "/v1/code", content=json.dumps(body), headers=AUTH | {"Content-Type": "application/json"}
+    )
     assert response.status_code == 422
     data = response.json()
     assert expected in data["detail"]

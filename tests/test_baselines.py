@@ -16,7 +16,7 @@ from cimcoder.training.baselines import (
     TfidfLrScorer,
     fit_baseline,
 )
-from cimcoder.training.config import dump_config, load_config
+from cimcoder.training.config import RunConfig, dump_config, load_config
 from cimcoder.training.labels import LabelSpace
 from cimcoder.training.registry import build_model, load_scorer, registered_models
 
@@ -241,3 +241,69 @@ def test_dump_config_round_trip_keeps_params(tmp_path: Path) -> None:
     config = load_config(None, ["model.name=tfidf_lr", "model.params.C=3.5"])
     dump_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml").model.params == {"C": 3.5}
+
+
+def _notes_config(tmp_path: Path, run_name: str) -> RunConfig:
+    (tmp_path / "train").mkdir(exist_ok=True)
+    (tmp_path / "dev").mkdir(exist_ok=True)
+    train = _write_dataset(tmp_path / "train", NOTES)
+    dev = _write_dataset(tmp_path / "dev", [(t, {c}) for t, c in HELD_OUT] + NOTES[-2:])
+    return load_config(None, [
+        "model.name=tfidf_lr", f"data.train={train}", f"data.dev={dev}",
+        f"output_dir={tmp_path / 'runs'}", "tracking.experiment=notes",
+        f"tracking.run_name={run_name}", "model.params.min_df=1",
+    ])
+
+
+def test_train_fits_a_baseline_by_the_same_path_as_fit_baseline(tmp_path: Path) -> None:
+    from cimcoder.training import train
+
+    by_fit = fit_baseline(_notes_config(tmp_path, "fit"))
+    by_train = train(_notes_config(tmp_path, "train"))
+    timings = {"fit_seconds", "score_seconds"}
+    metrics = [
+        {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in timings}
+        for run in (by_fit, by_train)
+    ]
+    assert metrics[0] == metrics[1]
+    # One metrics.json: what the baselines wrote and what the gradient loop writes.
+    assert {"map", "micro_f1", "p@5", "threshold", "threshold_rule", "recall_rare", "validation",
+            "validation_metric", "dev_metric", "n_train", "n_validation", "num_labels",
+            "gold_outside_label_space"} | timings <= set(json.loads((by_fit / "metrics.json").read_text()))
+    assert metrics[0]["validation_metric"] == "map" and metrics[0]["dev_metric"] == metrics[0]["map"]
+    assert (metrics[0]["n_train"], metrics[0]["n_validation"]) == (len(NOTES), len(HELD_OUT) + 2)
+
+
+def test_baseline_threshold_is_the_reports_best_f1_cut(tmp_path: Path) -> None:
+    from cimcoder.metrics import best_f1_threshold
+
+    run = fit_baseline(_notes_config(tmp_path, "cut"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    dev = [(t, {c}) for t, c in HELD_OUT] + NOTES[-2:]
+    scorer = load_scorer(run)
+    scores = scorer.predict_scores([t for t, _ in dev])
+    y = np.asarray(scorer.label_space.encode([sorted(c) for _, c in dev]), dtype=bool)
+    threshold, f1 = best_f1_threshold(y, scores)
+    assert metrics["threshold"] == pytest.approx(threshold)
+    assert metrics["micro_f1"] == pytest.approx(f1)
+    decided = scores >= threshold
+    assert metrics["micro_precision"] == pytest.approx((decided & y).sum() / decided.sum())
+
+
+def test_fit_dual_logistic_matches_scikit_learn(space: LabelSpace) -> None:
+    # The same objective: balanced class weights, L2 of strength 1/C, intercept not penalised.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from cimcoder.training.baselines import fit_dual_logistic
+
+    x = TfidfVectorizer(sublinear_tf=True).fit_transform([t for t, _ in NOTES]).astype(np.float64)
+    y = np.asarray(space.encode([sorted(c) for _, c in NOTES]), dtype=bool)
+    kernel = (x @ x.T).toarray()
+    alpha, intercepts, _ = fit_dual_logistic(kernel, y, C=10.0, balanced=True, max_iter=1000, tol=1e-8)
+    for j in range(y.shape[1]):
+        clf = LogisticRegression(C=10.0, class_weight="balanced", tol=1e-10, max_iter=10_000).fit(x, y[:, j])
+        w = x.T @ alpha[:, j]
+        np.testing.assert_allclose(w, clf.coef_[0], atol=2e-3 * np.abs(clf.coef_).max())
+        assert intercepts[j] == pytest.approx(clf.intercept_[0], abs=2e-3)
+        np.testing.assert_allclose(x @ w + intercepts[j], clf.decision_function(x), atol=1e-2)

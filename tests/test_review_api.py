@@ -165,8 +165,12 @@ def test_export_audit_settings_and_monitoring(client: TestClient) -> None:
         ("I50.0", "DP"), ("I10", "DAS"), ("E87.68", "DAS"),
     ]
     trail = client.get("/v1/review/audit?format=jsonl", headers=auth()).text.splitlines()
-    assert [json.loads(x)["event"] for x in trail] == ["stay.enqueued", "review.saved"]
+    # The exports are in the trail, the one being read included.
+    assert [json.loads(x)["event"] for x in trail] == [
+        "stay.enqueued", "review.saved", "export.validated", "audit.exported",
+    ]
     assert json.loads(trail[1])["actor"] == "dr-dupont"
+    assert json.loads(trail[3])["after"] == {"format": "jsonl", "stay_id": None}
     csv_text = client.get("/v1/review/audit?format=csv", headers=auth()).text
     assert csv_text.startswith("id,at,actor,event")
 
@@ -319,3 +323,130 @@ def test_dr_is_proposed_set_refused_cleared_and_exported(client: TestClient) -> 
     assert "<td>C50.4</td>" in queue.text
     page = client.get("/review/stays/sej-chimio-api-2")
     assert page.status_code == 200 and 'id="dr-value"' in page.text
+
+
+def _trail(client: TestClient) -> list[dict[str, object]]:
+    lines = client.get("/v1/review/audit", headers=auth()).text.splitlines()
+    return [json.loads(x) for x in lines][:-1]  # less this read's own audit.exported
+
+
+def test_logins_views_and_settings_are_audit_events(client: TestClient) -> None:
+    client.post("/v1/review/stays", json=enqueue_body("sej-api-trace"), headers=auth())
+    failed = client.post(
+        "/review/login",
+        data={"username": "dr-dupont", "key": "mauvaise-cle-devinee", "next": "/review"},
+        follow_redirects=False,
+    )
+    assert failed.status_code == 401
+    ok = client.post(
+        "/review/login",
+        data={"username": "dr-martin", "key": KEY_MARTIN, "next": "/review"},
+        follow_redirects=False,
+    )
+    assert ok.status_code == 303
+    assert client.get("/review/stays/sej-api-trace").status_code == 200  # cookie of dr-martin
+    client.cookies.clear()
+    assert client.get("/v1/review/stays/sej-api-trace", headers=auth()).status_code == 200
+    client.put("/v1/review/settings", json={"qc_rate": 0.3}, headers=auth())
+
+    events = _trail(client)
+    assert [(e["event"], e["actor"]) for e in events] == [
+        ("stay.enqueued", "dr-dupont"),
+        ("login.failed", "dr-dupont"),
+        ("login.succeeded", "dr-martin"),
+        ("stay.viewed", "dr-martin"),
+        ("stay.viewed", "dr-dupont"),
+        ("settings.qc_rate", "dr-dupont"),
+    ]
+    assert events[1]["after"] == {"client": "testclient"}
+    assert events[2]["after"] == {"client": "testclient"}
+    assert events[3]["stay_id"] == "sej-api-trace" and events[3]["input_hash"]
+    assert events[5]["after"] == {"qc_rate": 0.3, "stays_rerouted": 0}
+    # Never the key, right or wrong.
+    raw = client.get("/v1/review/audit?format=csv", headers=auth()).text
+    assert "mauvaise-cle-devinee" not in raw and KEY_MARTIN not in raw
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_db_client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    """The service on SQLite, then on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'review.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").create_database(
+            f"review_input_{uuid.uuid4().hex[:8]}"
+        )
+    settings = Settings(
+        model=None,
+        api_keys=[f"dr-dupont:{KEY_DUPONT}"],
+        database_url=url,
+        session_secret="Zq8rT1vN5wK3yH7bX2mC",
+        review_qc_sample_rate=0.0,
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def _post_json(client: TestClient, path: str, body: object) -> object:
+    # Escaped JSON: a lone surrogate cannot travel as UTF-8.
+    headers = auth() | {"Content-Type": "application/json"}
+    return client.post(path, content=json.dumps(body), headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("text", CRH_INSUFFISANCE_CARDIAQUE + "\x00", "NUL byte"),
+        ("text", CRH_INSUFFISANCE_CARDIAQUE + "\ud800", "lone UTF-16 surrogate"),
+        ("text", "\x01\x02\x03\x1b\u200b", "only control characters"),
+        ("unit", "Cardio\x00logie", "NUL byte"),
+        ("id", "sej 1", "should match pattern"),
+        ("id", "sej/../1", "should match pattern"),
+        ("id", "s" * 129, "should match pattern"),
+    ],
+)
+def test_unstorable_stays_are_a_clear_422_on_every_database(
+    any_db_client: TestClient, field: str, value: str, expected: str
+) -> None:
+    body = enqueue_body("sej-entree-1")
+    body["stay"][field] = value  # type: ignore[index]
+    response = _post_json(any_db_client, "/v1/review/stays", body)
+    assert response.status_code == 422, response.text  # type: ignore[attr-defined]
+    assert expected in response.json()["detail"]  # type: ignore[attr-defined]
+    queue = any_db_client.get("/v1/review/stays", headers=auth()).json()
+    assert queue["total"] == 0
+
+
+def test_unstorable_prediction_labels_and_decision_reasons_are_422(
+    any_db_client: TestClient,
+) -> None:
+    body = enqueue_body("sej-entree-2")
+    body["prediction"]["codes"][0]["label"] = "Insuffisance\x00 cardiaque"  # type: ignore[index]
+    answer = _post_json(any_db_client, "/v1/review/stays", body)
+    assert answer.status_code == 422 and "NUL byte" in answer.json()["detail"]  # type: ignore[attr-defined]
+    assert _post_json(any_db_client, "/v1/review/stays", enqueue_body("sej-entree-2")).status_code == 201  # type: ignore[attr-defined]
+    save = save_body(1)
+    save["codes"][2]["reason"] = "ni traité \ud800"  # type: ignore[index]
+    answer = _post_json(any_db_client, "/v1/review/stays/sej-entree-2/decisions", save)
+    assert answer.status_code == 422 and "surrogate" in answer.json()["detail"]  # type: ignore[attr-defined]
+    # A NUL in a filter is refused, not sent to the database.
+    assert any_db_client.get("/v1/review/stays?unit=a%00b", headers=auth()).status_code == 422
+
+
+def test_stay_ids_and_paging_are_bounded(any_db_client: TestClient) -> None:
+    assert _post_json(any_db_client, "/v1/review/stays", enqueue_body("sej.2026:01_a-1")).status_code == 201  # type: ignore[attr-defined]
+    ok = any_db_client.get("/v1/review/stays/sej.2026:01_a-1", headers=auth())
+    assert ok.status_code == 200 and ok.json()["id"] == "sej.2026:01_a-1"
+    for bad in ("sej%201", "s%27%3B--", "%C3%A9t%C3%A9", "s" * 129):
+        for path in (f"/v1/review/stays/{bad}", f"/review/stays/{bad}"):
+            assert any_db_client.get(path, headers=auth()).status_code == 422, path
+        decisions = _post_json(any_db_client, f"/v1/review/stays/{bad}/decisions", save_body(1))
+        assert decisions.status_code == 422  # type: ignore[attr-defined]
+    huge = any_db_client.get(f"/v1/review/stays?offset={10**20}", headers=auth())
+    assert huge.status_code == 422 and "offset" in huge.json()["detail"]
+    assert any_db_client.get("/v1/review/stays?offset=-1", headers=auth()).status_code == 422
+    assert any_db_client.get("/v1/review/stays?limit=100000", headers=auth()).status_code == 422
+    last = any_db_client.get("/v1/review/stays?offset=1000000", headers=auth())
+    assert last.status_code == 200 and last.json() == {"total": 1, "stays": []}
+    bad_audit = any_db_client.get("/v1/review/audit?stay_id=a%20b", headers=auth())
+    assert bad_audit.status_code == 422

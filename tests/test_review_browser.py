@@ -124,11 +124,12 @@ def test_coder_reviews_a_stay_in_the_browser(tmp_path: Path) -> None:
             select(AuditEvent).where(AuditEvent.stay_id == stay.id).order_by(AuditEvent.id)
         ).all()
         assert [(e.event, e.actor) for e in events] == [
-            ("stay.enqueued", "codeur-1"), ("review.saved", "codeur-0"),
+            ("stay.enqueued", "codeur-1"), ("stay.viewed", "codeur-0"),
+            ("review.saved", "codeur-0"),
         ]
-        assert events[1].model_version == "run-test-1"
-        assert events[1].thresholds_version == "policy-test-1"
-        assert events[1].after["dp"] == "I50.0"
+        assert events[2].model_version == "run-test-1"
+        assert events[2].thresholds_version == "policy-test-1"
+        assert events[2].after["dp"] == "I50.0"
     store.close()
 
 

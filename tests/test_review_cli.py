@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,12 @@ def test_import_then_export_and_audit(
     assert out.read_text() == ""  # nothing validated yet
     assert run(["review", "audit", "--output", str(tmp_path / "audit.jsonl"), *db]) == 0
     events = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["stay.enqueued"] * 3
+    # The exports are audit events too (the trail holds the export that wrote it).
+    assert [e["event"] for e in events] == [
+        *["stay.enqueued"] * 3, "export.validated", "audit.exported",
+    ]
     assert {e["actor"] for e in events} == {"cli"}
+    assert events[3]["after"] == {"file": "valides.jsonl", "stays": 0}
 
     gold = tmp_path / "gold.jsonl"
     stays = [
@@ -146,3 +151,42 @@ def test_bad_inputs_are_clear_errors(predicted: tuple[Path, Path], tmp_path: Pat
     with pytest.raises(ReviewError, match="cannot open the review store"):
         run(["review", "export", "--output", str(tmp_path / "x.jsonl"),
              "--database-url", "postgresql+psycopg://nobody@127.0.0.1:1/nothing"])
+
+
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_audit_verify_names_the_first_event_edited_behind_the_service(
+    predicted: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    dialect: str,
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    preds, texts = predicted
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'review.db'}"
+    else:
+        server = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"review_verify_{uuid.uuid4().hex[:8]}")
+    db = ["--database-url", url]
+    assert run(["review", "import", "--predictions", str(preds), "--texts", str(texts), *db]) == 0
+    capsys.readouterr()
+    assert run(["review", "audit", "--verify", *db]) == 0
+    assert "audit trail intact: 3 event(s)" in capsys.readouterr().out
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        if dialect == "sqlite":
+            conn.execute(text("DROP TRIGGER audit_events_no_update"))
+        else:
+            conn.execute(text("DROP TRIGGER audit_events_append_only ON audit_events"))
+        second = conn.execute(text("SELECT id FROM audit_events ORDER BY id")).scalars().all()[1]
+        conn.execute(text("UPDATE audit_events SET stay_id = 'crh-9' WHERE id = :i"), {"i": second})
+    engine.dispose()
+    assert run(["review", "audit", "--verify", *db]) == 1
+    assert f"audit trail BROKEN at event {second}" in capsys.readouterr().out
+    with pytest.raises(ReviewError, match="--output FILE .* or --verify"):
+        run(["review", "audit", *db])

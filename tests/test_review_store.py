@@ -677,3 +677,112 @@ def test_export_gives_the_dr_its_role_in_every_format(store: ReviewStore, tmp_pa
     with (tmp_path / "audit.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert json.loads(rows[1]["after"])["dr"] == "C50.4"
+
+
+# -- audit hash chain ---------------------------------------------------------------------
+
+
+def _lift_audit_guard(store: ReviewStore) -> None:
+    """What an intruder with database rights does first: drop the append-only triggers."""
+    with store.engine.begin() as conn:
+        if store.engine.dialect.name == "sqlite":
+            conn.execute(text("DROP TRIGGER audit_events_no_update"))
+            conn.execute(text("DROP TRIGGER audit_events_no_delete"))
+        else:
+            conn.execute(text("DROP TRIGGER audit_events_append_only ON audit_events"))
+
+
+def _tamper(store: ReviewStore, statement: str) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text(statement))
+
+
+def test_audit_events_are_chained_and_verified(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-chaine-1", "sej-chaine-2"])
+    workflow.save_review(store, "sej-chaine-1", full_review(1), "dr-dupont")
+    with store.session() as session:
+        events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+    assert events[0].prev_hash == audit.GENESIS_HASH
+    assert [e.prev_hash for e in events[1:]] == [e.hash for e in events[:-1]]
+    check = audit.verify_chain(store)
+    assert (check.intact, check.events, check.head) == (True, 3, events[-1].hash)
+
+
+def test_an_edited_audit_event_breaks_the_chain_there(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-chaine-3", "sej-chaine-4"])
+    workflow.save_review(store, "sej-chaine-3", full_review(1), "dr-dupont")
+    with store.session() as session:
+        saved_id = session.scalar(
+            select(AuditEvent.id).where(AuditEvent.event == "review.saved")
+        )
+    _lift_audit_guard(store)
+    # Someone rewrites who validated the stay.
+    _tamper(store, f"UPDATE audit_events SET actor = 'dr-martin' WHERE id = {saved_id}")
+    check = audit.verify_chain(store)
+    assert (check.broken_id, check.events) == (saved_id, 2)
+    assert "content does not match" in (check.reason or "")
+
+
+def test_a_deleted_audit_event_breaks_the_chain_at_the_next(store: ReviewStore) -> None:
+    enqueue_cases(store, ["sej-chaine-5", "sej-chaine-6", "sej-chaine-7"])
+    with store.session() as session:
+        ids = session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)).all()
+    _lift_audit_guard(store)
+    _tamper(store, f"DELETE FROM audit_events WHERE id = {ids[1]}")
+    check = audit.verify_chain(store)
+    assert check.broken_id == ids[2]
+    assert "previous hash" in (check.reason or "")
+
+
+def test_migration_0003_chains_the_events_already_there(store: ReviewStore) -> None:
+    _alembic(store, "downgrade", "0002")  # a store as it was before the chain
+    import sqlalchemy as sa
+
+    old_events = sa.table(
+        "audit_events",
+        sa.column("at", sa.DateTime),
+        sa.column("actor", sa.String),
+        sa.column("event", sa.String),
+        sa.column("stay_id", sa.String),
+        sa.column("after", sa.JSON),
+    )
+    with store.engine.begin() as conn:  # an event recorded by the code of revision 0002
+        conn.execute(old_events.insert().values(
+            at=datetime.datetime(2026, 11, 30, 9, 15, 0, 123456), actor="dr-dupont",
+            event="settings.qc_rate", stay_id=None, after={"qc_rate": 0.1, "stays_rerouted": 0},
+        ))
+    with store.engine.connect() as conn:
+        assert "hash" not in {c["name"] for c in inspect(conn).get_columns("audit_events")}
+    _alembic(store, "upgrade", "head")
+    with store.session() as session:
+        chained = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+    assert len(chained) == 1 and chained[0].prev_hash == audit.GENESIS_HASH
+    enqueue_cases(store, ["sej-nouveau-1"])  # new events chain onto the migrated ones
+    assert audit.verify_chain(store).events == 2
+    assert audit.verify_chain(store).intact
+    # The append-only guard is back after the migration.
+    with pytest.raises(Exception, match="append-only"), store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET actor = 'x'"))
+
+
+def test_audit_csv_neutralises_formula_cells(store: ReviewStore, tmp_path: Path) -> None:
+    # A principal named like a formula, a stay id starting with "-": a spreadsheet opening
+    # the export must show them as text, not run them.
+    enqueue_cases(store, ["-2-3"])
+    with store.session() as session:
+        workflow.set_qc_rate(session, 0.1, '=HYPERLINK("http://x.invalid","ok")', 0.0)
+        workflow.set_qc_rate(session, 0.2, "@SUM(A1)", 0.0)
+        workflow.set_qc_rate(session, 0.3, "+cmd", 0.0)
+    out = tmp_path / "audit.csv"
+    audit.export_audit(store, out)
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["stay_id"] == "'-2-3"
+    assert [r["actor"] for r in rows[1:]] == [
+        "'=HYPERLINK(\"http://x.invalid\",\"ok\")", "'@SUM(A1)", "'+cmd",
+    ]
+    assert json.loads(rows[1]["after"]) == {"qc_rate": 0.1, "stays_rerouted": 0}
+    # JSONL keeps the values as they are.
+    audit.export_audit(store, tmp_path / "audit.jsonl")
+    first = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[0])
+    assert first["stay_id"] == "-2-3"

@@ -14,7 +14,20 @@ from sklearn.metrics import roc_auc_score
 from test_training_helpers import build_tiny_encoder, clinical_notes, write_text_folder
 
 from cimcoder.training import load_config, load_scorer, train
-from cimcoder.training.trainer import TrainingError
+from cimcoder.training.data import prepare_data
+from cimcoder.training.registry import build_model
+from cimcoder.training.trainer import (
+    TrainingError,
+    TrainState,
+    build_optimization,
+    encode_data,
+    load_checkpoint,
+    optimizer_step,
+    owned_global_state,
+    save_checkpoint,
+    train_one_epoch,
+    validate,
+)
 
 PROBES = [
     "Pneumopathie franche lobaire aiguë à pneumocoque, antigénurie positive.",
@@ -200,3 +213,112 @@ def test_cim11_label_space(workspace: Path) -> None:
     assert labels["codes"] and all(code in cim11 for code in labels["codes"])
     # J13 (pneumopathie à pneumocoque) maps to CIM-11 CA40.0 (pneumonie à Streptococcus pneumoniae).
     assert any(code.startswith("CA40") for code in labels["codes"])
+
+
+# ------------------------------------------------------------------ the loop's steps
+
+
+def _tiny_run(workspace: Path, *overrides: str):
+    cfg = _config(workspace, "steps", *overrides)
+    data = prepare_data(cfg)
+    scorer = build_model(cfg, data.label_space)
+    opt = build_optimization(scorer.net, cfg.training, len(data.train))
+    return cfg, data, scorer, opt, encode_data(scorer, data, cfg, opt.device)
+
+
+def test_checkpoint_round_trip_restores_the_state_and_what_it_trains(workspace: Path, tmp_path: Path) -> None:
+    with owned_global_state(seed=13, num_threads=1):
+        cfg, _, scorer, opt, encoded = _tiny_run(workspace)
+        state = TrainState()
+        # 40 stays / batch 8 = 5 batches: stop after 3, as training.max_steps=3 does.
+        three_steps = cfg.training.model_copy(update={"max_steps": 3})
+        assert not train_one_epoch(state, scorer, opt, encoded, three_steps)
+        assert (state.epoch, state.batch_in_epoch, state.global_step, len(state.epoch_losses)) == (0, 3, 3, 3)
+        state.history.append({"epoch": 1, "step": 3, "train_loss": 0.7, "dev_loss": 0.6, "partial_epoch": True})
+        state.best_metric, state.best_epoch = -0.6, 1
+        path = tmp_path / "checkpoints" / "last.pt"
+        save_checkpoint(path, state, opt)
+        assert json.loads((path.parent / "state.json").read_text()) == state.to_dict()
+
+        # Straight on: the epoch's last two batches.
+        assert train_one_epoch(state, scorer, opt, encoded, cfg.training)
+        straight = {k: v.clone() for k, v in opt.net.state_dict().items()}
+
+        # Another process: a fresh model (other initial weights), then the checkpoint.
+        _, _, scorer2, opt2, encoded2 = _tiny_run(workspace)
+        resumed = load_checkpoint(path, opt2)
+        assert resumed == TrainState.from_dict(json.loads((path.parent / "state.json").read_text()))
+        assert resumed.global_step == 3 and resumed.epoch_losses == state.epoch_losses[:3]
+        assert opt2.scheduler.last_epoch == 3
+        assert train_one_epoch(resumed, scorer2, opt2, encoded2, cfg.training)
+    assert (resumed.global_step, resumed.batch_in_epoch, resumed.tokens_seen) == (
+        state.global_step, state.batch_in_epoch, state.tokens_seen)
+    assert resumed.epoch_losses == state.epoch_losses  # the same batches, bit for bit
+    for key, value in opt2.net.state_dict().items():
+        torch.testing.assert_close(value, straight[key], rtol=0, atol=0, msg=key)
+
+
+def test_state_of_an_older_checkpoint_resumes_with_defaults() -> None:
+    # A checkpoint written before elapsed_seconds / stop_reason / epoch_losses were saved.
+    old = {"epoch": 2, "batch_in_epoch": 0, "global_step": 10, "best_metric": 0.91, "best_epoch": 2,
+           "epochs_without_improvement": 0, "stopped_early": False, "history": [], "tokens_seen": 800,
+           "train_seconds": 3.5}
+    state = TrainState.from_dict(old)
+    assert (state.epoch, state.global_step, state.best_metric) == (2, 10, 0.91)
+    assert state.elapsed_seconds == 0.0 and state.stop_reason is None and state.epoch_losses == []
+
+
+def test_validate_gives_the_loss_and_the_metric(workspace: Path) -> None:
+    with owned_global_state(seed=13, num_threads=1):
+        _, data, scorer, _, encoded = _tiny_run(workspace)
+        metrics = validate(scorer, encoded, ranking_auc, batch_size=16)
+    logits = scorer.predict_logits(encoded.validation_docs, batch_size=16)
+    y = encoded.y_validation
+    bce = np.mean(np.logaddexp(0, logits) - y * logits)
+    assert set(metrics) == {"dev_loss", "dev_metric"}
+    assert metrics["dev_loss"] == pytest.approx(bce, rel=1e-5)
+    assert metrics["dev_metric"] == pytest.approx(ranking_auc(y, 1 / (1 + np.exp(-logits))))
+    assert encoded.y_validation.shape == (len(data.validation), len(data.label_space))
+
+
+class _TwoPartNet(torch.nn.Module):
+    """An encoder and a head, as the optimizer groups them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Linear(3, 3)
+        self.head = torch.nn.Linear(3, 2)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_to_zero() -> None:
+    # 40 reports / batch 8 = 5 steps per epoch, 2 epochs: 10 steps, 3 of warm-up.
+    cfg = load_config(None, ["training.epochs=2", "training.batch_size=8", "training.warmup_ratio=0.3",
+                             "training.lr=1e-3", "training.head_lr=1e-2"])
+    opt = build_optimization(_TwoPartNet(), cfg.training, n_train=40)
+    head, encoder = [], []
+    for _ in range(10):
+        head.append(opt.optimizer.param_groups[0]["lr"])
+        encoder.append(opt.optimizer.param_groups[1]["lr"])
+        optimizer_step(opt, max_grad_norm=1.0)
+    # transformers' schedule: s / 3 while warming up (the first step at 0), then (10 - s) / 7.
+    factors = [0, 1 / 3, 2 / 3, 1, 6 / 7, 5 / 7, 4 / 7, 3 / 7, 2 / 7, 1 / 7]
+    assert head == pytest.approx([1e-2 * f for f in factors])
+    assert encoder == pytest.approx([1e-3 * f for f in factors])
+    assert opt.optimizer.param_groups[0]["lr"] == 0.0
+
+
+class FailingTracker(RecordingTracker):
+    """An MLflow store that stops answering after the parameters."""
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        raise ConnectionError("serveur MLflow injoignable")
+
+
+def test_a_tracking_failure_does_not_stop_training(workspace: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tracker = FailingTracker()
+    caplog.set_level(logging.WARNING, logger="cimcoder.training.trainer")
+    run = train(_config(workspace, "tracking-down", "training.epochs=2"), tracker=tracker)
+    assert tracker.params["training.epochs"] == 2
+    assert tracker.artifacts == []  # tracking ended at the first failure
+    assert caplog.text.count("tracking failed (ConnectionError") == 1
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2

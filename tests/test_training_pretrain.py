@@ -90,3 +90,33 @@ def test_empty_or_unreadable_corpus_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PretrainError, match=r"bad\.jsonl:1"):
         collect_corpus(cfg)
     assert main(["pretrain", "training.lrr=1"]) == 2
+
+
+def test_learning_rate_decays_to_two_percent_and_refits_to_the_budget() -> None:
+    import torch
+
+    from cimcoder.training.pretrain import lr_schedule
+
+    cfg = load_pretrain_config(None, ["training.lr=1e-3", "training.warmup_ratio=0.1"])
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    scheduler = lr_schedule(optimizer, cfg.training, total=20)  # 2 warm-up steps
+
+    def lr() -> float:
+        return optimizer.param_groups[0]["lr"]
+
+    lrs = []
+    for _ in range(11):
+        lrs.append(lr())
+        optimizer.step()
+        scheduler.step()
+    # Warm-up s / 2, then 2 % + 98 % * (20 - s) / 18.
+    assert lrs[:4] == pytest.approx([0.0, 0.5e-3, 1e-3, 1e-3 * (0.02 + 0.98 * 17 / 18)])
+    assert lr() == pytest.approx(1e-3 * (0.02 + 0.98 * 9 / 18))
+    # The time budget affords 15 steps in all: the decay is fitted again from step 11 on
+    # (1 warm-up step out of 15, already past).
+    scheduler = lr_schedule(optimizer, cfg.training, total=15, step=11)
+    assert lr() == pytest.approx(1e-3 * (0.02 + 0.98 * 4 / 14))
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    assert lr() == pytest.approx(1e-3 * 0.02)  # past the planned steps: the floor

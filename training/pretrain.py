@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from cimcoder.errors import CimcoderError
-from cimcoder.training.config import PretrainConfig, dump_config
+from cimcoder.training.config import PretrainConfig, PretrainTrainingConfig, dump_config
 from cimcoder.training.tokenizer import train_tokenizer
-from cimcoder.training.trainer import autocast_dtype, owned_global_state
+from cimcoder.training.trainer import (
+    Optimization,
+    autocast_dtype,
+    optimizer_step,
+    owned_global_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +72,11 @@ def _read_user_path(path_str: str) -> Iterator[str]:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     raise PretrainError(f"{path}:{lineno}: not a JSON line") from None
-                text = _record_text(record)
-                if text is None:
+                record_text = _record_text(record)
+                if record_text is None:
                     raise PretrainError(f"{path}:{lineno}: no 'text' (or 'documents[].text') field")
-                if text.strip():
-                    yield text
+                if record_text.strip():
+                    yield record_text
         return
     # Anything else: a data set the corpora loader knows (text folder, csv, parquet, ...).
     from cimcoder.training.corpora import load_dataset
@@ -199,6 +205,8 @@ def _mlm_loss(model: Any, inputs: torch.Tensor, labels: torch.Tensor) -> torch.T
 # budget look like it affords far fewer steps than it does.
 _REFIT_STEPS = frozenset(5 * 2**k for k in range(20))
 _LOG_EVERY_S = 30.0
+# The decay ends at this share of the peak learning rate, not at 0.
+_FINAL_LR_SHARE = 0.02
 
 
 def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Path:
@@ -210,9 +218,68 @@ def pretrain(config: PretrainConfig, output_dir: str | Path | None = None) -> Pa
         return _pretrain(config, output_dir)
 
 
-def _pretrain(config: PretrainConfig, output_dir: str | Path | None) -> Path:
+def _build_encoder(config: PretrainConfig, tokenizer: Any) -> Any:
     from transformers import BertConfig, BertForMaskedLM
 
+    arch = config.encoder
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=arch.hidden,
+            num_hidden_layers=arch.layers,
+            num_attention_heads=arch.heads,
+            intermediate_size=arch.intermediate,
+            max_position_embeddings=arch.max_positions,
+            hidden_dropout_prob=arch.dropout,
+            attention_probs_dropout_prob=arch.dropout,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, tc: PretrainTrainingConfig, total: int, step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_ratio` of `total` steps, then linear decay to 2 % of the
+    peak at `total`, positioned at `step` (the decay is refitted to the time budget by
+    building it again).
+
+    transformers' polynomial-decay schedule of power 1. The hand-written schedule it replaces
+    decayed linearly towards 0 and was clipped at 2 %: max(0.02, (total - s) / (total - W));
+    this one decays linearly to 2 %: 0.02 + 0.98 (total - s) / (total - W). It is higher by
+    0.02 (s - W) / (total - W) until the old one reached its floor, so by at most ~2 % of the
+    peak, near the end; both end at 2 %. Its warm-up rises from 0 (s / W) where the old one
+    rose from 1/W ((s + 1) / W, with W >= 1), so the first step has a learning rate of 0
+    when there is a warm-up.
+    """
+    from transformers import get_polynomial_decay_schedule_with_warmup
+
+    return get_polynomial_decay_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=int(total * tc.warmup_ratio),
+        num_training_steps=total,
+        lr_end=_FINAL_LR_SHARE * tc.lr,
+        power=1.0,
+        last_epoch=step - 1,
+    )
+
+
+@dataclass
+class _Pace:
+    """Seconds per step, measured from the first refit on (start-up costs left out)."""
+
+    started: float
+    first_refit: tuple[int, float] | None = None  # (step, time)
+
+    def seconds_per_step(self, step: int, now: float) -> float:
+        if self.first_refit is None:
+            self.first_refit = (step, now)
+            return (now - self.started) / step
+        first_step, first_time = self.first_refit
+        return (now - first_time) / (step - first_step)
+
+
+def _pretrain(config: PretrainConfig, output_dir: str | Path | None) -> Path:
     out = Path(output_dir or config.output_dir)
     tc = config.training
     started = time.perf_counter()
@@ -229,52 +296,38 @@ def _pretrain(config: PretrainConfig, output_dir: str | Path | None) -> Path:
     )
     seq_len = min(tc.seq_len, config.encoder.max_positions)
     blocks = _blocks(tokenizer, texts, seq_len)
-    arch = config.encoder
-    model = BertForMaskedLM(
-        BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=arch.hidden,
-            num_hidden_layers=arch.layers,
-            num_attention_heads=arch.heads,
-            intermediate_size=arch.intermediate,
-            max_position_embeddings=arch.max_positions,
-            hidden_dropout_prob=arch.dropout,
-            attention_probs_dropout_prob=arch.dropout,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    model = _build_encoder(config, tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     amp_dtype = autocast_dtype(tc.amp, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    n_params_m = sum(p.numel() for p in model.parameters()) / 1e6
     logger.info(
         "pretraining a %d x %d encoder (%.1f M parameters) on %s%s: %d sequences of %d tokens",
-        arch.layers, arch.hidden, sum(p.numel() for p in model.parameters()) / 1e6,
-        device.type, f" ({str(amp_dtype).removeprefix('torch.')} autocast)" if amp_dtype else "",
+        config.encoder.layers, config.encoder.hidden, n_params_m, device.type,
+        f" ({str(amp_dtype).removeprefix('torch.')} autocast)" if amp_dtype else "",
         len(blocks), seq_len,
     )
     steps_per_epoch = math.ceil(len(blocks) / tc.batch_size)
     planned = steps_per_epoch * tc.epochs
     if tc.max_steps:
         planned = min(planned, tc.max_steps)
-    schedule = {"total": planned}
+    total = planned  # lowered when the time budget affords fewer steps
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-
-    def lr_lambda(step: int) -> float:
-        total = schedule["total"]
-        warm = max(1, int(total * tc.warmup_ratio))
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.02, (total - step) / max(total - warm, 1))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    opt = Optimization(
+        net=model,
+        optimizer=optimizer,
+        scheduler=lr_schedule(optimizer, tc, total),
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        amp_dtype=amp_dtype,
+        device=device,
+    )
     gen = torch.Generator().manual_seed(tc.seed)
     model.train()
     step = 0
     tokens = 0
     losses: list[float] = []
     t0 = time.perf_counter()
-    t_refit: tuple[int, float] | None = None  # (step, time) of the first refit
+    pace = _Pace(started=t0)
     last_log = t0
     stop_reason = "epochs"
     bar = tqdm(total=planned, desc="pretrain", unit="step", disable=None)
@@ -290,42 +343,28 @@ def _pretrain(config: PretrainConfig, output_dir: str | Path | None) -> Path:
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
             with ctx:
                 loss = _mlm_loss(model, inputs, labels)
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            (opt.scaler.scale(loss) if opt.scaler else loss).backward()
+            optimizer_step(opt, max_grad_norm=1.0)
             step += 1
             tokens += batch.numel()
             losses.append(loss.detach().item())
             now = time.perf_counter()
             elapsed = now - t0
-            if tc.time_budget_s and step in _REFIT_STEPS and step < schedule["total"]:
-                # Fit the learning-rate decay to the steps the time budget allows, at the
-                # pace measured since the first refit (start-up costs left out).
-                if t_refit is None:
-                    t_refit = (step, now)
-                    pace = elapsed / step
-                else:
-                    pace = (now - t_refit[1]) / (step - t_refit[0])
+            if tc.time_budget_s and step in _REFIT_STEPS and step < total:
+                # Fit the learning-rate decay to the steps the time budget allows.
                 remaining_s = tc.time_budget_s - (now - started)
-                affordable = step + int(max(remaining_s, 0) / max(pace, 1e-9))
-                schedule["total"] = max(step + 1, min(planned, affordable))
-                bar.total = schedule["total"]
+                affordable = step + int(max(remaining_s, 0) / max(pace.seconds_per_step(step, now), 1e-9))
+                total = max(step + 1, min(planned, affordable))
+                opt.scheduler = lr_schedule(optimizer, tc, total, step)
+                bar.total = total
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
             bar.update(1)
             if now - last_log >= _LOG_EVERY_S:
                 last_log = now
                 logger.info(
                     "pretrain step %d/%d: loss %.3f, lr %.2e, %.0f tokens/s",
-                    step, schedule["total"], float(np.mean(losses[-20:])),
-                    scheduler.get_last_lr()[0], tokens / max(elapsed, 1e-9),
+                    step, total, float(np.mean(losses[-20:])),
+                    opt.scheduler.get_last_lr()[0], tokens / max(elapsed, 1e-9),
                 )
             if tc.max_steps and step >= tc.max_steps:
                 stop_reason = "max_steps"
@@ -355,7 +394,7 @@ def _pretrain(config: PretrainConfig, output_dir: str | Path | None) -> Path:
         "tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
-        "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "parameters_m": round(n_params_m, 2),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / INFO_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")

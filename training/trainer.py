@@ -1,33 +1,40 @@
 """The training loop: data -> label space -> model -> epochs with early stopping -> run folder.
 
 `train(config)` writes `runs/<experiment>/<run_name>/` (see docs/ARCHITECTURE.md). Every epoch
-ends with a checkpoint in `checkpoints/` (weights, optimizer, scheduler, RNG, position), so a
-run that was interrupted (crash, Ctrl-C, `training.max_steps`) resumes where it stopped when
-`train` is called again on the same config.
+ends with a checkpoint in `checkpoints/` (weights, optimizer, scheduler, RNG and the
+`TrainState`), so a run that was interrupted (crash, Ctrl-C, `training.max_steps`) resumes
+where it stopped when `train` is called again on the same config.
+
+The loop is plain steps: `train_one_epoch`, `validate`, `record_validation`,
+`save_checkpoint` / `load_checkpoint`. Models fitted in one call (baselines, the hybrid)
+go through `cimcoder.training.baselines.fit_baseline` instead.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cimcoder.errors import CimcoderError
-from cimcoder.training.config import RunConfig, dump_config, read_run_config
+from cimcoder.training.baselines import fit_baseline
+from cimcoder.training.config import RunConfig, TrainingConfig, dump_config, read_run_config
+from cimcoder.training.data import TrainingData, TrainingError, prepare_data
 from cimcoder.training.labels import LabelSpace
 from cimcoder.training.registry import build_model, get_model
+
+if TYPE_CHECKING:
+    from cimcoder.training.tracking import RunTracker
 
 logger = logging.getLogger(__name__)
 
@@ -44,169 +51,7 @@ _RESUMABLE_CHANGES = {("training", "max_steps"), ("training", "epochs"), ("train
                       ("tracking", "tracking_uri")}
 
 
-class TrainingError(CimcoderError):
-    """Training cannot start or continue (bad data, incompatible run folder, ...)."""
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class Example:
-    id: str
-    text: str
-    codes: list[str]
-    principal: str | None = None  # the DP, where the source records roles (hospital exports)
-
-
-@dataclass
-class TrainingData:
-    train: list[Example]
-    validation: list[Example]
-    validation_source: str
-    label_space: LabelSpace
-    notes: dict[str, Any] = field(default_factory=dict)
-
-
-def _load_examples(name: str) -> tuple[list[Any], str]:
-    from cimcoder.training.corpora import load_dataset
-
-    corpus = load_dataset(name)
-    stays = list(corpus.stays)
-    if not stays:
-        raise TrainingError(f"data set {name!r} holds no stay")
-    return stays, name
-
-
-def _to_cim11(code_sets: list[list[str]]) -> tuple[list[list[str]], dict[str, int]]:
-    """Gold CIM-10 codes carried over to CIM-11 through the WHO crosswalk."""
-    try:
-        from cimcoder.terminologies import load_crosswalk  # type: ignore[attr-defined]
-    except ImportError:
-        raise TrainingError(
-            "data.labels.terminology=cim11 needs the CIM-10 -> CIM-11 crosswalk "
-            "(cimcoder.terminologies.load_crosswalk), which is not available"
-        ) from None
-    crosswalk = load_crosswalk()
-    unmapped = 0
-    total = 0
-    out: list[list[str]] = []
-    for codes in code_sets:
-        mapped: list[str] = []
-        for code in codes:
-            total += 1
-            targets = crosswalk.to_cim11(code) or []
-            if not targets:
-                unmapped += 1
-            for t in targets:
-                c = getattr(t, "code", t)
-                if c and c not in mapped:
-                    mapped.append(str(c))
-        out.append(mapped)
-    return out, {"cim10_codes": total, "cim10_codes_without_cim11_target": unmapped}
-
-
-def _holdout(stays: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Deterministic patient-grouped slice of the training stays."""
-
-    def key(stay: Any) -> float:
-        group = getattr(stay, "patient_id", None) or stay.id
-        digest = hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
-        return int(digest[:12], 16) / 16**12
-
-    train = [s for s in stays if key(s) >= fraction]
-    held = [s for s in stays if key(s) < fraction]
-    if not held or not train:
-        raise TrainingError("the training set is too small to hold out a validation slice")
-    return train, held
-
-
-def prepare_data(config: RunConfig) -> TrainingData:
-    """Load the splits, map codes to the target terminology, build the label space."""
-    data = config.data
-    stays, _ = _load_examples(data.train)
-    if data.max_train_stays:
-        stays = stays[: data.max_train_stays]
-    for extra_name in data.extra_train:
-        if extra_name in (data.dev, data.train):
-            raise TrainingError(f"data.extra_train names {extra_name!r}, already train or dev")
-        extra_stays, _ = _load_examples(extra_name)
-        stays = stays + extra_stays
-    if data.validation == "train_holdout":
-        stays, held = _holdout(stays, data.holdout_fraction, config.training.seed)
-        source = f"{data.train} (held-out {data.holdout_fraction:.0%})"
-    else:
-        assert data.dev is not None
-        held, _ = _load_examples(data.dev)
-        source = data.dev
-    train_codes = [list(s.codes) for s in stays]
-    val_codes = [list(s.codes) for s in held]
-    notes: dict[str, Any] = {}
-    terminology = data.labels.terminology
-    if terminology == "cim11":
-        train_codes, notes["train_crosswalk"] = _to_cim11(train_codes)
-        val_codes, notes["validation_crosswalk"] = _to_cim11(val_codes)
-    extra: list[str] = []
-    edition = None
-    try:
-        from cimcoder.terminologies import load_terminology
-
-        term = load_terminology(terminology)
-        edition = getattr(term, "edition", None)
-        if data.labels.include == "train+terminology":
-            extra = list(term.codes())
-            if data.labels.max_extra_codes is not None:
-                seen = {c for codes in train_codes for c in codes}
-                extra = [c for c in extra if c not in seen][: data.labels.max_extra_codes]
-        elif data.labels.include == "train+lexicon":
-            extra = lexicon_codes(term)
-    except ImportError:
-        if data.labels.include == "train+terminology":
-            raise TrainingError("include=train+terminology needs cimcoder.terminologies") from None
-    label_space = LabelSpace.from_code_sets(
-        train_codes,
-        terminology=terminology,
-        edition=edition,
-        min_count=data.labels.min_count,
-        extra_codes=extra,
-    )
-    def principal(stay: Any, codes: list[str]) -> str | None:
-        dps = [d.code for d in getattr(stay, "diagnoses", []) if d.role == "DP"]
-        return dps[0] if dps and dps[0] in codes else None  # CIM-11 targets: no DP kept
-
-    as_examples = lambda ss, cs: [  # noqa: E731
-        Example(id=s.id, text=s.text, codes=c, principal=principal(s, c))
-        for s, c in zip(ss, cs, strict=True)
-    ]
-    return TrainingData(
-        train=as_examples(stays, train_codes),
-        validation=as_examples(held, val_codes),
-        validation_source=source,
-        label_space=label_space,
-        notes=notes,
-    )
-
-
-def lexicon_codes(term: Any) -> list[str]:
-    """Codes of the curated lexicon in `term`'s terminology, with their parents and codable
-    children (a mention of "diabète de type 2" may be coded E11.9 by one corpus, E11.98 by
-    a DIM)."""
-    from cimcoder.terminologies.lexicon import load_lexicon
-
-    # Without labels and CIM-11 titles the lexicon holds the curated entries alone.
-    lexicon = load_lexicon(term.name, labels=False, cim11_titles=False)
-    curated = {c for e in lexicon.entries for c in e.codes}
-    out: set[str] = set()
-    for code in curated:
-        if code not in term:
-            continue
-        out.add(code)
-        out.update(a for a in term.ancestors(code) if "-" not in a and any(ch.isdigit() for ch in a))
-        out.update(term.children(code))
-    return sorted(out)
-
-
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- global state
 
 
 def _seed_everything(seed: int) -> None:
@@ -261,6 +106,68 @@ def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+# --------------------------------------------------------------------------- protocols
+
+
+@runtime_checkable
+class GradientScorer(Protocol):
+    """A model this loop trains (`plm_icd`): its network and its input stages."""
+
+    net: torch.nn.Module
+
+    def chunk(self, texts: Sequence[str]) -> list[Any]: ...
+
+    def batch(self, docs: Sequence[Any]) -> Any: ...
+
+    def predict_logits(self, docs: Sequence[Any], batch_size: int = 8) -> np.ndarray: ...
+
+    def save(self, run_dir: str | Path) -> None: ...
+
+
+
+
+class Tracker(Protocol):
+    """What the loop logs to (`cimcoder.training.tracking.RunTracker` in the CLI)."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
+
+    def log_artifacts(self, local_dir: str) -> None: ...
+
+
+class SafeTracker:
+    """The run's tracker, or none. A tracking failure is logged and ends tracking, never
+    training: the run folder keeps everything."""
+
+    def __init__(self, tracker: Tracker | None) -> None:
+        self.tracker = tracker
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.tracker is not None:
+            with self._failure_ends_tracking():
+                self.tracker.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        if self.tracker is not None:
+            with self._failure_ends_tracking():
+                self.tracker.log_metrics(metrics, step=step)
+
+    def log_artifacts(self, local_dir: str) -> None:
+        if self.tracker is not None:
+            with self._failure_ends_tracking():
+                self.tracker.log_artifacts(local_dir)
+
+    @contextmanager
+    def _failure_ends_tracking(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # tracking must not lose a training run
+            self.tracker = None
+            logger.warning("tracking failed (%s: %s); training goes on, the run folder keeps everything",
+                           type(exc).__name__, exc)
+
+
 def _flat_params(config: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
@@ -275,86 +182,84 @@ def _flat_params(config: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _config_diff(a: RunConfig, b: RunConfig) -> list[str]:
-    fa, fb = _flat_params(a), _flat_params(b)
-    diffs = []
-    for key in sorted(set(fa) | set(fb)):
-        parts = tuple(key.split(".")[:2])
-        if parts in _RESUMABLE_CHANGES:
-            continue
-        if fa.get(key) != fb.get(key):
-            diffs.append(f"{key}: {fa.get(key)!r} -> {fb.get(key)!r}")
-    return diffs
-
-
-class _SafeTracker:
-    """Calls the optional tracker; a tracking failure never stops training."""
-
-    def __init__(self, tracker: Any) -> None:
-        self.tracker = tracker
-        self.failed = False
-
-    def __call__(self, method: str, *args: Any, **kwargs: Any) -> None:
-        if self.tracker is None or self.failed:
-            return
-        try:
-            getattr(self.tracker, method)(*args, **kwargs)
-        except Exception as exc:  # tracking must not lose a training run
-            self.failed = True
-            logger.warning("tracking failed (%s: %s); training goes on, the run folder keeps everything",
-                           type(exc).__name__, exc)
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
 
 
-# --------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------- run state
 
 
-def _prepare_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
-    run_dir = config.run_dir
-    ckpt = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
-    if run_dir.exists() and (run_dir / "config.yaml").exists():
-        if resume and ckpt.exists():
-            previous = read_run_config(run_dir)
-            diffs = _config_diff(previous, config)
-            if diffs:
-                raise TrainingError(
-                    f"{run_dir} holds a run with a different config ({'; '.join(diffs[:5])}). "
-                    "Choose another tracking.run_name, or restart it with resume disabled."
-                )
-            return run_dir, True
-        logger.info("%s: training from scratch (overwriting the previous run)", run_dir)
-        ckpt.unlink(missing_ok=True)
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, False
+@dataclass
+class TrainState:
+    """Where a run stands. A checkpoint saves exactly this (as `to_dict()`) next to the
+    weights, optimizer, scheduler, scaler and RNG states; `checkpoints/state.json` shows it."""
+
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # micro-batches done in the current epoch
+    global_step: int = 0  # optimizer steps
+    best_metric: float | None = None  # validation score of the saved model, higher is better
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    stop_reason: str | None = None  # "early_stopping" or "time_budget" once stopped_early
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per validation
+    epoch_losses: list[float] = field(default_factory=list)  # of the current epoch's batches
+    tokens_seen: int = 0
+    train_seconds: float = 0.0  # in training batches
+    elapsed_seconds: float = 0.0  # whole epochs, validation included (the time budget's clock)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainState:
+        """Checkpoints written before a field existed resume with its default."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _fit_in_one_call(
-    scorer: Any, config: RunConfig, data: TrainingData, run_dir: Path,
-    validation_metric: ValidationMetric | None, track: _SafeTracker,
-) -> Path:
-    """Models without a gradient loop (baselines): fit, score the validation split, save."""
-    y_train = np.asarray(data.label_space.encode([e.codes for e in data.train]), dtype=bool)
-    start = time.perf_counter()
-    scorer.fit([e.text for e in data.train], y_train)
-    elapsed = time.perf_counter() - start
-    metrics: dict[str, Any] = {"fit_seconds": round(elapsed, 2), "validation": data.validation_source}
-    if data.validation:
-        y_val = np.asarray(data.label_space.encode([e.codes for e in data.validation]), dtype=bool)
-        scores = scorer.predict_scores([e.text for e in data.validation], batch_size=config.training.eval_batch_size)
-        if validation_metric is not None:
-            metrics["dev_metric"] = float(validation_metric(y_val, scores))
-    scorer.save(run_dir)
-    dump_config(config, run_dir / "config.yaml")
-    _write_json(run_dir / METRICS_FILE, metrics)
-    track("log_metrics", {k: v for k, v in metrics.items() if isinstance(v, float)}, step=0)
-    track("log_artifacts", str(run_dir))
-    return run_dir
+@dataclass
+class Optimization:
+    """The network and what updates it; `save_checkpoint` saves their states."""
+
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # fp16 autocast only
+    amp_dtype: torch.dtype | None
+    device: torch.device
+
+
+@dataclass
+class EncodedData:
+    """The training and validation reports, chunked by the model, their targets, and the
+    loss (its positive weights come from the training targets)."""
+
+    train_docs: list[Any]
+    validation_docs: list[Any]
+    y_train: np.ndarray  # float32 [n_train, L]
+    y_validation: np.ndarray  # bool [n_validation, L]
+    loss_fn: torch.nn.Module
+    train_lengths: list[int]  # tokens of each training report (batches group similar ones)
+
+
+def encode_data(scorer: GradientScorer, data: TrainingData, config: RunConfig, device: torch.device) -> EncodedData:
+    train_docs = scorer.chunk([e.text for e in data.train])
+    val_docs = scorer.chunk([e.text for e in data.validation])
+    truncated = sum(d.truncated for d in train_docs) + sum(d.truncated for d in val_docs)
+    if truncated:
+        logger.warning(
+            "%d reports exceed the %d-token budget (model.chunking); their end is not read",
+            truncated, config.model.chunking.max_total_tokens,
+        )
+    y_train = np.asarray(data.label_space.encode([e.codes for e in data.train]), dtype=np.float32)
+    y_val = np.asarray(data.label_space.encode([e.codes for e in data.validation]), dtype=bool)
+    pos_weight = _bce_pos_weight(config, y_train)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device) if pos_weight is not None else None)
+    lengths = [sum(len(c) for c in d.input_ids) for d in train_docs]
+    return EncodedData(train_docs, val_docs, y_train, y_val, loss_fn, lengths)
 
 
 def _bce_pos_weight(config: RunConfig, y: np.ndarray) -> torch.Tensor | None:
@@ -364,6 +269,83 @@ def _bce_pos_weight(config: RunConfig, y: np.ndarray) -> torch.Tensor | None:
     neg = len(y) - pos
     weight = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
     return torch.tensor(np.clip(weight, 1.0, config.training.pos_weight_max), dtype=torch.float32)
+
+
+def build_optimization(net: torch.nn.Module, tcfg: TrainingConfig, n_train: int) -> Optimization:
+    """AdamW (head and encoder at their own learning rates), linear warm-up then linear decay
+    to 0 over the planned steps.
+
+    The schedule is transformers' `get_linear_schedule_with_warmup`. The hand-written one it
+    replaces warmed up from 1/W (step s: (s + 1) / W), transformers' from 0 (s / W): with a
+    warm-up (W > 0), the first optimizer step has a learning rate of 0 and each warm-up step
+    is 1/W of the peak lower. The decay after warm-up is the same, (total - s) / (total - W).
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = net.to(device)
+    head = [p for n, p in net.named_parameters() if n.startswith("head.") and p.requires_grad]
+    encoder = [p for n, p in net.named_parameters() if not n.startswith("head.") and p.requires_grad]
+    groups = [{"params": head, "lr": tcfg.head_lr or tcfg.lr}]
+    if encoder:
+        groups.append({"params": encoder, "lr": tcfg.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay)
+    total_steps = math.ceil(n_train / (tcfg.batch_size * tcfg.grad_accum)) * tcfg.epochs
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(total_steps * tcfg.warmup_ratio), num_training_steps=total_steps
+    )
+    amp_dtype = autocast_dtype(tcfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    return Optimization(net, optimizer, scheduler, scaler, amp_dtype, device)
+
+
+def optimizer_step(opt: Optimization, max_grad_norm: float) -> None:
+    """Clip the accumulated gradients, step the optimizer and the schedule, clear them."""
+    if opt.scaler:
+        opt.scaler.unscale_(opt.optimizer)
+    torch.nn.utils.clip_grad_norm_(opt.net.parameters(), max_grad_norm)
+    if opt.scaler:
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+    else:
+        opt.optimizer.step()
+    opt.scheduler.step()
+    opt.optimizer.zero_grad(set_to_none=True)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: TrainState, opt: Optimization) -> None:
+    """Write the run's position atomically, and `state.json` beside it for people."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "model": opt.net.state_dict(),
+        "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(),
+        "scaler": opt.scaler.state_dict() if opt.scaler else None,
+        "rng": _rng_state(),
+        "state": state.to_dict(),
+    }, tmp)
+    tmp.replace(path)
+    _write_json(path.parent / STATE_FILE, state.to_dict())
+
+
+def load_checkpoint(path: Path, opt: Optimization) -> TrainState:
+    """Restore weights, optimizer, scheduler, scaler and RNG states; return the run's state."""
+    # weights_only=False: the RNG states are numpy/python objects; the file is the run's own.
+    ckpt = torch.load(path, map_location=opt.device, weights_only=False)
+    opt.net.load_state_dict(ckpt["model"])
+    opt.optimizer.load_state_dict(ckpt["optimizer"])
+    opt.scheduler.load_state_dict(ckpt["scheduler"])
+    if opt.scaler is not None and ckpt.get("scaler"):
+        opt.scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"])
+    return TrainState.from_dict(ckpt["state"])
+
+
+# --------------------------------------------------------------------------- steps
 
 
 def _epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -383,32 +365,242 @@ def _epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: in
     return [batches[k] for k in shuffle]
 
 
+def train_one_epoch(
+    state: TrainState, scorer: GradientScorer, opt: Optimization, data: EncodedData, tcfg: TrainingConfig,
+) -> bool:
+    """Train from `state.batch_in_epoch` to the end of the epoch, or until `training.max_steps`.
+
+    Updates the position, losses, tokens and time of `state`; returns whether the epoch's
+    batches are all done.
+    """
+    batches = _epoch_batches(data.train_lengths, tcfg.batch_size, tcfg.seed, state.epoch)
+    bar = tqdm(total=len(batches), initial=state.batch_in_epoch, unit="batch", disable=None,
+               desc=f"epoch {state.epoch + 1}/{tcfg.epochs}", leave=False)
+    t0 = time.perf_counter()
+    tokens = 0
+    for b in range(state.batch_in_epoch, len(batches)):
+        idx = batches[b]
+        batch = scorer.batch([data.train_docs[i] for i in idx]).to(opt.device)
+        target = torch.from_numpy(data.y_train[idx]).to(opt.device)
+        autocast = torch.autocast(opt.device.type, dtype=opt.amp_dtype) if opt.amp_dtype else nullcontext()
+        with autocast:
+            logits, _ = opt.net(batch.input_ids, batch.attention_mask)
+        loss = data.loss_fn(logits.float(), target) / tcfg.grad_accum
+        (opt.scaler.scale(loss) if opt.scaler else loss).backward()
+        state.epoch_losses.append(loss.detach().item() * tcfg.grad_accum)
+        tokens += batch.n_tokens
+        state.batch_in_epoch = b + 1
+        if (b + 1) % tcfg.grad_accum == 0 or b + 1 == len(batches):
+            optimizer_step(opt, tcfg.max_grad_norm)
+            state.global_step += 1
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{np.mean(state.epoch_losses[-20:]):.4f}",
+                        tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
+        bar.update(1)
+        if tcfg.max_steps is not None and state.global_step >= tcfg.max_steps:
+            break
+    bar.close()
+    state.tokens_seen += tokens
+    state.train_seconds += time.perf_counter() - t0
+    return state.batch_in_epoch == len(batches)
+
+
+def validate(
+    scorer: GradientScorer, data: EncodedData, validation_metric: ValidationMetric | None, batch_size: int,
+) -> dict[str, float]:
+    """`dev_loss` (plain BCE) and, with a metric, `dev_metric` on the validation reports."""
+    if not data.validation_docs:
+        return {}
+    logits = scorer.predict_logits(data.validation_docs, batch_size=batch_size)
+    y_val = data.y_validation
+    val_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.from_numpy(logits), torch.from_numpy(y_val.astype(np.float32))
+    ).item()
+    out = {"dev_loss": float(val_loss)}
+    if validation_metric is not None:
+        out["dev_metric"] = float(validation_metric(y_val, 1.0 / (1.0 + np.exp(-logits))))
+    return out
+
+
+@dataclass
+class RunOutputs:
+    """Where an epoch's results go: the run folder and the tracker."""
+
+    run_dir: Path
+    data: TrainingData
+    validation_metric: ValidationMetric | None
+    tracker: SafeTracker
+
+
+def record_validation(
+    state: TrainState, scorer: GradientScorer, train_loss: float, metrics: dict[str, float], out: RunOutputs,
+    *, partial_epoch: bool = False,
+) -> None:
+    """Log the epoch; if it beats the best so far, save the model and its `metrics.json`."""
+    entry: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.global_step,
+                             "train_loss": train_loss, **metrics}
+    if partial_epoch:
+        entry["partial_epoch"] = True
+    state.history.append(entry)
+    out.tracker.log_metrics({"train_loss": train_loss, **metrics}, step=state.global_step)
+    score = metrics.get("dev_metric", -metrics.get("dev_loss", 0.0))
+    if state.best_metric is None or score > state.best_metric:
+        state.best_metric = score
+        state.best_epoch = state.epoch + 1
+        state.epochs_without_improvement = 0
+        scorer.save(out.run_dir)
+        _write_json(out.run_dir / METRICS_FILE, _metrics_summary(state, entry, out))
+    else:
+        state.epochs_without_improvement += 1
+    logger.info("epoch %d: %s", state.epoch + 1,
+                ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)))
+
+
+def _metrics_summary(state: TrainState, entry: dict[str, Any], out: RunOutputs) -> dict[str, Any]:
+    data = out.data
+    metric = out.validation_metric
+    return {
+        "validation": data.validation_source,
+        "validation_metric": getattr(metric, "__name__", "custom") if metric else "dev_loss",
+        "best_epoch": state.best_epoch,
+        "best_step": state.global_step,
+        "num_labels": len(data.label_space),
+        "n_train": len(data.train),
+        "n_validation": len(data.validation),
+        **{k: v for k, v in entry.items() if k not in ("epoch", "step", "partial_epoch")},
+        **({"crosswalk": data.notes} if data.notes else {}),
+    }
+
+
+def _out_of_time(state: TrainState, tcfg: TrainingConfig) -> bool:
+    """Would one more epoch, at the pace so far, end after `training.time_budget_s`?"""
+    if not tcfg.time_budget_s or not state.history or state.batch_in_epoch:
+        return False
+    spent = state.elapsed_seconds
+    return spent + spent / max(state.epoch, 1) > tcfg.time_budget_s
+
+
+def run_epochs(
+    state: TrainState, scorer: GradientScorer, opt: Optimization, data: EncodedData, tcfg: TrainingConfig,
+    out: RunOutputs, ckpt_path: Path,
+) -> None:
+    """Epochs until `training.epochs`, `max_steps`, early stopping or the time budget, each
+    ending with a checkpoint."""
+    opt.net.train()
+    while (
+        state.epoch < tcfg.epochs
+        and not state.stopped_early
+        and (tcfg.max_steps is None or state.global_step < tcfg.max_steps)
+    ):
+        if _out_of_time(state, tcfg):
+            state.stopped_early, state.stop_reason = True, "time_budget"
+            logger.info("stopping: another epoch would exceed training.time_budget_s")
+            save_checkpoint(ckpt_path, state, opt)
+            return
+        started = time.perf_counter()
+        finished = train_one_epoch(state, scorer, opt, data, tcfg)
+        train_loss = float(np.mean(state.epoch_losses)) if state.epoch_losses else float("nan")
+        if not finished:
+            # Mid-epoch stop (max_steps): keep the position; validate if nothing was saved yet,
+            # so that the folder holds a usable model.
+            if state.best_metric is None:
+                metrics = validate(scorer, data, out.validation_metric, tcfg.eval_batch_size)
+                record_validation(state, scorer, train_loss, metrics, out, partial_epoch=True)
+            save_checkpoint(ckpt_path, state, opt)
+            logger.info("stopped at step %d (training.max_steps); re-run to resume", state.global_step)
+            return
+        metrics = validate(scorer, data, out.validation_metric, tcfg.eval_batch_size)
+        record_validation(state, scorer, train_loss, metrics, out)
+        # The budget counts validation too: it is part of every epoch's cost.
+        state.elapsed_seconds += time.perf_counter() - started
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        state.epoch_losses = []
+        if state.epochs_without_improvement >= tcfg.patience:
+            state.stopped_early, state.stop_reason = True, "early_stopping"
+            logger.info("early stopping: no improvement for %d epochs", tcfg.patience)
+        save_checkpoint(ckpt_path, state, opt)
+
+
+def _write_final_summary(run_dir: Path, state: TrainState) -> None:
+    """The best epoch's metrics.json, completed with how the run went."""
+    if not (run_dir / METRICS_FILE).exists():
+        raise TrainingError("training finished without a validated model (no epoch completed)")
+    summary = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    summary["epochs_run"] = state.epoch
+    summary["global_step"] = state.global_step
+    summary["stopped_early"] = state.stopped_early
+    summary["stop_reason"] = state.stop_reason or (
+        "early_stopping" if state.stopped_early else "epochs_or_max_steps")
+    summary["elapsed_seconds"] = round(state.elapsed_seconds, 1)
+    summary["train_tokens_per_s"] = round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)
+    summary["history"] = state.history
+    _write_json(run_dir / METRICS_FILE, summary)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    fa, fb = _flat_params(a), _flat_params(b)
+    diffs = []
+    for key in sorted(set(fa) | set(fb)):
+        if tuple(key.split(".")[:2]) in _RESUMABLE_CHANGES:
+            continue
+        if fa.get(key) != fb.get(key):
+            diffs.append(f"{key}: {fa.get(key)!r} -> {fb.get(key)!r}")
+    return diffs
+
+
+def _prepare_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
+    run_dir = config.run_dir
+    ckpt = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    if run_dir.exists() and (run_dir / "config.yaml").exists():
+        if resume and ckpt.exists():
+            diffs = _config_diff(read_run_config(run_dir), config)
+            if diffs:
+                raise TrainingError(
+                    f"{run_dir} holds a run with a different config ({'; '.join(diffs[:5])}). "
+                    "Choose another tracking.run_name, or restart it with resume disabled."
+                )
+            return run_dir, True
+        logger.info("%s: training from scratch (overwriting the previous run)", run_dir)
+        ckpt.unlink(missing_ok=True)
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, False
+
+
 def train(
     config: RunConfig,
     *,
     validation_metric: ValidationMetric | None = None,
-    tracker: Any = None,
+    tracker: RunTracker | None = None,
     resume: bool = True,
 ) -> Path:
     """Train `config`'s model and return its run folder.
 
     validation_metric(y_true[bool n x L], scores[n x L]) -> float, higher is better (the
     pipeline passes MAP); early stopping and the choice of the saved model use it, or the
-    validation loss when None.
+    validation loss when None. `tracker` (MLflow in the CLI) gets the params, one set of
+    metrics per epoch and the run folder. A model fitted in one call goes to `fit_baseline`.
 
     Seeds, and the thread count when `training.num_threads` is set, come from `config.training`
     whatever the caller did before, and the caller's are restored after (`owned_global_state`).
     """
     with owned_global_state(config.training.seed, config.training.num_threads):
-        return _train(config, validation_metric, tracker, resume)
+        if hasattr(get_model(config.model.name), "fit"):
+            return fit_baseline(config, tracker, validation_metric=validation_metric)
+        return _train(config, validation_metric, SafeTracker(tracker), resume)
 
 
 def _train(
-    config: RunConfig, validation_metric: ValidationMetric | None, tracker: Any, resume: bool,
+    config: RunConfig, validation_metric: ValidationMetric | None, tracker: SafeTracker, resume: bool,
 ) -> Path:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one save per improved epoch: keep the log readable
+    tcfg = config.training
     run_dir, resuming = _prepare_run_dir(config, resume)
     data = prepare_data(config)
     logger.info(
@@ -416,241 +608,35 @@ def _train(
         len(data.train), len(data.validation), data.validation_source,
         len(data.label_space), data.label_space.terminology,
     )
-    track = _SafeTracker(tracker)
-    track("log_params", {**_flat_params(config), "num_labels": len(data.label_space),
-                         "n_train": len(data.train), "n_validation": len(data.validation)})
-
-    cls = get_model(config.model.name)
-    if hasattr(cls, "fit"):
-        dump_config(config, run_dir / "config.yaml")
-        scorer = build_model(config, data.label_space)
-        return _fit_in_one_call(scorer, config, data, run_dir, validation_metric, track)
-    if resuming:
-        saved = LabelSpace.load(run_dir)
-        if saved.codes != data.label_space.codes:
-            raise TrainingError(f"{run_dir}: the data's label space changed since the run started")
+    tracker.log_params({**_flat_params(config), "num_labels": len(data.label_space),
+                        "n_train": len(data.train), "n_validation": len(data.validation)})
+    if resuming and LabelSpace.load(run_dir).codes != data.label_space.codes:
+        raise TrainingError(f"{run_dir}: the data's label space changed since the run started")
     scorer = build_model(config, data.label_space)
+    if not isinstance(scorer, GradientScorer):
+        raise TrainingError(f"{config.model.name} has neither fit() nor a network to train")
     if hasattr(scorer, "init_bias_from_counts"):
         scorer.init_bias_from_counts(data.label_space.train_counts, len(data.train))
     dump_config(config, run_dir / "config.yaml")
     data.label_space.save(run_dir)
-    return _gradient_loop(scorer, config, data, run_dir, validation_metric, track, resuming)
 
-
-def _gradient_loop(
-    scorer: Any, config: RunConfig, data: TrainingData, run_dir: Path,
-    validation_metric: ValidationMetric | None, track: _SafeTracker, resuming: bool,
-) -> Path:
-    tcfg = config.training
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net: torch.nn.Module = scorer.net.to(device)
-    amp_dtype = autocast_dtype(config.training.amp, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
-    train_docs = scorer.chunk([e.text for e in data.train])
-    val_docs = scorer.chunk([e.text for e in data.validation])
-    truncated = sum(d.truncated for d in train_docs) + sum(d.truncated for d in val_docs)
-    if truncated:
-        logger.warning(
-            "%d reports exceed the %d-token budget (model.chunking); their end is not read",
-            truncated, config.model.chunking.max_total_tokens,
-        )
-    train_lengths = [sum(len(c) for c in d.input_ids) for d in train_docs]
-    y_train = np.asarray(data.label_space.encode([e.codes for e in data.train]), dtype=np.float32)
-    y_val = np.asarray(data.label_space.encode([e.codes for e in data.validation]), dtype=bool)
-    pos_weight = _bce_pos_weight(config, y_train)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device) if pos_weight is not None else None)
-
-    head_params = [p for n, p in net.named_parameters() if n.startswith("head.") and p.requires_grad]
-    enc_params = [p for n, p in net.named_parameters() if not n.startswith("head.") and p.requires_grad]
-    groups = [{"params": head_params, "lr": tcfg.head_lr or tcfg.lr}]
-    if enc_params:
-        groups.append({"params": enc_params, "lr": tcfg.lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_docs) / (tcfg.batch_size * tcfg.grad_accum))
-    total_steps = steps_per_epoch * tcfg.epochs
-    warmup = int(total_steps * tcfg.warmup_ratio)
-
-    def lr_lambda(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        return max(0.0, (total_steps - step) / max(total_steps - warmup, 1))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-
-    state: dict[str, Any] = {
-        "epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
-        "epochs_without_improvement": 0, "stopped_early": False, "history": [], "tokens_seen": 0,
-        "train_seconds": 0.0,
-    }
+    opt = build_optimization(scorer.net, tcfg, len(data.train))
+    encoded = encode_data(scorer, data, config, opt.device)
     ckpt_path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    state = TrainState()
     if resuming:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        state = ckpt["state"]
-        logger.info("resuming %s at epoch %d, step %d", run_dir, state["epoch"] + 1, state["global_step"])
-
-    def save_checkpoint() -> None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({
-            "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "rng": _rng_state(), "state": state,
-        }, tmp)
-        tmp.replace(ckpt_path)
-        _write_json(ckpt_path.parent / STATE_FILE, {k: v for k, v in state.items()})
-
-    def evaluate() -> dict[str, float]:
-        if not val_docs:
-            return {}
-        logits = scorer.predict_logits(val_docs, batch_size=tcfg.eval_batch_size)
-        t_logits = torch.from_numpy(logits)
-        val_loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            t_logits, torch.from_numpy(y_val.astype(np.float32))
-        ).item()
-        out = {"dev_loss": float(val_loss)}
-        if validation_metric is not None:
-            out["dev_metric"] = float(validation_metric(y_val, 1.0 / (1.0 + np.exp(-logits))))
-        return out
-
-    def end_of_epoch(train_loss: float) -> None:
-        metrics = evaluate()
-        score = metrics.get("dev_metric", -metrics.get("dev_loss", 0.0))
-        entry = {"epoch": state["epoch"] + 1, "step": state["global_step"], "train_loss": train_loss, **metrics}
-        state["history"].append(entry)
-        track("log_metrics", {k: v for k, v in entry.items() if k not in ("epoch", "step")},
-              step=state["global_step"])
-        if state["best_metric"] is None or score > state["best_metric"]:
-            state["best_metric"] = score
-            state["best_epoch"] = state["epoch"] + 1
-            state["epochs_without_improvement"] = 0
-            scorer.save(run_dir)
-            _write_json(run_dir / METRICS_FILE, _metrics_summary(state, entry, data, validation_metric))
-        else:
-            state["epochs_without_improvement"] += 1
-        logger.info("epoch %d: %s", state["epoch"] + 1,
-                    ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)))
-
-    net.train()
+        state = load_checkpoint(ckpt_path, opt)
+        logger.info("resuming %s at epoch %d, step %d", run_dir, state.epoch + 1, state.global_step)
+    out = RunOutputs(run_dir, data, validation_metric, tracker)
     try:
-        while (
-            state["epoch"] < tcfg.epochs
-            and not state["stopped_early"]
-            and (tcfg.max_steps is None or state["global_step"] < tcfg.max_steps)
-        ):
-            if tcfg.time_budget_s and state["history"] and state["batch_in_epoch"] == 0:
-                spent = state.get("elapsed_seconds", 0.0)
-                if spent + spent / max(state["epoch"], 1) > tcfg.time_budget_s:
-                    state["stopped_early"] = True
-                    state["stop_reason"] = "time_budget"
-                    logger.info("stopping: another epoch would exceed training.time_budget_s")
-                    save_checkpoint()
-                    break
-            batches = _epoch_batches(train_lengths, tcfg.batch_size, tcfg.seed, state["epoch"])
-            start_batch = state["batch_in_epoch"]
-            losses: list[float] = state.setdefault("epoch_losses", [])
-            bar = tqdm(total=len(batches), initial=start_batch, desc=f"epoch {state['epoch'] + 1}/{tcfg.epochs}",
-                       unit="batch", disable=None, leave=False)
-            t0 = time.perf_counter()
-            epoch_started = t0
-            tokens = 0
-            hit_max = False
-            for b in range(start_batch, len(batches)):
-                idx = batches[b]
-                batch = scorer.batch([train_docs[i] for i in idx]).to(device)
-                target = torch.from_numpy(y_train[idx]).to(device)
-                ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-                with ctx:
-                    logits, _ = net(batch.input_ids, batch.attention_mask)
-                loss = loss_fn(logits.float(), target) / tcfg.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                losses.append(loss.detach().item() * tcfg.grad_accum)
-                tokens += batch.n_tokens
-                state["batch_in_epoch"] = b + 1
-                if (b + 1) % tcfg.grad_accum == 0 or b + 1 == len(batches):
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), tcfg.max_grad_norm)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state["global_step"] += 1
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
-                bar.update(1)
-                if tcfg.max_steps is not None and state["global_step"] >= tcfg.max_steps:
-                    hit_max = True
-                    break
-            bar.close()
-            state["tokens_seen"] += tokens
-            state["train_seconds"] += time.perf_counter() - t0
-            train_loss = float(np.mean(losses)) if losses else float("nan")
-            if hit_max and state["batch_in_epoch"] < len(batches):
-                # Mid-epoch stop: keep the position; evaluate so the folder holds a usable model.
-                if state["best_metric"] is None:
-                    end_of_epoch(train_loss)
-                    state["history"][-1]["partial_epoch"] = True
-                save_checkpoint()
-                logger.info("stopped at step %d (training.max_steps); re-run to resume", state["global_step"])
-                break
-            end_of_epoch(train_loss)
-            # The budget counts evaluation too: it is part of every epoch's cost.
-            state["elapsed_seconds"] = state.get("elapsed_seconds", 0.0) + time.perf_counter() - epoch_started
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-            state["epoch_losses"] = []
-            if state["epochs_without_improvement"] >= tcfg.patience:
-                state["stopped_early"] = True
-                state["stop_reason"] = "early_stopping"
-                logger.info("early stopping: no improvement for %d epochs", tcfg.patience)
-            save_checkpoint()
+        run_epochs(state, scorer, opt, encoded, tcfg, out, ckpt_path)
     except BaseException:
         # Crash or Ctrl-C mid-epoch: the last epoch-end checkpoint is where resume restarts.
         logger.warning("training interrupted at step %d; the last checkpoint is in %s",
-                       state["global_step"], ckpt_path.parent)
+                       state.global_step, ckpt_path.parent)
         raise
-    if not (run_dir / METRICS_FILE).exists():
-        raise TrainingError("training finished without a validated model (no epoch completed)")
-    summary = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    summary["epochs_run"] = state["epoch"]
-    summary["global_step"] = state["global_step"]
-    summary["stopped_early"] = state["stopped_early"]
-    summary["stop_reason"] = state.get("stop_reason") or (
-        "early_stopping" if state["stopped_early"] else "epochs_or_max_steps")
-    summary["elapsed_seconds"] = round(state.get("elapsed_seconds", 0.0), 1)
-    summary["train_tokens_per_s"] = round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1)
-    summary["history"] = state["history"]
-    _write_json(run_dir / METRICS_FILE, summary)
-    track("log_artifacts", str(run_dir))
-    if not tcfg.keep_checkpoints and (state["stopped_early"] or state["epoch"] >= tcfg.epochs):
+    _write_final_summary(run_dir, state)
+    tracker.log_artifacts(str(run_dir))
+    if not tcfg.keep_checkpoints and (state.stopped_early or state.epoch >= tcfg.epochs):
         ckpt_path.unlink(missing_ok=True)
     return run_dir
-
-
-def _metrics_summary(
-    state: dict[str, Any], entry: dict[str, Any], data: TrainingData,
-    validation_metric: ValidationMetric | None,
-) -> dict[str, Any]:
-    name = getattr(validation_metric, "__name__", "custom") if validation_metric else "dev_loss"
-    return {
-        "validation": data.validation_source,
-        "validation_metric": name,
-        "best_epoch": state["best_epoch"],
-        "best_step": state["global_step"],
-        "num_labels": len(data.label_space),
-        "n_train": len(data.train),
-        "n_validation": len(data.validation),
-        **{k: v for k, v in entry.items() if k not in ("epoch", "step")},
-        **({"crosswalk": data.notes} if data.notes else {}),
-    }
-

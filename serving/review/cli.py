@@ -54,9 +54,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     exp.set_defaults(handler=_export)
 
-    aud = with_db(commands.add_parser("audit", help="export the audit trail (CSV or JSONL)"))
-    aud.add_argument("--output", required=True, type=Path, help=".csv or .jsonl file")
+    aud = with_db(
+        commands.add_parser(
+            "audit", help="export the audit trail (CSV or JSONL), or verify its hash chain"
+        )
+    )
+    aud.add_argument("--output", type=Path, help=".csv or .jsonl file")
     aud.add_argument("--format", choices=("csv", "jsonl"), help="default: from the extension")
+    aud.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the hash chain: exit 0 when intact, 1 naming the first broken event",
+    )
     aud.set_defaults(handler=_audit)
 
     mon = with_db(commands.add_parser("monitoring", help="print the monitoring report (JSON)"))
@@ -133,10 +142,19 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from cimcoder.serving.review.audit import record
     from cimcoder.serving.review.export import export_validated
 
     base = _load_dataset(args.include).stays if args.include else []
-    validated, kept = export_validated(_store(args), args.output, include=base)
+    store = _store(args)
+    validated, kept = export_validated(store, args.output, include=base)
+    with store.session() as session:
+        record(
+            session,
+            actor="cli",
+            event="export.validated",
+            after={"file": args.output.name, "stays": validated},
+        )
     extra = f" after {kept} stay(s) of {args.include}" if args.include else ""
     print(f"wrote {validated} validated stay(s){extra} to {args.output}")
     return 0
@@ -153,10 +171,26 @@ def _load_dataset(spec: str) -> Corpus:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from cimcoder.serving.review.audit import export_audit
+    from cimcoder.serving.review.audit import export_audit, record, verify_chain
+    from cimcoder.serving.review.store import ReviewError
 
-    count = export_audit(_store(args), args.output, args.format)
-    print(f"wrote {count} audit event(s) to {args.output}")
+    if args.output is None and not args.verify:
+        raise ReviewError("give --output FILE to export the trail, or --verify to check it")
+    store = _store(args)
+    if args.verify:
+        check = verify_chain(store)
+        if not check.intact:
+            print(
+                f"audit trail BROKEN at event {check.broken_id}: {check.reason} "
+                f"({check.events} event(s) before it are intact)"
+            )
+            return 1
+        print(f"audit trail intact: {check.events} event(s), head hash {check.head}")
+    if args.output is not None:
+        with store.session() as session:
+            record(session, actor="cli", event="audit.exported", after={"file": args.output.name})
+        count = export_audit(store, args.output, args.format)
+        print(f"wrote {count} audit event(s) to {args.output}")
     return 0
 
 

@@ -12,11 +12,11 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
@@ -42,6 +42,7 @@ from cimcoder.serving.review.schemas import (
 from cimcoder.serving.review.store import (
     STATUS_LABELS,
     ReviewConflict,
+    ReviewStay,
     ReviewStore,
     StayStatus,
     UnknownStay,
@@ -50,10 +51,16 @@ from cimcoder.serving.review.store import (
 from cimcoder.serving.routes import search_terminology, served_terminology
 from cimcoder.serving.schemas import SearchResponse
 from cimcoder.serving.settings import Settings
+from cimcoder.serving.validation import (
+    MAX_OFFSET,
+    STAY_ID_PATTERN,
+    STAY_ID_RULE,
+    PlainText,
+)
 
 logger = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent
+HERE = FilePath(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
 STATIC_FILES = {"review.css": "text/css", "review.js": "text/javascript"}
 _store_lock = threading.Lock()
@@ -107,6 +114,7 @@ def get_store(request: Request) -> ReviewStore:
 
 
 StoreDep = Annotated[ReviewStore, Depends(get_store)]
+StayIdPath = Annotated[str, Path(pattern=STAY_ID_PATTERN, description=STAY_ID_RULE)]
 
 
 @functools.cache
@@ -121,6 +129,26 @@ def _qc_default(request: Request) -> float:
 
 def _not_found(exc: UnknownStay) -> HTTPException:
     return HTTPException(404, str(exc))
+
+
+def _client_address(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+def _record(store: ReviewStore, actor: str, event: str, **after: Any) -> None:
+    """An audit event of its own transaction (views, exports, logins: nothing else to commit)."""
+    with store.session() as session:
+        audit.record(session, actor=actor, event=event, after=after or None)
+
+
+def _viewed_stay(store: ReviewStore, stay_id: str, user: str) -> dict[str, Any]:
+    """The stay's view; who read the report is an audit event, in the same transaction."""
+    with store.session() as session:
+        view = workflow.stay_view(session, stay_id)
+        audit.record(
+            session, actor=user, event="stay.viewed", stay=session.get(ReviewStay, stay_id)
+        )
+    return view
 
 
 # -- JSON API ---------------------------------------------------------------------------
@@ -151,13 +179,15 @@ def post_stay(body: EnqueueRequest, request: Request, user: CurrentUser, store: 
 def get_stays(
     user: CurrentUser,
     store: StoreDep,
-    status: Annotated[str | None, Query(description="Comma-separated statuses.")] = None,
-    unit: Annotated[str | None, Query(max_length=128)] = None,
+    status: Annotated[
+        PlainText | None, Query(max_length=200, description="Comma-separated statuses.")
+    ] = None,
+    unit: Annotated[PlainText | None, Query(max_length=128)] = None,
     date_from: datetime.date | None = None,
     date_to: datetime.date | None = None,
     qc: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> StayQueue:
     flt = workflow.QueueFilter(status, unit, date_from, date_to, qc, limit, offset)
     with store.session() as session:
@@ -169,10 +199,9 @@ def get_stays(
     response_model=StayView,
     summary="One stay: text, suggestions, coding",
 )
-def get_stay(stay_id: str, user: CurrentUser, store: StoreDep) -> StayView:
+def get_stay(stay_id: StayIdPath, user: CurrentUser, store: StoreDep) -> StayView:
     try:
-        with store.session() as session:
-            return StayView.model_validate(workflow.stay_view(session, stay_id))
+        return StayView.model_validate(_viewed_stay(store, stay_id, user))
     except UnknownStay as exc:
         raise _not_found(exc) from None
 
@@ -183,7 +212,7 @@ def get_stay(stay_id: str, user: CurrentUser, store: StoreDep) -> StayView:
     summary="Save a coder's decisions (idempotent by decision_id; 409 on a stale version)",
     responses={409: {"description": "The stay changed since it was opened: reload and merge."}},
 )
-def post_decisions(stay_id: str, body: ReviewIn, user: CurrentUser, store: StoreDep) -> Any:
+def post_decisions(stay_id: StayIdPath, body: ReviewIn, user: CurrentUser, store: StoreDep) -> Any:
     try:
         return workflow.save_review(store, stay_id, body, user)
     except UnknownStay as exc:
@@ -229,6 +258,7 @@ def put_review_settings(
 
 @router.get("/v1/review/export", summary="Validated stays as corpora-schema JSONL")
 def get_export(user: CurrentUser, store: StoreDep) -> StreamingResponse:
+    _record(store, user, "export.validated")
     lines = (stay.model_dump_json() + "\n" for stay in export.iter_validated_stays(store))
     return StreamingResponse(
         lines,
@@ -242,8 +272,9 @@ def get_audit(
     user: CurrentUser,
     store: StoreDep,
     format: Literal["jsonl", "csv"] = "jsonl",
-    stay_id: Annotated[str | None, Query(max_length=128)] = None,
+    stay_id: Annotated[str | None, Query(pattern=STAY_ID_PATTERN)] = None,
 ) -> StreamingResponse:
+    _record(store, user, "audit.exported", format=format, stay_id=stay_id)
     events = audit.iter_events(store, stay_id=stay_id)
     media = "text/csv" if format == "csv" else "application/x-ndjson"
     return StreamingResponse(
@@ -303,8 +334,13 @@ def login(
 ) -> Any:
     settings = _settings(request.app)
     principal = "local" if settings.auth_disabled else authenticate(settings, username, key)
+    store = get_store(request)
+    # Who tried, from where, never the key.
     if principal is None:
         logger.info("failed review login")
+        # Printable characters only: the name typed may be anything (a NUL byte included).
+        tried = "".join(ch for ch in username.strip() if ch.isprintable())[:128] or "?"
+        _record(store, tried, "login.failed", client=_client_address(request))
         page = _page(
             request,
             "login.html",
@@ -314,6 +350,7 @@ def login(
         )
         page.status_code = 401
         return page
+    _record(store, principal, "login.succeeded", client=_client_address(request))
     response = RedirectResponse(_safe_next(next), status_code=303)
     if not settings.auth_disabled:
         set_session_cookie(response, settings, principal)
@@ -332,10 +369,10 @@ def queue_page(
     request: Request,
     user: OptionalUser,
     store: StoreDep,
-    status: str | None = None,
-    unit: str | None = None,
-    date_from: str | None = None,
-    date_to: str | None = None,
+    status: Annotated[PlainText | None, Query(max_length=200)] = None,
+    unit: Annotated[PlainText | None, Query(max_length=128)] = None,
+    date_from: Annotated[str | None, Query(max_length=32)] = None,
+    date_to: Annotated[str | None, Query(max_length=32)] = None,
     vue: Literal["a_revoir", "controle", "auto", "valides", "tous"] = "a_revoir",
 ) -> Any:
     if user is None:
@@ -385,16 +422,21 @@ def queue_page(
 
 
 @router.get("/review/stays/{stay_id}", response_class=HTMLResponse, include_in_schema=False)
-def stay_page(request: Request, stay_id: str, user: OptionalUser, store: StoreDep) -> Any:
+def stay_page(request: Request, stay_id: StayIdPath, user: OptionalUser, store: StoreDep) -> Any:
     if user is None:
         return _login_redirect(request)
     try:
-        with store.session() as session:
-            view = workflow.stay_view(session, stay_id)
+        view = _viewed_stay(store, stay_id, user)
     except UnknownStay as exc:
         raise _not_found(exc) from None
-    # Embedded as JSON for the page script; "</" is escaped so a report cannot close the tag.
-    payload = json.dumps(view, ensure_ascii=False).replace("</", "<\\/")
+    # Embedded as JSON for the page script: <, > and & escaped, so that no report text
+    # (`</script>`, `<!--<script>`, which would swallow the end tag) can change the markup.
+    payload = (
+        json.dumps(view, ensure_ascii=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
     return _page(request, "stay.html", user, stay=view, payload=payload)
 
 

@@ -8,13 +8,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cimcoder.inference.schemas import Evidence, StayPrediction
+from cimcoder.serving.validation import (
+    STAY_ID_RULE,
+    PlainText,
+    ReportText,
+    StayId,
+    check_plain_text,
+)
 
 
 class ReviewDocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, description="Plain text of the document.")
-    doc_type: str = Field(default="crh", max_length=32, description="crh, cro, lettre, ...")
+    text: ReportText = Field(min_length=1, description="Plain text of the document.")
+    doc_type: PlainText = Field(default="crh", max_length=32, description="crh, cro, lettre, ...")
     date: datetime.date | None = Field(default=None, description="Date the document was written.")
 
 
@@ -23,11 +30,13 @@ class StayIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=128, description="Stay identifier.")
-    patient_id: str | None = Field(default=None, max_length=128)
-    unit: str | None = Field(default=None, max_length=128, description="Unité médicale.")
+    id: StayId = Field(description=f"Stay identifier: {STAY_ID_RULE}.")
+    patient_id: PlainText | None = Field(default=None, max_length=128)
+    unit: PlainText | None = Field(default=None, max_length=128, description="Unité médicale.")
     date: datetime.date | None = Field(default=None, description="Stay date (discharge).")
-    text: str | None = Field(default=None, description="The report, when there is one document.")
+    text: ReportText | None = Field(
+        default=None, description="The report, when there is one document."
+    )
     documents: list[ReviewDocumentIn] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
@@ -52,6 +61,24 @@ class EnqueueRequest(BaseModel):
     stay: StayIn
     prediction: StayPrediction
 
+    @model_validator(mode="after")
+    def _prediction_text_is_storable(self) -> EnqueueRequest:
+        # Labels, evidence quotes and flags are stored and shown as they come.
+        _check_strings(self.prediction.model_dump())
+        return self
+
+
+def _check_strings(value: object) -> None:
+    if isinstance(value, str):
+        check_plain_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key)
+            _check_strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_strings(item)
+
 
 class EnqueueResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -68,10 +95,12 @@ class CodeDecisionIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    code: str = Field(min_length=1, max_length=16, description="Suggested or added code.")
+    code: PlainText = Field(min_length=1, max_length=16, description="Suggested or added code.")
     action: Literal["accept", "reject", "change", "add"]
-    new_code: str | None = Field(default=None, max_length=16, description="Target of a change.")
-    reason: str | None = Field(default=None, max_length=2000, description="Why (optional).")
+    new_code: PlainText | None = Field(
+        default=None, max_length=16, description="Target of a change."
+    )
+    reason: PlainText | None = Field(default=None, max_length=2000, description="Why (optional).")
 
     @model_validator(mode="after")
     def _change_has_target(self) -> CodeDecisionIn:
@@ -95,8 +124,8 @@ class ReviewIn(BaseModel):
     )
     base_version: int = Field(ge=1, description="Stay version the coder saw (optimistic lock).")
     codes: list[CodeDecisionIn] = Field(default_factory=list, max_length=2000)
-    dp: str | None = Field(default=None, max_length=16, description="Chosen DP (final code).")
-    dr: str | None = Field(
+    dp: PlainText | None = Field(default=None, max_length=16, description="Chosen DP (final code).")
+    dr: PlainText | None = Field(
         default=None,
         max_length=16,
         description="Chosen DR (final code), only when the DP is a Z code for the care given "

@@ -240,6 +240,10 @@ class AuditEvent(Base):
     thresholds_version: Mapped[str | None] = mapped_column(String(256))
     terminology_edition: Mapped[str | None] = mapped_column(String(256))
     input_hash: Mapped[str | None] = mapped_column(String(64))
+    # The hash chain (`audit.chain_hash`): each event seals its content and the previous
+    # event's hash, so an edit or deletion behind the service's back shows (`verify_chain`).
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class ReviewSetting(Base):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,78 @@ class PLMICDNet(nn.Module):
         states[real] = out
         states = states.view(bsz, n_chunks * n_tok, hidden)
         return self.head(states, attention_mask.view(bsz, -1), return_attention)
+
+
+class ExportableNet(nn.Module):
+    """`PLMICDNet` as a graph for export (ONNX): logits [B, L] and attention [B, L, C * T].
+
+    Every chunk is encoded, padding chunks included: boolean indexing of the real chunks
+    gives data-dependent shapes that exporters handle badly. A padding chunk's tokens are
+    masked in the head, where their attention weight is exactly 0, so the scores are those of
+    `PLMICDNet` (its only cost: encoding the padding chunks of a mixed-length batch).
+    """
+
+    def __init__(self, net: PLMICDNet) -> None:
+        super().__init__()
+        self.encoder = net.encoder
+        self.head = net.head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bsz, n_chunks, n_tok = input_ids.shape
+        out = self.encoder(
+            input_ids=input_ids.reshape(-1, n_tok), attention_mask=attention_mask.reshape(-1, n_tok)
+        ).last_hidden_state
+        states = out.reshape(bsz, n_chunks * n_tok, out.shape[-1])
+        logits, alpha = self.head(states, attention_mask.reshape(bsz, -1), return_attention=True)
+        assert alpha is not None
+        return logits, alpha
+
+
+ONNX_INPUTS = ("input_ids", "attention_mask")
+ONNX_OUTPUTS = ("logits", "attention")
+
+
+@torch.no_grad()
+def export_onnx(net: PLMICDNet, path: str | Path, opset: int = 17) -> Path:
+    """Write `net` (encoder + label-wise attention) as an ONNX graph with dynamic batch, chunk
+    and token axes; inputs `ONNX_INPUTS` (int64 [B, C, T]), outputs `ONNX_OUTPUTS`."""
+    path = Path(path)
+    device = next(net.parameters()).device
+    graph = ExportableNet(net).cpu().eval()
+    # The eager attention traces to plain MatMul/Softmax; SDPA and mask helpers of recent
+    # transformers versions trace to shape-specialised code.
+    config = net.encoder.config
+    previous = getattr(config, "_attn_implementation", None)
+    config._attn_implementation = "eager"
+    example = (torch.ones((2, 2, 8), dtype=torch.long), torch.ones((2, 2, 8), dtype=torch.long))
+    dynamic = {0: "batch", 1: "chunks", 2: "tokens"}
+    try:
+        with warnings.catch_warnings():
+            # Tracing warns of Python values read from shapes (transformers' mask helpers): each
+            # is the same for every input here (the mask is as long as the chunk), as the
+            # equality test of the ONNX runtime checks on batches of mixed shapes.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+            torch.onnx.export(
+                graph,
+                example,
+                str(path),
+                input_names=list(ONNX_INPUTS),
+                output_names=list(ONNX_OUTPUTS),
+                dynamic_axes={
+                    "input_ids": dynamic,
+                    "attention_mask": dynamic,
+                    "logits": {0: "batch"},
+                    "attention": {0: "batch", 2: "positions"},
+                },
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    finally:
+        config._attn_implementation = previous
+        net.to(device)
+    return path
 
 
 # --------------------------------------------------------------------------- helpers
@@ -496,6 +569,14 @@ class PLMICDScorer:
     def batch(self, docs: Sequence[ChunkedText]) -> Batch:
         return collate(docs, self.chunker.pad_id)
 
+    def forward_batch(
+        self, batch: Batch, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, L] (and attention [B, L, C * T]) of one padded batch, in eval mode: the
+        one place scoring and `explain` run the network (an ONNX runtime replaces it)."""
+        batch = batch.to(self.device)
+        return self.net(batch.input_ids, batch.attention_mask, return_attention=return_attention)
+
     def predict_logits(self, docs: Sequence[ChunkedText], batch_size: int = 8) -> np.ndarray:
         return self._score_docs(docs, batch_size)[0]
 
@@ -515,8 +596,7 @@ class PLMICDScorer:
             for i in range(0, len(order), batch_size):
                 idx = order[i : i + batch_size]
                 batch_docs = [docs[j] for j in idx]
-                batch = self.batch(batch_docs).to(self.device)
-                logits, alpha = self.net(batch.input_ids, batch.attention_mask, return_attention=keep > 0)
+                logits, alpha = self.forward_batch(self.batch(batch_docs), return_attention=keep > 0)
                 out[idx] = logits.float().cpu().numpy()
                 if alpha is not None:
                     rows = rank_attention(alpha, batch_docs, keep)
@@ -573,11 +653,11 @@ class PLMICDScorer:
         if not wanted or not text.strip():
             return {c: [] for c in codes}
         doc = self.chunk([text])[0]
-        batch = self.batch([doc]).to(self.device)
+        batch = self.batch([doc])
         was_training = self.net.training
         self.net.eval()
         try:
-            _, alpha = self.net(batch.input_ids, batch.attention_mask, return_attention=True)
+            _, alpha = self.forward_batch(batch, return_attention=True)
         finally:
             self.net.train(was_training)
         assert alpha is not None

@@ -17,6 +17,8 @@
       if (k === "class") node.className = v;
       else if (k === "text") node.textContent = v;
       else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      // Through the CSSOM: the Content-Security-Policy refuses style attributes.
+      else if (k === "style") Object.assign(node.style, v);
       else if (v !== null && v !== undefined) node.setAttribute(k, v);
     }
     for (const child of children || []) node.append(child);
@@ -147,7 +149,7 @@
     function scoreBar(score) {
       const pct = Math.round(score * 100);
       return el("span", { class: "score", title: "score calibré " + pct + " %" }, [
-        el("span", { class: "bar" }, [el("span", { class: "fill", style: "width:" + pct + "%" })]),
+        el("span", { class: "bar" }, [el("span", { class: "fill", style: { width: pct + "%" } })]),
         el("span", { class: "pct", text: pct + " %" }),
       ]);
     }
