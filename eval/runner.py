@@ -14,7 +14,6 @@ on a half (`DATASET#A`) instead keeps the other half for the measurement, as bef
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cimcoder import folds
 from cimcoder.errors import CimcoderError
 from cimcoder.eval.calibration import CalibrationMethod
 from cimcoder.eval.defaults import DEFAULT_CALIBRATION, DEFAULT_CONFIDENCE, DEFAULT_FOLDS
@@ -44,7 +44,7 @@ from cimcoder.terminologies.codes import TerminologyName
 
 logger = logging.getLogger(__name__)
 
-HALF_SALT = "cimcoder-calibration-v1"
+HALF_SALT = "cimcoder-calibration-v2"  # v2: cimcoder.folds, one draw for every purpose
 FOLD_SALT = "cimcoder-crossfit-v1"
 HALVES = ("A", "B")
 # Low targets too: when nothing is auto-coded at the DIM's target, the report says which
@@ -70,15 +70,13 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
 
 
 def stay_half(stay_id: str) -> str:
-    """'A' or 'B', from a salted hash of the stay id."""
-    digest = hashlib.sha256(f"{HALF_SALT}:{stay_id}".encode()).digest()
-    return HALVES[digest[0] & 1]
+    """'A' or 'B', from a salted hash of the stay id (`cimcoder.folds`)."""
+    return HALVES[folds.fold(HALF_SALT, stay_id, 2)]
 
 
 def stay_fold(stay_id: str, n_folds: int) -> int:
     """The cross-fitting fold (0 .. n_folds-1) of a stay, from a salted hash of its id."""
-    digest = hashlib.sha256(f"{FOLD_SALT}:{stay_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % n_folds
+    return folds.fold(FOLD_SALT, stay_id, n_folds)
 
 
 def fold_of(stay_ids: Sequence[str], n_folds: int) -> np.ndarray:

@@ -8,11 +8,12 @@ comparison sees the same stays, validation split and label space.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cimcoder import folds
 from cimcoder.errors import CimcoderError
+from cimcoder.folds import group_key
 from cimcoder.training.labels import LabelSpace
 
 if TYPE_CHECKING:
@@ -81,9 +82,7 @@ def _holdout(stays: list[Any], fraction: float, seed: int) -> tuple[list[Any], l
     """Deterministic patient-grouped slice of the training stays."""
 
     def key(stay: Any) -> float:
-        group = getattr(stay, "patient_id", None) or stay.id
-        digest = hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
-        return int(digest[:12], 16) / 16**12
+        return folds.uniform(f"cimcoder-holdout-{seed}", group_key(stay))
 
     train = [s for s in stays if key(s) >= fraction]
     held = [s for s in stays if key(s) < fraction]

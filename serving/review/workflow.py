@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cimcoder import folds
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.review import audit
 from cimcoder.serving.review.schemas import ReviewDocumentIn, ReviewIn, StayIn
@@ -63,8 +64,7 @@ class InvalidReview(ReviewError):
 
 def qc_draw(stay_id: str) -> float:
     """A uniform number in [0, 1) fixed by the stay id: the same stay is always drawn alike."""
-    digest = hashlib.sha256(f"cimcoder-qc:{stay_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return folds.uniform("cimcoder-qc", stay_id)
 
 
 def qc_rate(session: Session, default: float) -> float:

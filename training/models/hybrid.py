@@ -27,7 +27,6 @@ the policy applies it in evaluation as in the predictor.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from cimcoder import folds
 from cimcoder.errors import CimcoderError
 from cimcoder.training.registry import register_model
 
@@ -407,8 +407,8 @@ def _label_texts(space: LabelSpace, terminology: Any) -> dict[str, list[str]]:
 
 
 def _fold_of(text: str, k: int, seed: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
-    return int(digest[:8], 16) % k
+    # Keyed by the text: fit() gets reports, not stay or patient ids.
+    return folds.fold(f"cimcoder-hybrid-{seed}", text, k)
 
 
 def _targets(
