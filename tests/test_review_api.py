@@ -450,3 +450,33 @@ def test_stay_ids_and_paging_are_bounded(any_db_client: TestClient) -> None:
     assert last.status_code == 200 and last.json() == {"total": 1, "stays": []}
     bad_audit = any_db_client.get("/v1/review/audit?stay_id=a%20b", headers=auth())
     assert bad_audit.status_code == 422
+
+
+def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
+    client.post("/v1/review/stays", json=enqueue_body("sej-entetes"), headers=auth())
+    answers = {
+        "page": client.get("/review/stays/sej-entetes", headers=auth()),
+        "login page": client.get("/review/login"),
+        "stay json": client.get("/v1/review/stays/sej-entetes", headers=auth()),
+        "audit csv": client.get("/v1/review/audit?format=csv", headers=auth()),
+        "401": client.get("/v1/review/stays"),
+        "404": client.get("/v1/review/stays/inconnu", headers=auth()),
+        "422": client.get("/v1/review/stays/a%20b", headers=auth()),
+        "413": client.post("/v1/review/stays", content=b"x" * 3_000_000, headers=auth()),
+        "health": client.get("/health"),
+        "static": client.get("/review/static/review.js"),
+    }
+    for name, answer in answers.items():
+        policy = answer.headers.get("content-security-policy", "")
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy, name
+        assert "http" not in policy and "unsafe-inline" not in policy, name
+        assert answer.headers["x-content-type-options"] == "nosniff", name
+        assert answer.headers["referrer-policy"] == "no-referrer", name
+        expected_cache = None if name == "static" else "no-store"
+        assert answer.headers.get("cache-control") == expected_cache, name
+    assert answers["page"].status_code == 200 and answers["413"].status_code == 413
+    # The embedded JSON has no raw <, > or & at all.
+    page = answers["page"].text
+    embedded = page.split('id="stay-data">', 1)[1].split("</script>", 1)[0]
+    assert not {"<", ">", "&"} & set(embedded)
+    assert json.loads(embedded)["id"] == "sej-entetes"

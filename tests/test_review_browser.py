@@ -218,8 +218,74 @@ def test_coder_sets_the_dr_of_a_chemotherapy_session(tmp_path: Path) -> None:
         events = session.scalars(
             select(AuditEvent).where(AuditEvent.stay_id == stay_id).order_by(AuditEvent.id)
         ).all()
+        # Each time the page opened the stay is a view event.
+        assert {(e.event, e.actor) for e in events if e.event == "stay.viewed"} == {
+            ("stay.viewed", "codeur-0"),
+        }
+        events = [e for e in events if e.event != "stay.viewed"]
         assert [e.event for e in events] == ["stay.enqueued", "review.saved"]
         assert (events[1].actor, events[1].after["dp"], events[1].after["dr"]) == (
             "codeur-0", "Z51.1", "C50.4",
         )
     store.close()
+
+
+def test_a_hostile_report_cannot_break_the_page_and_the_policy_blocks_nothing(
+    tmp_path: Path,
+) -> None:
+    """`<!--<script>` in a report puts the HTML tokenizer in its "double escaped" state: an
+    embedded JSON that escapes only "</" then swallows its own end tag and the page script
+    never runs. The page must work, show the text as text, and break no CSP rule."""
+    from playwright.sync_api import expect, sync_playwright
+    from test_review_store import CRH_INSUFFISANCE_CARDIAQUE
+
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    stay_id = "sej-hostile-001"
+    hostile = "\nNote : <!--<script>alert('x') & <b>gras</b>"
+    with review_server(url, tmp_path) as (base, _proc):
+        stay, prediction = make_case(stay_id, text_=CRH_INSUFFISANCE_CARDIAQUE + hostile)
+        answer = httpx.post(
+            f"{base}/v1/review/stays",
+            json={"stay": stay, "prediction": prediction.model_dump(mode="json")},
+            headers=key_of("codeur-1"),
+            timeout=60,
+        )
+        assert answer.status_code == 201, answer.text
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(30_000)
+            problems: list[str] = []
+            # Console errors (a CSP violation is one), but not the browser's favicon.ico 404.
+            page.on(
+                "console",
+                lambda m: problems.append(m.text)
+                if m.type == "error" and "Failed to load resource" not in m.text
+                else None,
+            )
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("dialog", lambda d: (problems.append("dialog " + d.message), d.dismiss()))
+            page.goto(f"{base}/review/stays/{stay_id}")
+            page.fill("#username", "codeur-0")
+            page.fill("#key", f"{KEY}0")
+            page.click("button[type=submit]")
+
+            # The page script ran: suggestions listed, score bars drawn, report shown as text.
+            expect(page.locator('.code-row[data-code="I50.0"]')).to_be_visible()
+            expect(page.locator("#report-text")).to_contain_text(
+                "<!--<script>alert('x') & <b>gras</b>"
+            )
+            assert page.locator("#report-text b").count() == 0
+            width = page.locator('.code-row[data-code="I50.0"] .fill').first.evaluate(
+                "node => node.style.width"
+            )
+            assert width == "97%"
+            page.keyboard.press("a")  # the shortcuts work too
+            browser.close()
+        assert problems == []
+
+        headers = httpx.get(f"{base}/review/stays/{stay_id}", headers=key_of("codeur-1")).headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert "http" not in headers["content-security-policy"]
+        assert headers["cache-control"] == "no-store"

@@ -188,5 +188,5 @@ def test_audit_verify_names_the_first_event_edited_behind_the_service(
     engine.dispose()
     assert run(["review", "audit", "--verify", *db]) == 1
     assert f"audit trail BROKEN at event {second}" in capsys.readouterr().out
-    with pytest.raises(ReviewError, match="--output FILE .* or --verify"):
+    with pytest.raises(ReviewError, match=r"--output FILE .* or --verify"):
         run(["review", "audit", *db])
