@@ -51,6 +51,7 @@ FLAG_EXTERNAL_CAUSE = "cause externe : en DAS uniquement"
 FLAG_DELETED = "code supprimé de l'édition"
 FLAG_UNKNOWN = "absent de la terminologie"
 FLAG_SYMPTOM = "symptôme : non codé s'il relève d'un diagnostic retenu (à vérifier)"
+FLAG_LESS_PRECISE = "moins précis qu'un autre code proposé de la même catégorie"
 
 
 Spans = dict[str, list[tuple[int, int]]]  # code -> character spans (start, end) of the text
@@ -173,6 +174,9 @@ class Predictor:
         self._crosswalk = crosswalk
         self._check_consistency()
         self._concepts = [self.terminology.get(code) for code in self.labels]
+        self._unspecified = np.array(
+            [c is not None and "sans précision" in (c.label or "").lower() for c in self._concepts]
+        )
         self._allowed_dp = np.array(
             [
                 c is not None
@@ -437,6 +441,7 @@ class Predictor:
         """One stay's answer; `spans_of(codes)` gives the evidence of codes (None: none)."""
         decisions = self._refine_codable(np.asarray(decisions, dtype=object).copy(), probs)
         symptoms = self._symptom_rule(decisions, context)
+        vague = self._unspecified_rule(decisions)
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
         # the ties, so the ranking keeps all the model's information.
         order = np.lexsort((-raw, -probs))
@@ -477,7 +482,8 @@ class Predictor:
                     cim11=self.cim11_for(code),
                     evidence=spans_of_code,
                     flags=self._flags(concept) + flags_of.get(code, [])
-                    + ([FLAG_SYMPTOM] if j in symptoms else []),
+                    + ([FLAG_SYMPTOM] if j in symptoms else [])
+                    + ([FLAG_LESS_PRECISE] if j in vague else []),
                 )
             )
         read = self._read_extent(item.text)
@@ -524,6 +530,26 @@ class Predictor:
             if decisions[j] == "auto":
                 decisions[j] = "review"
         return set(symptoms)
+
+    def _unspecified_rule(self, decisions: np.ndarray) -> set[int]:
+        """A "sans précision" code and a specified code of the same category cannot both be
+        right ("FA sans précision" I48.9 beside "FA paroxystique" I48.0; a DIM codes what the
+        record says, no vaguer): the unspecified one is sent to review, not auto-coded."""
+        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        by_category: dict[str, list[int]] = {}
+        for j in suggested:
+            by_category.setdefault(self.labels[j][:3], []).append(j)
+        out: set[int] = set()
+        for members in by_category.values():
+            if len(members) < 2:
+                continue
+            vague = [j for j in members if self._unspecified[j]]
+            if vague and len(vague) < len(members):
+                out.update(vague)
+        for j in out:
+            if decisions[j] == "auto":
+                decisions[j] = "review"
+        return out
 
     def _codable_descendants(self, j: int) -> list[int]:
         got = self._descendants.get(j)

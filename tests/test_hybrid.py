@@ -169,3 +169,20 @@ def test_works_in_the_cim11_label_space() -> None:
     assert "BA00.Z" in top(model, "HTA mal équilibrée, majoration du traitement.", 2)
     _, index = model.predict_scores_with_evidence(["Pas d'HTA connue. Embolie pulmonaire."])
     assert index.flags(0, ["BA00.Z"]) == {"BA00.Z": ["mention niée"]}
+
+
+def test_an_unspecified_code_beside_a_specified_sibling_is_not_auto_coded(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor
+
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    decisions = np.full(len(labels), "reject", dtype=object)
+    decisions[labels.index("E11.98")] = "auto"  # "... non insulinotraité ou sans précision"
+    decisions[labels.index("E11.90")] = "review"  # insulin-treated: the two cannot both hold
+    decisions[labels.index("I10")] = "auto"
+    vague = predictor._unspecified_rule(decisions)
+    assert vague == {labels.index("E11.98")}
+    assert decisions[labels.index("E11.98")] == "review" and decisions[labels.index("I10")] == "auto"
+    alone = np.full(len(labels), "reject", dtype=object)
+    alone[labels.index("E11.98")] = "auto"
+    assert predictor._unspecified_rule(alone) == set() and alone[labels.index("E11.98")] == "auto"
