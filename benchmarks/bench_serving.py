@@ -7,6 +7,14 @@ Starts `cimcoder serve` (uvicorn, auth on with a random key) on 127.0.0.1 with t
 measures the single-request latency (one client, sequential requests), then runs N clients
 for M seconds (bounded) posting CodiEsp-FR **dev** reports to POST /v1/code, and prints
 throughput, p50 / p95 / p99, the error count and the ratio to the single-request latency.
+
+    .venv/bin/python benchmarks/bench_serving.py --flood 8 [--seconds 60] [--env NAME=VALUE ...]
+
+Fair load: one client posts one report at a time (its own key) while `--flood` threads of
+another key post POST /v1/code/batch of `--flood-items` reports back to back (waiting the
+Retry-After of a 429); prints the one-report client's p50 / p95 and what the flood got.
+`--env` sets server variables, e.g. `--env CIMCODER_MAX_CONCURRENT_PER_KEY=1000 --env
+CIMCODER_MAX_QUEUED_STAYS=1000000` for the service without its fair-load limits.
 """
 
 from __future__ import annotations
@@ -50,6 +58,9 @@ def main() -> int:
     parser.add_argument("--single", type=int, default=5, help="sequential requests for the reference")
     parser.add_argument("--reports", type=int, default=32, help="CodiEsp-FR dev reports cycled")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
+    parser.add_argument("--flood", type=int, default=0, help="batch-flooding threads (fair-load run)")
+    parser.add_argument("--flood-items", type=int, default=64, help="reports per flood batch")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
     args = parser.parse_args()
 
     import httpx
@@ -60,12 +71,14 @@ def main() -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as state_dir:
+        flood_key = secrets.token_urlsafe(24)
         env = {
             **os.environ,
-            "CIMCODER_API_KEYS": f"bench:{key}",
+            "CIMCODER_API_KEYS": f"bench:{key},flood:{flood_key}",
             "CIMCODER_STATE_DIR": state_dir,
             "CIMCODER_REQUEST_TIMEOUT_S": "300",
             "OMP_NUM_THREADS": "2",
+            **dict(item.split("=", 1) for item in args.env),
         }
         env.pop("CIMCODER_AUTH_DISABLED", None)
         server = subprocess.Popen(
@@ -92,6 +105,8 @@ def main() -> int:
                     return 1
                 time.sleep(0.5)
             headers = {"X-API-Key": key}
+            if args.flood:
+                return _fair_load(base, headers, {"X-API-Key": flood_key}, reports, args, model)
             return _load(base, headers, reports, args, model)
         finally:
             server.terminate()
@@ -170,6 +185,53 @@ def _load(base: str, headers: dict[str, str], reports: list[dict[str, str]], arg
     print(f"ratio p50 loaded / single: {p50 / single_p50:.2f}")
     print(f"micro-batching    : {batches:.0f} model calls, {mean_batch:.2f} reports per call on average")
     return 0 if not errors else 1
+
+
+def _fair_load(base: str, headers: dict[str, str], flood_headers: dict[str, str], reports: list[dict[str, str]], args, model) -> int:  # type: ignore[no-untyped-def]
+    import httpx
+
+    stop_at = time.monotonic() + args.seconds
+    flood = {"ok": 0, "429": 0, "other": 0}
+    lock = threading.Lock()
+    batch = {"items": [dict(reports[i % len(reports)], id=f"flood-{i}") for i in range(args.flood_items)]}
+
+    def flooder() -> None:
+        with httpx.Client(base_url=base, headers=flood_headers, timeout=600) as client:
+            while time.monotonic() < stop_at:
+                response = client.post("/v1/code/batch", json=batch)
+                outcome = {200: "ok", 429: "429"}.get(response.status_code, "other")
+                with lock:
+                    flood[outcome] += 1
+                if response.status_code == 429:
+                    time.sleep(float(response.headers.get("retry-after", "1")))
+
+    with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
+        client.post("/v1/code", json=reports[0])  # warm-up
+        threads = [threading.Thread(target=flooder) for _ in range(args.flood)]
+        for thread in threads:
+            thread.start()
+        time.sleep(min(5.0, args.seconds / 4))  # let the flood build up
+        probe: list[float] = []
+        probe_errors: list[int] = []
+        i = 0
+        while time.monotonic() < stop_at:
+            start = time.perf_counter()
+            response = client.post("/v1/code", json=reports[i % len(reports)])
+            i += 1
+            if response.status_code == 200:
+                probe.append(time.perf_counter() - start)
+            else:
+                probe_errors.append(response.status_code)
+        for thread in threads:
+            thread.join()
+    env = " ".join(args.env) or "defaults"
+    print(f"model             : {model}")
+    print(f"server            : {env}")
+    print(f"flood             : {args.flood} threads x batches of {args.flood_items} for {args.seconds:g} s: "
+          f"{flood['ok']} batches ok, {flood['429']} x 429, {flood['other']} other")
+    print(f"one-report client : {len(probe)} ok, {len(probe_errors)} refused {sorted(set(probe_errors))}; "
+          f"p50 / p95 {_percentile(probe, 50) * 1000:.0f} / {_percentile(probe, 95) * 1000:.0f} ms")
+    return 0
 
 
 if __name__ == "__main__":

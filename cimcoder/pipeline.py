@@ -52,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_config_args(p)
     p.add_argument("--no-resume", action="store_true", help="start over, ignoring checkpoints")
+    p.add_argument(
+        "--nproc", type=_positive_int, default=1, metavar="N",
+        help="train on N processes (torch.distributed: one per GPU, or CPU processes with gloo); "
+        "training.batch_size stays the global batch, each process takes 1/N of it (default 1)",
+    )
     p.set_defaults(handler=_train_command)
 
     p = subparsers.add_parser(
@@ -104,6 +109,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_promote_command)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of processes, got {text}")
+    return value
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG", help="YAML run config")
     p.add_argument(
@@ -120,18 +132,23 @@ def train_run(
     *,
     resume: bool = True,
     tracker: Any = None,
+    nproc: int = 1,
 ) -> Path:
-    """Train the config's model (transformer or baseline) and return its run folder."""
+    """Train the config's model (transformer or baseline) and return its run folder;
+    `nproc` > 1 trains a transformer on that many processes."""
     from cimcoder.training import load_config
 
     config = load_config(config_path, list(overrides))
+    if nproc > 1 and config.model.name not in TRANSFORMER_MODELS:
+        raise CimcoderError(f"--nproc: {config.model.name} is fitted in one process")
     if config.model.name in TRANSFORMER_MODELS:
         ensure_encoder(config.model.encoder)
         from cimcoder.eval.metrics import mean_average_precision
         from cimcoder.training import train
 
         run_dir = train(
-            config, validation_metric=mean_average_precision, tracker=tracker, resume=resume
+            config, validation_metric=mean_average_precision, tracker=tracker, resume=resume,
+            nproc=nproc,
         )
     else:
         from cimcoder.training.baselines import fit_baseline
@@ -194,7 +211,8 @@ def _train_command(args: argparse.Namespace) -> int:
         args.config,
         args.overrides,
         lambda tracker: train_run(
-            args.config, args.overrides, resume=not args.no_resume, tracker=tracker
+            args.config, args.overrides, resume=not args.no_resume, tracker=tracker,
+            nproc=args.nproc,
         ),
     )
     print(f"run folder: {run_dir}")

@@ -38,7 +38,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run folder or MLflow URI (default: $CIMCODER_MODEL or models:/cimcoder@champion)",
     )
     parser.add_argument("--input", required=True, type=Path, metavar="PATH")
-    parser.add_argument("--output", required=True, type=Path, metavar="OUT.jsonl")
+    parser.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        metavar="OUT.jsonl | DIR",
+        help="a .jsonl file; with --engine spark a new folder (DIR/predictions and DIR/errors, "
+        "Parquet)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        default="local",
+        help="local (this process, default) or spark: Parquet or JSONL with 'id' and 'text' "
+        "scored by PySpark (`pip install 'cimcoder[spark]'` and a Java runtime; the master "
+        "comes from spark-submit, else local[*])",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=8, help="reports per model forward (default 8)"
     )
@@ -71,6 +86,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CimcoderError("--batch-size must be at least 1")
+    if args.engine == "spark":
+        return _run_predict_spark(args)
     output: Path = args.output
     if output.exists() and output.is_dir():
         raise CimcoderError(f"--output {output} is a folder: give a .jsonl file path")
@@ -88,10 +105,7 @@ def run_predict(args: argparse.Namespace) -> int:
         )
 
     model = args.model or os.environ.get("CIMCODER_MODEL") or DEFAULT_MODEL_URI
-    runtime = args.runtime or os.environ.get("CIMCODER_RUNTIME") or "torch"
-    if runtime not in RUNTIMES:
-        raise CimcoderError(f"CIMCODER_RUNTIME={runtime!r}: choose one of {', '.join(RUNTIMES)}")
-    predictor = Predictor.load(model, runtime=runtime)
+    predictor = Predictor.load(model, runtime=_runtime(args))
 
     tmp = output.with_name(output.name + ".part")
     scored = truncated = 0
@@ -132,6 +146,42 @@ def run_predict(args: argparse.Namespace) -> int:
     if scored == 0:
         raise CimcoderError("no report could be scored")
     return 0
+
+
+def _run_predict_spark(args: argparse.Namespace) -> int:
+    from cimcoder.inference import spark
+
+    spark.require_spark()
+    job = spark.SparkJob(
+        model=args.model or os.environ.get("CIMCODER_MODEL") or _default_model(),
+        runtime=_runtime(args),
+        batch_size=args.batch_size,
+        evidence=not args.no_evidence,
+    )
+    result = spark.predict_to_parquet(spark.spark_session(), args.input, args.output, job)
+    print(
+        f"cimcoder: scored {result.scored} of {result.scored + result.errors} report(s) "
+        f"-> {result.predictions}",
+        file=sys.stderr,
+    )
+    if result.errors:
+        print(f"cimcoder: {result.errors} report(s) not scored -> {result.errors_path}", file=sys.stderr)
+    if result.scored == 0:
+        raise CimcoderError("no report could be scored")
+    return 0
+
+
+def _default_model() -> str:
+    from cimcoder.inference.predictor import DEFAULT_MODEL_URI
+
+    return DEFAULT_MODEL_URI
+
+
+def _runtime(args: argparse.Namespace) -> str:
+    runtime = args.runtime or os.environ.get("CIMCODER_RUNTIME") or "torch"
+    if runtime not in RUNTIMES:
+        raise CimcoderError(f"CIMCODER_RUNTIME={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    return runtime
 
 
 def _predict_chunk(

@@ -13,6 +13,7 @@ Its routes get the principal with `cimcoder.serving.auth.CurrentUser` / `Optiona
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib
 import importlib.util
 import logging
@@ -285,6 +286,10 @@ def create_app(settings: Settings | None = None, predictor: Any = None) -> FastA
                 max_size=settings.batch_max_size,
                 max_wait_s=settings.batch_max_wait_ms / 1000.0,
                 on_batch=metrics.batch_size.observe,
+                max_queued=settings.max_queued_stays,
+                # Half the timeout at most in the queue, the rest for the scoring itself:
+                # a request that would wait longer is told to come back (429), not left to 504.
+                max_queue_wait_s=settings.request_timeout_s / 2,
             )
             await batcher.start()
         else:
@@ -308,6 +313,7 @@ def create_app(settings: Settings | None = None, predictor: Any = None) -> FastA
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.batcher = None
+    app.state.in_flight = collections.Counter()  # coding requests in flight, per principal
     app.state.metrics = metrics
 
     _install_error_handlers(app)

@@ -10,13 +10,21 @@ Three ways to present a credential, all checked in constant time against
   `set_session_cookie`; the cookie holds only the principal name, signed and time-stamped
   with `Settings.session_secret` (itsdangerous), `HttpOnly` and `SameSite=Strict`.
 
-Authentication is on unless `CIMCODER_AUTH_DISABLED=true`; the principal is then "local".
+Authentication is on unless `CIMCODER_AUTH_DISABLED=true`; the principal is then "local",
+with every role (one developer on loopback).
+
+Authorisation: each key name has one role (`CIMCODER_ROLES="name=role,..."`, see
+`Settings.role_of`): `client` (coding API), `coder` (+ review queue, stays, saves, code
+search), `dim` (+ review settings, exports, audit, monitoring). A valid key without the role
+gets 403.
 
 Use the `Annotated` aliases in route signatures:
 
     @router.get("/things")
     def things(user: CurrentUser) -> ...:      # key, bearer or session cookie
     def code(client: ApiClient) -> ...:        # key or bearer only (machine API)
+    def queue(user: CoderUser) -> ...:         # any credential, role coder or dim
+    def audit(user: DimUser) -> ...:           # any credential, role dim
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Response, status
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from cimcoder.serving.settings import Settings
+from cimcoder.serving.settings import ROLES, Role, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +189,45 @@ def require_user(request: Request) -> str:
     raise _unauthorized(_AUTH_HELP)
 
 
+def role_allows(settings: Settings, principal: str, needed: Role) -> bool:
+    """Whether `principal`'s role is `needed` or above (client < coder < dim)."""
+    if settings.auth_disabled:
+        return True
+    return ROLES.index(settings.role_of(principal)) >= ROLES.index(needed)
+
+
+def forbidden(settings: Settings, principal: str, needed: Role) -> HTTPException:
+    """The 403 of a valid credential without the role (logged with the name, never the key)."""
+    role = settings.role_of(principal)
+    logger.info("refused %r (role %s) a %s-only resource", principal, role, needed)
+    return HTTPException(
+        status_code=status.HTTP_403_FORBIDDEN,
+        detail=f"'{principal}' has the role '{role}'; this needs the role '{needed}'"
+        + (" or 'dim'" if needed == "coder" else "")
+        + " (CIMCODER_ROLES)",
+    )
+
+
+def require_coder(request: Request) -> str:
+    """Dependency: an authenticated principal whose role is coder or dim; 401 / 403 otherwise."""
+    principal = require_user(request)
+    settings = get_settings(request)
+    if not role_allows(settings, principal, "coder"):
+        raise forbidden(settings, principal, "coder")
+    return principal
+
+
+def require_dim(request: Request) -> str:
+    """Dependency: an authenticated principal whose role is dim; 401 / 403 otherwise."""
+    principal = require_user(request)
+    settings = get_settings(request)
+    if not role_allows(settings, principal, "dim"):
+        raise forbidden(settings, principal, "dim")
+    return principal
+
+
 ApiClient = Annotated[str, Depends(require_api_client)]
 CurrentUser = Annotated[str, Depends(require_user)]
 OptionalUser = Annotated[str | None, Depends(optional_user)]
+CoderUser = Annotated[str, Depends(require_coder)]
+DimUser = Annotated[str, Depends(require_dim)]

@@ -4,6 +4,10 @@ Requests are queued; a single worker takes the first, waits up to `max_wait_s` f
 others until `max_size` stays are gathered, then runs one predict call in a worker thread
 (the model's forward releases the GIL, the event loop keeps serving). A failing batch is
 retried request by request, so one bad request never fails its neighbours.
+
+The queue is bounded: a request that would make more than `max_queued` stays wait, or wait
+longer than `max_queue_wait_s` by the recent batch times, is refused at once with
+`QueueFull` (the API answers 429 with Retry-After) instead of timing out in the queue.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +25,15 @@ logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+class QueueFull(Exception):
+    """The scoring queue is full: come back in `retry_after_s` seconds."""
+
+    def __init__(self, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"{queued} stays are waiting to be scored")
+        self.queued = queued
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -39,13 +53,38 @@ class MicroBatcher(Generic[In, Out]):
         max_size: int = 16,
         max_wait_s: float = 0.005,
         on_batch: Callable[[int], None] | None = None,
+        max_queued: int | None = None,
+        max_queue_wait_s: float | None = None,
     ) -> None:
         self._predict = predict_fn
         self.max_size = max_size
         self.max_wait_s = max_wait_s
+        self.max_queued = max_queued
+        self.max_queue_wait_s = max_queue_wait_s
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Job[In, Out]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._queued = 0  # stays submitted and not yet taken into a batch
+        self._batch_s = 0.0  # moving average of a batch's scoring time
+
+    @property
+    def queued(self) -> int:
+        """Stays waiting for a batch."""
+        return self._queued
+
+    def expected_wait_s(self, extra: int = 0) -> float:
+        """How long `extra` more stays would wait for their turn, by recent batch times."""
+        return math.ceil((self._queued + extra) / self.max_size) * self._batch_s
+
+    def _admit(self, n: int) -> None:
+        if self._queued == 0:
+            return  # an idle scorer takes any request (its size is capped by the API)
+        over_count = self.max_queued is not None and self._queued + n > self.max_queued
+        over_time = (
+            self.max_queue_wait_s is not None and self.expected_wait_s(n) > self.max_queue_wait_s
+        )
+        if over_count or over_time:
+            raise QueueFull(self._queued, max(1, math.ceil(self.expected_wait_s())))
 
     @property
     def running(self) -> bool:
@@ -63,6 +102,7 @@ class MicroBatcher(Generic[In, Out]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._worker = None
+        self._queued = 0
         if self._queue is not None:
             while not self._queue.empty():
                 job = self._queue.get_nowait()
@@ -73,8 +113,10 @@ class MicroBatcher(Generic[In, Out]):
         """Score `items` with whatever else is queued; returns their outputs in order."""
         if self._queue is None or not self.running:
             raise RuntimeError("the micro-batcher is not running")
+        self._admit(len(items))
         future: asyncio.Future[list[Out]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(list(items), future))
+        self._queued += len(items)
+        self._queue.put_nowait(_Job(list(items), future))
         return await future
 
     async def _gather(self, first: _Job[In, Out]) -> list[_Job[In, Out]]:
@@ -93,6 +135,7 @@ class MicroBatcher(Generic[In, Out]):
                     break
                 await asyncio.sleep(min(remaining, 0.001))
                 continue
+            self._queued -= len(job.items)
             jobs.append(job)
             size += len(job.items)
         return jobs
@@ -101,6 +144,7 @@ class MicroBatcher(Generic[In, Out]):
         assert self._queue is not None
         while True:
             first = await self._queue.get()
+            self._queued -= len(first.items)
             jobs = [job for job in await self._gather(first) if not job.future.done()]
             if not jobs:
                 continue  # every caller already timed out
@@ -110,6 +154,7 @@ class MicroBatcher(Generic[In, Out]):
         items = [item for job in jobs for item in job.items]
         if self._on_batch is not None:
             self._on_batch(len(items))
+        started = time.perf_counter()
         try:
             outputs = await asyncio.to_thread(self._predict, items)
         except Exception as exc:
@@ -121,6 +166,8 @@ class MicroBatcher(Generic[In, Out]):
             if not jobs[0].future.done():
                 jobs[0].future.set_exception(exc)
             return
+        took = time.perf_counter() - started
+        self._batch_s = took if self._batch_s == 0.0 else 0.8 * self._batch_s + 0.2 * took
         if len(outputs) != len(items):  # a broken predictor must not mix answers up
             error = RuntimeError(f"predictor returned {len(outputs)} answers for {len(items)}")
             for job in jobs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from cimcoder import __version__
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.auth import ApiClient, CurrentUser, get_settings, require_api_client
-from cimcoder.serving.batching import MicroBatcher
+from cimcoder.serving.batching import MicroBatcher, QueueFull
 from cimcoder.serving.metrics import ServiceMetrics
 from cimcoder.serving.schemas import (
     BatchRequest,
@@ -33,7 +34,12 @@ logger = logging.getLogger(__name__)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
-    413: {"model": ErrorResponse, "description": "Request body over the size limit."},
+    413: {"model": ErrorResponse, "description": "Body or report text over the size limits."},
+    429: {
+        "model": ErrorResponse,
+        "description": "Too many requests in flight for this key, or the scoring queue is "
+        "full: retry after the Retry-After header's seconds.",
+    },
     422: {"model": ErrorResponse, "description": "Invalid request (field errors listed)."},
     503: {"model": ErrorResponse, "description": "No model loaded yet."},
     504: {"model": ErrorResponse, "description": "Scoring took longer than the timeout."},
@@ -71,18 +77,65 @@ def _to_input(item: CodeRequest) -> Any:
 
 
 async def _score(
-    request: Request, batcher: MicroBatcher[Any, StayPrediction], items: list[CodeRequest]
+    request: Request,
+    batcher: MicroBatcher[Any, StayPrediction],
+    items: list[CodeRequest],
+    principal: str,
 ) -> list[StayPrediction]:
+    return await score_inputs(request, batcher, [_to_input(item) for item in items], principal)
+
+
+def _too_busy(detail: str, retry_after_s: int) -> HTTPException:
+    return HTTPException(429, detail, headers={"Retry-After": str(retry_after_s)})
+
+
+async def score_inputs(
+    request: Request,
+    batcher: MicroBatcher[Any, StayPrediction],
+    inputs: list[Any],
+    principal: str,
+) -> list[StayPrediction]:
+    """Score `StayInput`s with the loaded model through the micro-batcher.
+
+    413 past `max_chars_per_request`; 429 (Retry-After) when `principal` already has
+    `max_concurrent_per_key` requests in flight or the scoring queue is full; 504 only when
+    the scoring itself outlasts the timeout.
+    """
     settings = get_settings(request)
     metrics = get_metrics(request)
-    inputs = [_to_input(item) for item in items]
+    chars = sum(len(item.text) for item in inputs)
+    if chars > settings.max_chars_per_request:
+        raise HTTPException(
+            413,
+            f"too much text in one request: {chars} characters > "
+            f"{settings.max_chars_per_request} (send fewer or shorter reports)",
+        )
+    in_flight: collections.Counter[str] = request.app.state.in_flight
+    if in_flight[principal] >= settings.max_concurrent_per_key:
+        raise _too_busy(
+            f"'{principal}' already has {in_flight[principal]} coding requests in flight "
+            f"(limit {settings.max_concurrent_per_key}): wait for their answers",
+            1,
+        )
+    in_flight[principal] += 1
     try:
         results = await asyncio.wait_for(batcher.submit(inputs), settings.request_timeout_s)
+    except QueueFull as exc:
+        raise _too_busy(
+            f"the scoring queue is full ({exc.queued} stays waiting): retry after "
+            f"{exc.retry_after_s} s",
+            exc.retry_after_s,
+        ) from None
     except TimeoutError:
         raise HTTPException(
-            504, f"scoring took longer than {settings.request_timeout_s:g} s: try again or "
-            "send fewer or shorter reports"
+            504,
+            f"scoring took longer than {settings.request_timeout_s:g} s: try again or "
+            "send fewer or shorter reports",
         ) from None
+    finally:
+        in_flight[principal] -= 1
+        if in_flight[principal] <= 0:
+            del in_flight[principal]
     metrics.stays.inc(len(results))
     metrics.count_decisions(code.decision for result in results for code in result.codes)
     return results
@@ -104,12 +157,10 @@ coding_router = APIRouter(prefix="/v1/code", tags=["coding"], responses=_ERRORS)
 async def code_one(
     request: Request, body: CodeRequest, client: ApiClient, batcher: BatcherDep
 ) -> StayPrediction:
-    return (await _score(request, batcher, [body]))[0]
+    return (await _score(request, batcher, [body], client))[0]
 
 
-@coding_router.post(
-    "/batch", response_model=BatchResponse, summary="Code several reports or stays"
-)
+@coding_router.post("/batch", response_model=BatchResponse, summary="Code several reports or stays")
 async def code_batch(
     request: Request, body: BatchRequest, client: ApiClient, batcher: BatcherDep
 ) -> BatchResponse:
@@ -118,7 +169,7 @@ async def code_batch(
         raise HTTPException(
             413, f"too many items in one batch: {len(body.items)} > {limit} (split the batch)"
         )
-    return BatchResponse(results=await _score(request, batcher, body.items))
+    return BatchResponse(results=await _score(request, batcher, body.items, client))
 
 
 # --- code system ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import secrets
 import threading
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,6 +25,11 @@ _RANDOM_SECRET_LOCK = threading.Lock()
 
 DEFAULT_MODEL_URI = "models:/cimcoder@champion"
 MIN_SECRET_LENGTH = 16
+
+Role = Literal["client", "coder", "dim"]
+"""What a key may do: client (coding API), coder (+ review), dim (+ settings, exports,
+audit, monitoring). Each role includes the ones before it."""
+ROLES: tuple[Role, ...] = ("client", "coder", "dim")
 
 # Lower-cased values (or fragments) that only ever appear in examples and docs.
 _PLACEHOLDERS = (
@@ -131,6 +136,25 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(
         default=64, ge=1, description="Most stays accepted in one POST /v1/code/batch."
     )
+    max_queued_stays: int = Field(
+        default=512,
+        ge=1,
+        description="Most stays waiting to be scored; past it (or past half request_timeout_s "
+        "of expected wait) a request gets 429 with Retry-After instead of waiting. Keep it above "
+        "max_concurrent_per_key x max_batch_items, so that one key cannot fill it alone.",
+    )
+    max_concurrent_per_key: int = Field(
+        default=4,
+        ge=1,
+        description="Most coding requests one key has in flight at once (else 429), so that one "
+        "client flooding batches cannot take the whole scorer.",
+    )
+    max_chars_per_request: int = Field(
+        default=400_000,
+        ge=1,
+        description="Most report characters in one coding request, all its stays together "
+        "(else 413).",
+    )
     review_qc_sample_rate: float = Field(
         default=0.05,
         ge=0.0,
@@ -148,6 +172,11 @@ class Settings(BaseSettings):
     cookie_secure: bool = Field(
         default=False,
         description="Mark the session cookie Secure (set true behind HTTPS).",
+    )
+    roles: Annotated[dict[str, Role], NoDecode] = Field(
+        default_factory=dict,
+        description="Role of each key name, 'name=role,...' (client, coder or dim). A name not "
+        "listed is a client (coding API only). Env: comma-separated or a JSON object.",
     )
     metrics_public: bool = Field(
         default=True, description="Serve /metrics without authentication (for Prometheus)."
@@ -192,6 +221,27 @@ class Settings(BaseSettings):
             seen.add(key)
         return value
 
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"CIMCODER_ROLES is not a valid JSON object: {exc}") from None
+        out: dict[str, str] = {}
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            name, sep, role = part.partition("=")
+            if not sep or not name.strip() or not role.strip():
+                raise ValueError(f"CIMCODER_ROLES: {part!r} is not 'name=role'")
+            out[name.strip()] = role.strip()
+        return out
+
     @field_validator("session_secret")
     @classmethod
     def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -233,7 +283,23 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _roles_name_keys(self) -> Settings:
+        # A typo in a name would silently leave that coder a client: refuse it.
+        names = {entry.principal for entry in self.api_key_entries()}
+        unknown = sorted(set(self.roles) - names)
+        if unknown and self.api_keys:
+            raise ValueError(
+                f"CIMCODER_ROLES names {unknown}, which no key of CIMCODER_API_KEYS has "
+                f"(names: {sorted(names)})"
+            )
+        return self
+
     # -- derived values -------------------------------------------------------------------
+
+    def role_of(self, principal: str) -> Role:
+        """The principal's role (CIMCODER_ROLES); a name not listed is a client."""
+        return self.roles.get(principal, "client")
 
     def api_key_entries(self) -> list[ApiKey]:
         """Accepted keys with their principals; a bare key is named 'client-<n>'."""

@@ -6,12 +6,15 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from test_review_store import CRH_INSUFFISANCE_CARDIAQUE, make_case, make_chimio_case
 
 from cimcoder.serving.app import create_app
+from cimcoder.serving.review import workflow
+from cimcoder.serving.review.routes import store_for_app
 from cimcoder.serving.settings import Settings
 
 KEY_DUPONT = "kR7vQ2mX9pL4tW8zDupont"
@@ -19,20 +22,42 @@ KEY_MARTIN = "hB3nF6jY1cS5gU0eMartin"
 
 
 def enqueue_body(stay_id: str, **kw: object) -> dict[str, object]:
-    stay, prediction = make_case(stay_id, **kw)  # type: ignore[arg-type]
-    return {"stay": stay, "prediction": prediction.model_dump(mode="json")}
+    """The body of POST /v1/review/stays: the stay alone (the service scores it)."""
+    stay, _prediction = make_case(stay_id, **kw)  # type: ignore[arg-type]
+    return {"stay": stay}
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
+def seed(client: TestClient, stay_id: str, case: Any = make_case, **kw: object) -> dict[str, object]:
+    """Queue a stay with a hand-made prediction, as `cimcoder review import` does."""
+    stay, prediction = case(stay_id, **kw)
+    with store_for_app(client.app).session() as session:  # type: ignore[arg-type]
+        result = workflow.enqueue(session, stay, prediction, default_qc_rate=0.0, actor="cli")
+    return dict(result.__dict__)
+
+
+def review_settings(tmp_path: Path) -> Settings:
+    return Settings(
         model=None,
         api_keys=[f"dr-dupont:{KEY_DUPONT}", f"dr-martin:{KEY_MARTIN}"],
+        roles={"dr-dupont": "dim", "dr-martin": "coder"},
         database_url=f"sqlite:///{tmp_path / 'review.db'}",
         session_secret="Zq8rT1vN5wK3yH7bX2mC",
         review_qc_sample_rate=0.0,
     )
-    with TestClient(create_app(settings)) as test_client:
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    """The service without a model: stays come in through the store, as imported."""
+    with TestClient(create_app(review_settings(tmp_path))) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def scoring_client(tmp_path: Path, predictor: Any) -> Iterator[TestClient]:
+    """The service with the tiny model loaded: POST /v1/review/stays scores."""
+    app = create_app(review_settings(tmp_path), predictor=predictor)
+    with TestClient(app) as test_client:
         yield test_client
 
 
@@ -57,14 +82,12 @@ def save_body(version: int, **kw: object) -> dict[str, object]:
 
 
 def test_enqueue_list_view_save_and_conflict(client: TestClient) -> None:
-    created = client.post("/v1/review/stays", json=enqueue_body("sej-api-1"), headers=auth())
-    assert created.status_code == 201, created.text
-    assert created.json() == {
+    assert seed(client, "sej-api-1") == {
         "id": "sej-api-1", "status": "to_code", "auto_coded": False, "qc_sampled": False,
         "created": True,
     }
-    auto = enqueue_body("sej-api-2", decisions={"I10": "auto", "E11.9": "auto"})
-    assert client.post("/v1/review/stays", json=auto, headers=auth()).json()["status"] == "auto_coded"
+    auto = seed(client, "sej-api-2", decisions={"I10": "auto", "E11.9": "auto"})
+    assert auto["status"] == "auto_coded"
 
     queue = client.get("/v1/review/stays?status=to_code", headers=auth()).json()
     assert queue["total"] == 1 and queue["stays"][0]["id"] == "sej-api-1"
@@ -92,7 +115,7 @@ def test_enqueue_list_view_save_and_conflict(client: TestClient) -> None:
 
 
 def test_bad_requests_are_clear_4xx(client: TestClient) -> None:
-    client.post("/v1/review/stays", json=enqueue_body("sej-api-3"), headers=auth())
+    seed(client, "sej-api-3")
     no_dp = client.post(
         "/v1/review/stays/sej-api-3/decisions", json=save_body(1, dp=None), headers=auth()
     )
@@ -107,17 +130,10 @@ def test_bad_requests_are_clear_4xx(client: TestClient) -> None:
     assert client.get("/v1/review/stays").status_code == 401
     wrong = client.get("/v1/review/stays", headers={"X-API-Key": "x" * 8 + "WrongKey1234"})
     assert wrong.status_code == 401
-    other = enqueue_body("sej-api-3")
-    other["stay"]["text"] = CRH_INSUFFISANCE_CARDIAQUE + "\nAddendum."  # type: ignore[index]
-    assert client.post("/v1/review/stays", json=other, headers=auth()).status_code == 409
-    shorter = enqueue_body("sej-api-5")
-    shorter["stay"]["text"] = "Pneumopathie franche lobaire aiguë."  # type: ignore[index]
-    outside = client.post("/v1/review/stays", json=shorter, headers=auth())
-    assert outside.status_code == 422 and "outside its text" in outside.json()["detail"]
 
 
 def test_pages_need_login_and_show_the_queue(client: TestClient) -> None:
-    client.post("/v1/review/stays", json=enqueue_body("sej-page-1", unit="Néphrologie"), headers=auth())
+    seed(client, "sej-page-1", unit="Néphrologie")
     anonymous = client.get("/review", follow_redirects=False)
     assert anonymous.status_code == 303
     assert anonymous.headers["location"].startswith("/review/login")
@@ -147,16 +163,14 @@ def test_pages_need_login_and_show_the_queue(client: TestClient) -> None:
 
 
 def test_report_text_cannot_break_out_of_the_page(client: TestClient) -> None:
-    body = enqueue_body("sej-xss")
     hostile = CRH_INSUFFISANCE_CARDIAQUE + "\n</script><script>alert(1)</script>"
-    body["stay"]["text"] = hostile  # type: ignore[index]
-    client.post("/v1/review/stays", json=body, headers=auth())
+    seed(client, "sej-xss", text_=hostile)
     page = client.get("/review/stays/sej-xss", headers=auth())
     assert "</script><script>alert(1)" not in page.text
 
 
 def test_export_audit_settings_and_monitoring(client: TestClient) -> None:
-    client.post("/v1/review/stays", json=enqueue_body("sej-api-4"), headers=auth())
+    seed(client, "sej-api-4")
     client.post("/v1/review/stays/sej-api-4/decisions", json=save_body(1), headers=auth())
     export = client.get("/v1/review/export", headers=auth())
     assert export.status_code == 200
@@ -204,9 +218,8 @@ def test_get_answers_are_the_workflow_views_under_response_models(client: TestCl
     from cimcoder.serving.review import monitoring, store_for_app, workflow
     from cimcoder.serving.review.schemas import MonitoringReport
 
-    client.post("/v1/review/stays", json=enqueue_body("sej-api-5"), headers=auth())
-    auto = enqueue_body("sej-api-6", decisions={"I10": "auto", "E11.9": "auto"})
-    client.post("/v1/review/stays", json=auto, headers=auth())
+    seed(client, "sej-api-5")
+    seed(client, "sej-api-6", decisions={"I10": "auto", "E11.9": "auto"})
     saved = client.post("/v1/review/stays/sej-api-5/decisions", json=save_body(1), headers=auth())
     assert saved.status_code == 200, saved.text
     store = store_for_app(client.app)  # type: ignore[arg-type]
@@ -241,11 +254,6 @@ def test_get_answers_are_the_workflow_views_under_response_models(client: TestCl
         assert answer["$ref"].startswith("#/components/schemas/"), path
 
 
-def chimio_body(stay_id: str, **kw: object) -> dict[str, object]:
-    stay, prediction = make_chimio_case(stay_id, **kw)
-    return {"stay": stay, "prediction": prediction.model_dump(mode="json")}
-
-
 def chimio_save(version: int, **kw: object) -> dict[str, object]:
     body: dict[str, object] = {
         "decision_id": str(uuid.uuid4()),
@@ -263,13 +271,12 @@ def chimio_save(version: int, **kw: object) -> dict[str, object]:
 
 
 def test_dr_is_proposed_set_refused_cleared_and_exported(client: TestClient) -> None:
-    auto = chimio_body("sej-chimio-api-1", decisions={"C79.5": "auto"})
-    assert client.post("/v1/review/stays", json=auto, headers=auth()).json()["status"] == "auto_coded"
+    auto = seed(client, "sej-chimio-api-1", make_chimio_case, decisions={"C79.5": "auto"})
+    assert auto["status"] == "auto_coded"
     listed = client.get("/v1/review/stays?status=auto_coded", headers=auth()).json()["stays"]
     assert [(s["id"], s["dp"], s["dr"]) for s in listed] == [("sej-chimio-api-1", "Z51.1", "C50.4")]
 
-    created = client.post("/v1/review/stays", json=chimio_body("sej-chimio-api-2"), headers=auth())
-    assert created.status_code == 201, created.text
+    assert seed(client, "sej-chimio-api-2", make_chimio_case)["created"] is True
     view = client.get("/v1/review/stays/sej-chimio-api-2", headers=auth()).json()
     assert (view["dp"], view["dr"]) == (None, None)
     assert (view["coding"]["dp"], view["coding"]["dr"]) == ("Z51.1", "C50.4")
@@ -331,7 +338,7 @@ def _trail(client: TestClient) -> list[dict[str, object]]:
 
 
 def test_logins_views_and_settings_are_audit_events(client: TestClient) -> None:
-    client.post("/v1/review/stays", json=enqueue_body("sej-api-trace"), headers=auth())
+    seed(client, "sej-api-trace")
     failed = client.post(
         "/review/login",
         data={"username": "dr-dupont", "key": "mauvaise-cle-devinee", "next": "/review"},
@@ -351,7 +358,7 @@ def test_logins_views_and_settings_are_audit_events(client: TestClient) -> None:
 
     events = _trail(client)
     assert [(e["event"], e["actor"]) for e in events] == [
-        ("stay.enqueued", "dr-dupont"),
+        ("stay.enqueued", "cli"),
         ("login.failed", "dr-dupont"),
         ("login.succeeded", "dr-martin"),
         ("stay.viewed", "dr-martin"),
@@ -379,6 +386,7 @@ def any_db_client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Te
     settings = Settings(
         model=None,
         api_keys=[f"dr-dupont:{KEY_DUPONT}"],
+        roles={"dr-dupont": "dim"},
         database_url=url,
         session_secret="Zq8rT1vN5wK3yH7bX2mC",
         review_qc_sample_rate=0.0,
@@ -417,14 +425,8 @@ def test_unstorable_stays_are_a_clear_422_on_every_database(
     assert queue["total"] == 0
 
 
-def test_unstorable_prediction_labels_and_decision_reasons_are_422(
-    any_db_client: TestClient,
-) -> None:
-    body = enqueue_body("sej-entree-2")
-    body["prediction"]["codes"][0]["label"] = "Insuffisance\x00 cardiaque"  # type: ignore[index]
-    answer = _post_json(any_db_client, "/v1/review/stays", body)
-    assert answer.status_code == 422 and "NUL byte" in answer.json()["detail"]  # type: ignore[attr-defined]
-    assert _post_json(any_db_client, "/v1/review/stays", enqueue_body("sej-entree-2")).status_code == 201  # type: ignore[attr-defined]
+def test_unstorable_decision_reasons_are_422(any_db_client: TestClient) -> None:
+    seed(any_db_client, "sej-entree-2")
     save = save_body(1)
     save["codes"][2]["reason"] = "ni traité \ud800"  # type: ignore[index]
     answer = _post_json(any_db_client, "/v1/review/stays/sej-entree-2/decisions", save)
@@ -434,7 +436,7 @@ def test_unstorable_prediction_labels_and_decision_reasons_are_422(
 
 
 def test_stay_ids_and_paging_are_bounded(any_db_client: TestClient) -> None:
-    assert _post_json(any_db_client, "/v1/review/stays", enqueue_body("sej.2026:01_a-1")).status_code == 201  # type: ignore[attr-defined]
+    seed(any_db_client, "sej.2026:01_a-1")
     ok = any_db_client.get("/v1/review/stays/sej.2026:01_a-1", headers=auth())
     assert ok.status_code == 200 and ok.json()["id"] == "sej.2026:01_a-1"
     for bad in ("sej%201", "s%27%3B--", "%C3%A9t%C3%A9", "s" * 129):
@@ -453,7 +455,7 @@ def test_stay_ids_and_paging_are_bounded(any_db_client: TestClient) -> None:
 
 
 def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
-    client.post("/v1/review/stays", json=enqueue_body("sej-entetes"), headers=auth())
+    seed(client, "sej-entetes")
     answers = {
         "page": client.get("/review/stays/sej-entetes", headers=auth()),
         "login page": client.get("/review/login"),
@@ -480,3 +482,56 @@ def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
     embedded = page.split('id="stay-data">', 1)[1].split("</script>", 1)[0]
     assert not {"<", ">", "&"} & set(embedded)
     assert json.loads(embedded)["id"] == "sej-entetes"
+
+
+def test_the_service_scores_what_it_queues_and_refuses_a_sent_prediction(
+    scoring_client: TestClient, predictor: Any
+) -> None:
+    client = scoring_client
+    stay, forged = make_case("sej-score-1", decisions={"I10": "auto", "E11.9": "auto"})
+    sent = client.post(
+        "/v1/review/stays",
+        json={"stay": stay, "prediction": forged.model_dump(mode="json")},
+        headers=auth(),
+    )
+    assert sent.status_code == 422
+    assert "'prediction' is not accepted" in sent.json()["detail"]
+    assert client.get("/v1/review/stays", headers=auth()).json()["total"] == 0
+
+    created = client.post("/v1/review/stays", json={"stay": stay}, headers=auth())
+    assert created.status_code == 201, created.text
+    assert created.json()["id"] == "sej-score-1" and created.json()["created"] is True
+    # What is stored is the loaded model's own answer for the stored text, code for code.
+    expected = predictor.predict([stay["text"]])[0]
+    view = client.get("/v1/review/stays/sej-score-1", headers=auth()).json()
+    assert view["text"] == stay["text"]
+    stored = {s["code"]: s["score"] for s in view["suggestions"]}
+    kept = {c.code: c.score for c in expected.codes if c.decision != "reject"}
+    assert kept and set(kept) <= set(stored)
+    assert all(abs(stored[code] - score) < 1e-9 for code, score in kept.items())
+    assert created.json()["auto_coded"] is any(c.decision == "auto" for c in expected.codes)
+    # Sent twice: scored again, same text and model, left as is.
+    again = client.post("/v1/review/stays", json={"stay": stay}, headers=auth())
+    assert again.status_code == 201 and again.json()["created"] is False
+    other = enqueue_body("sej-score-1", text_=CRH_INSUFFISANCE_CARDIAQUE + "\nAddendum.")
+    assert client.post("/v1/review/stays", json=other, headers=auth()).status_code == 409
+
+    # The audit trail says which way each stay came in.
+    seed(client, "sej-import-1")
+    trail = [
+        json.loads(line)
+        for line in client.get("/v1/review/audit", headers=auth()).text.splitlines()
+    ]
+    origins = {
+        e["stay_id"]: (e["actor"], e["after"]["origin"])
+        for e in trail
+        if e["event"] == "stay.enqueued"
+    }
+    assert origins == {"sej-score-1": ("dr-dupont", "scored"), "sej-import-1": ("cli", "imported")}
+
+
+def test_without_a_model_nothing_is_queued_through_the_api(any_db_client: TestClient) -> None:
+    stay, _ = make_case("sej-sans-modele")
+    answer = any_db_client.post("/v1/review/stays", json={"stay": stay}, headers=auth())
+    assert answer.status_code == 503 and "model" in answer.json()["detail"]
+    assert any_db_client.get("/v1/review/stays", headers=auth()).json()["total"] == 0

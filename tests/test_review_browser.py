@@ -14,6 +14,7 @@ from sqlalchemy import select
 from test_review_concurrency import KEY, key_of, review_server
 from test_review_store import make_case, make_chimio_case
 
+from cimcoder.serving.review import workflow
 from cimcoder.serving.review.store import AuditEvent, Review, ReviewStay, ReviewStore
 
 CHROMIUM = "/usr/bin/chromium"
@@ -28,6 +29,16 @@ pytestmark = [
 ]
 
 
+def import_stay(url: str, stay: object, prediction: object) -> None:
+    """Queue a stay with a hand-made prediction, as `cimcoder review import` does."""
+    store = ReviewStore(url)
+    try:
+        with store.session() as session:
+            workflow.enqueue(session, stay, prediction, default_qc_rate=0.0, actor="cli")
+    finally:
+        store.close()
+
+
 def test_coder_reviews_a_stay_in_the_browser(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -38,13 +49,7 @@ def test_coder_reviews_a_stay_in_the_browser(tmp_path: Path) -> None:
             ("sej-ic-2026-002", "Médecine interne", {"I10": "auto", "E11.9": "auto"}),
         ]:
             stay, prediction = make_case(stay_id, unit=unit, decisions=decisions)
-            answer = httpx.post(
-                f"{base}/v1/review/stays",
-                json={"stay": stay, "prediction": prediction.model_dump(mode="json")},
-                headers=key_of("codeur-1"),
-                timeout=60,
-            )
-            assert answer.status_code == 201, answer.text
+            import_stay(url, stay, prediction)
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -124,7 +129,7 @@ def test_coder_reviews_a_stay_in_the_browser(tmp_path: Path) -> None:
             select(AuditEvent).where(AuditEvent.stay_id == stay.id).order_by(AuditEvent.id)
         ).all()
         assert [(e.event, e.actor) for e in events] == [
-            ("stay.enqueued", "codeur-1"), ("stay.viewed", "codeur-0"),
+            ("stay.enqueued", "cli"), ("stay.viewed", "codeur-0"),
             ("review.saved", "codeur-0"),
         ]
         assert events[2].model_version == "run-test-1"
@@ -140,13 +145,7 @@ def test_coder_sets_the_dr_of_a_chemotherapy_session(tmp_path: Path) -> None:
     stay_id = "sej-chimio-2026-001"
     with review_server(url, tmp_path) as (base, _proc):
         stay, prediction = make_chimio_case(stay_id)  # C79.5 to review: not auto-coded
-        answer = httpx.post(
-            f"{base}/v1/review/stays",
-            json={"stay": stay, "prediction": prediction.model_dump(mode="json")},
-            headers=key_of("codeur-1"),
-            timeout=60,
-        )
-        assert answer.status_code == 201, answer.text
+        import_stay(url, stay, prediction)
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -244,13 +243,7 @@ def test_a_hostile_report_cannot_break_the_page_and_the_policy_blocks_nothing(
     hostile = "\nNote : <!--<script>alert('x') & <b>gras</b>"
     with review_server(url, tmp_path) as (base, _proc):
         stay, prediction = make_case(stay_id, text_=CRH_INSUFFISANCE_CARDIAQUE + hostile)
-        answer = httpx.post(
-            f"{base}/v1/review/stays",
-            json={"stay": stay, "prediction": prediction.model_dump(mode="json")},
-            headers=key_of("codeur-1"),
-            timeout=60,
-        )
-        assert answer.status_code == 201, answer.text
+        import_stay(url, stay, prediction)
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -50,6 +50,7 @@ def review_server(database_url: str, tmp_path: Path, **env: str) -> Iterator[tup
         **os.environ,
         "CIMCODER_MODEL": "",
         "CIMCODER_API_KEYS": keys,
+        "CIMCODER_ROLES": ",".join(f"{c}=coder" for c in CODERS),
         "CIMCODER_DATABASE_URL": database_url,
         "CIMCODER_STATE_DIR": str(tmp_path),
         "CIMCODER_REVIEW_QC_SAMPLE_RATE": "0",

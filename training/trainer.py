@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cimcoder.training import distributed
 from cimcoder.training.baselines import fit_baseline
 from cimcoder.training.config import RunConfig, TrainingConfig, dump_config, read_run_config
 from cimcoder.training.data import TrainingData, TrainingError, prepare_data
@@ -317,15 +318,23 @@ def optimizer_step(opt: Optimization, max_grad_norm: float) -> None:
 
 
 def save_checkpoint(path: Path, state: TrainState, opt: Optimization) -> None:
-    """Write the run's position atomically, and `state.json` beside it for people."""
+    """Write the run's position atomically, and `state.json` beside it for people.
+
+    With several processes, every rank calls it (each one's RNG state is gathered, for
+    dropout to resume exactly) and rank 0 alone writes.
+    """
+    rngs = distributed.gather(_rng_state())
+    if rngs is None:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({
-        "model": opt.net.state_dict(),
+        "model": distributed.unwrap(opt.net).state_dict(),
         "optimizer": opt.optimizer.state_dict(),
         "scheduler": opt.scheduler.state_dict(),
         "scaler": opt.scaler.state_dict() if opt.scaler else None,
-        "rng": _rng_state(),
+        "rng": rngs[0],
+        "rng_by_rank": rngs,
         "state": state.to_dict(),
     }, tmp)
     tmp.replace(path)
@@ -336,12 +345,15 @@ def load_checkpoint(path: Path, opt: Optimization) -> TrainState:
     """Restore weights, optimizer, scheduler, scaler and RNG states; return the run's state."""
     # weights_only=False: the RNG states are numpy/python objects; the file is the run's own.
     ckpt = torch.load(path, map_location=opt.device, weights_only=False)
-    opt.net.load_state_dict(ckpt["model"])
+    distributed.unwrap(opt.net).load_state_dict(ckpt["model"])
     opt.optimizer.load_state_dict(ckpt["optimizer"])
     opt.scheduler.load_state_dict(ckpt["scheduler"])
     if opt.scaler is not None and ckpt.get("scaler"):
         opt.scaler.load_state_dict(ckpt["scaler"])
-    _set_rng_state(ckpt["rng"])
+    # Each rank its own RNG state when the run had as many processes; else rank 0's.
+    rank = distributed.current()
+    rngs = ckpt.get("rng_by_rank") or [ckpt["rng"]]
+    _set_rng_state(rngs[rank.rank] if len(rngs) == rank.world_size else ckpt["rng"])
     return TrainState.from_dict(ckpt["state"])
 
 
@@ -372,25 +384,38 @@ def train_one_epoch(
 
     Updates the position, losses, tokens and time of `state`; returns whether the epoch's
     batches are all done.
+
+    With several processes, `training.batch_size` is still the global batch: each rank takes
+    its share of it (`distributed.shard`), its loss weighted by that share so that the
+    averaged gradient and the logged loss are those of the whole batch.
     """
+    world = distributed.current().world_size
     batches = _epoch_batches(data.train_lengths, tcfg.batch_size, tcfg.seed, state.epoch)
     bar = tqdm(total=len(batches), initial=state.batch_in_epoch, unit="batch", disable=None,
                desc=f"epoch {state.epoch + 1}/{tcfg.epochs}", leave=False)
     t0 = time.perf_counter()
     tokens = 0
     for b in range(state.batch_in_epoch, len(batches)):
-        idx = batches[b]
+        idx, share = distributed.shard(batches[b])
         batch = scorer.batch([data.train_docs[i] for i in idx]).to(opt.device)
         target = torch.from_numpy(data.y_train[idx]).to(opt.device)
+        step_ends = (b + 1) % tcfg.grad_accum == 0 or b + 1 == len(batches)
         autocast = torch.autocast(opt.device.type, dtype=opt.amp_dtype) if opt.amp_dtype else nullcontext()
-        with autocast:
-            logits, _ = opt.net(batch.input_ids, batch.attention_mask)
-        loss = data.loss_fn(logits.float(), target) / tcfg.grad_accum
-        (opt.scaler.scale(loss) if opt.scaler else loss).backward()
-        state.epoch_losses.append(loss.detach().item() * tcfg.grad_accum)
-        tokens += batch.n_tokens
+        with distributed.no_sync(opt.net, step_ends):
+            with autocast:
+                logits, _ = opt.net(batch.input_ids, batch.attention_mask)
+            batch_loss = data.loss_fn(logits.float(), target)
+            loss = batch_loss * (share * world) / tcfg.grad_accum
+            (opt.scaler.scale(loss) if opt.scaler else loss).backward()
+        # The whole batch's loss and tokens (this rank's alone with one process).
+        totals = distributed.sum_over_ranks(torch.stack([
+            batch_loss.detach().double() * share,
+            torch.tensor(float(batch.n_tokens if share else 0), dtype=torch.float64, device=opt.device),
+        ]))
+        state.epoch_losses.append(totals[0].item())
+        tokens += int(totals[1].item())
         state.batch_in_epoch = b + 1
-        if (b + 1) % tcfg.grad_accum == 0 or b + 1 == len(batches):
+        if step_ends:
             optimizer_step(opt, tcfg.max_grad_norm)
             state.global_step += 1
         elapsed = time.perf_counter() - t0
@@ -436,7 +461,11 @@ def record_validation(
     state: TrainState, scorer: GradientScorer, train_loss: float, metrics: dict[str, float], out: RunOutputs,
     *, partial_epoch: bool = False,
 ) -> None:
-    """Log the epoch; if it beats the best so far, save the model and its `metrics.json`."""
+    """Log the epoch; if it beats the best so far, save the model and its `metrics.json`.
+
+    Every rank keeps the same `state` (the metrics come from rank 0); rank 0 alone writes.
+    """
+    writes = distributed.current().is_main
     entry: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.global_step,
                              "train_loss": train_loss, **metrics}
     if partial_epoch:
@@ -448,12 +477,14 @@ def record_validation(
         state.best_metric = score
         state.best_epoch = state.epoch + 1
         state.epochs_without_improvement = 0
-        scorer.save(out.run_dir)
-        _write_json(out.run_dir / METRICS_FILE, _metrics_summary(state, entry, out))
+        if writes:
+            scorer.save(out.run_dir)
+            _write_json(out.run_dir / METRICS_FILE, _metrics_summary(state, entry, out))
     else:
         state.epochs_without_improvement += 1
-    logger.info("epoch %d: %s", state.epoch + 1,
-                ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)))
+    if writes:
+        logger.info("epoch %d: %s", state.epoch + 1,
+                    ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if isinstance(v, float)))
 
 
 def _metrics_summary(state: TrainState, entry: dict[str, Any], out: RunOutputs) -> dict[str, Any]:
@@ -480,6 +511,17 @@ def _out_of_time(state: TrainState, tcfg: TrainingConfig) -> bool:
     return spent + spent / max(state.epoch, 1) > tcfg.time_budget_s
 
 
+def _validate_on_main(
+    scorer: GradientScorer, data: EncodedData, out: RunOutputs, tcfg: TrainingConfig,
+) -> dict[str, float]:
+    """`validate` on rank 0 (it holds the metric; the weights are the same everywhere), its
+    result sent to every rank so that they take the same decisions."""
+    metrics = None
+    if distributed.current().is_main:
+        metrics = validate(scorer, data, out.validation_metric, tcfg.eval_batch_size)
+    return distributed.broadcast(metrics) or {}
+
+
 def run_epochs(
     state: TrainState, scorer: GradientScorer, opt: Optimization, data: EncodedData, tcfg: TrainingConfig,
     out: RunOutputs, ckpt_path: Path,
@@ -492,7 +534,7 @@ def run_epochs(
         and not state.stopped_early
         and (tcfg.max_steps is None or state.global_step < tcfg.max_steps)
     ):
-        if _out_of_time(state, tcfg):
+        if distributed.broadcast(_out_of_time(state, tcfg)):  # rank 0's clock decides
             state.stopped_early, state.stop_reason = True, "time_budget"
             logger.info("stopping: another epoch would exceed training.time_budget_s")
             save_checkpoint(ckpt_path, state, opt)
@@ -504,12 +546,12 @@ def run_epochs(
             # Mid-epoch stop (max_steps): keep the position; validate if nothing was saved yet,
             # so that the folder holds a usable model.
             if state.best_metric is None:
-                metrics = validate(scorer, data, out.validation_metric, tcfg.eval_batch_size)
+                metrics = _validate_on_main(scorer, data, out, tcfg)
                 record_validation(state, scorer, train_loss, metrics, out, partial_epoch=True)
             save_checkpoint(ckpt_path, state, opt)
             logger.info("stopped at step %d (training.max_steps); re-run to resume", state.global_step)
             return
-        metrics = validate(scorer, data, out.validation_metric, tcfg.eval_batch_size)
+        metrics = _validate_on_main(scorer, data, out, tcfg)
         record_validation(state, scorer, train_loss, metrics, out)
         # The budget counts validation too: it is part of every epoch's cost.
         state.elapsed_seconds += time.perf_counter() - started
@@ -577,6 +619,7 @@ def train(
     validation_metric: ValidationMetric | None = None,
     tracker: RunTracker | None = None,
     resume: bool = True,
+    nproc: int = 1,
 ) -> Path:
     """Train `config`'s model and return its run folder.
 
@@ -587,11 +630,37 @@ def train(
 
     Seeds, and the thread count when `training.num_threads` is set, come from `config.training`
     whatever the caller did before, and the caller's are restored after (`owned_global_state`).
+
+    `nproc` > 1 trains a gradient model on that many processes (`cimcoder.training.distributed`:
+    DistributedDataParallel, one GPU each, or CPU processes sharing the cores). This process is
+    rank 0: it alone logs to `tracker` and writes the run folder. `training.batch_size` stays
+    the global batch (each process takes batch_size / nproc reports of it), so the steps, the
+    schedule and the loss curve are those of one process.
     """
-    with owned_global_state(config.training.seed, config.training.num_threads):
-        if hasattr(get_model(config.model.name), "fit"):
+    one_call = hasattr(get_model(config.model.name), "fit")
+    if nproc > 1 and one_call:
+        raise TrainingError(f"{config.model.name} is fitted in one call: --nproc is for gradient models")
+    threads = config.training.num_threads or (_threads_per_process(nproc) if nproc > 1 else None)
+    with owned_global_state(config.training.seed, threads):
+        if one_call:
             return fit_baseline(config, tracker, validation_metric=validation_metric)
+        if nproc > 1:
+            with distributed.process_group(nproc, _train_rank, (config, resume, threads)):
+                return _train(config, validation_metric, SafeTracker(tracker), resume)
         return _train(config, validation_metric, SafeTracker(tracker), resume)
+
+
+def _threads_per_process(nproc: int) -> int:
+    """CPU processes share the cores instead of each taking them all."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) // nproc)
+
+
+def _train_rank(config: RunConfig, resume: bool, threads: int | None) -> None:
+    """Ranks 1..N-1: the same loop, without tracker or metric (rank 0 validates)."""
+    with owned_global_state(config.training.seed, threads):
+        _train(config, None, SafeTracker(None), resume)
 
 
 def _train(
@@ -601,7 +670,9 @@ def _train(
 
     hf_logging.disable_progress_bar()  # one save per improved epoch: keep the log readable
     tcfg = config.training
-    run_dir, resuming = _prepare_run_dir(config, resume)
+    writes = distributed.current().is_main  # rank 0 alone writes the run folder
+    run_dir, resuming = _prepare_run_dir(config, resume) if writes else (config.run_dir, False)
+    resuming = distributed.broadcast(resuming)
     data = prepare_data(config)
     logger.info(
         "training on %d stays, validating on %d (%s); %d labels (%s)",
@@ -617,10 +688,12 @@ def _train(
         raise TrainingError(f"{config.model.name} has neither fit() nor a network to train")
     if hasattr(scorer, "init_bias_from_counts"):
         scorer.init_bias_from_counts(data.label_space.train_counts, len(data.train))
-    dump_config(config, run_dir / "config.yaml")
-    data.label_space.save(run_dir)
+    if writes:
+        dump_config(config, run_dir / "config.yaml")
+        data.label_space.save(run_dir)
 
     opt = build_optimization(scorer.net, tcfg, len(data.train))
+    opt.net = distributed.wrap(opt.net, opt.device)
     encoded = encode_data(scorer, data, config, opt.device)
     ckpt_path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
     state = TrainState()
@@ -635,8 +708,9 @@ def _train(
         logger.warning("training interrupted at step %d; the last checkpoint is in %s",
                        state.global_step, ckpt_path.parent)
         raise
-    _write_final_summary(run_dir, state)
-    tracker.log_artifacts(str(run_dir))
-    if not tcfg.keep_checkpoints and (state.stopped_early or state.epoch >= tcfg.epochs):
-        ckpt_path.unlink(missing_ok=True)
+    if writes:
+        _write_final_summary(run_dir, state)
+        tracker.log_artifacts(str(run_dir))
+        if not tcfg.keep_checkpoints and (state.stopped_early or state.epoch >= tcfg.epochs):
+            ckpt_path.unlink(missing_ok=True)
     return run_dir

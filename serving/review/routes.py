@@ -19,12 +19,15 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from cimcoder.serving.auth import (
-    CurrentUser,
+    CoderUser,
+    DimUser,
     OptionalUser,
     authenticate,
     clear_session_cookie,
+    role_allows,
     set_session_cookie,
 )
 from cimcoder.serving.review import audit, export, monitoring, workflow
@@ -48,9 +51,14 @@ from cimcoder.serving.review.store import (
     UnknownStay,
     open_store,
 )
-from cimcoder.serving.routes import search_terminology, served_terminology
+from cimcoder.serving.routes import (
+    get_batcher,
+    score_inputs,
+    search_terminology,
+    served_terminology,
+)
 from cimcoder.serving.schemas import SearchResponse
-from cimcoder.serving.settings import Settings
+from cimcoder.serving.settings import Role, Settings
 from cimcoder.serving.validation import (
     MAX_OFFSET,
     STAY_ID_PATTERN,
@@ -158,18 +166,32 @@ def _viewed_stay(store: ReviewStore, stay_id: str, user: str) -> dict[str, Any]:
     "/v1/review/stays",
     response_model=EnqueueResult,
     status_code=201,
-    summary="Put a scored stay in the review queue",
+    summary="Score a stay with the loaded model and put it in the review queue",
+    responses={503: {"description": "No model is loaded: nothing can be scored."}},
 )
-def post_stay(body: EnqueueRequest, request: Request, user: CurrentUser, store: StoreDep) -> Any:
-    try:
+async def post_stay(
+    body: EnqueueRequest, request: Request, user: CoderUser, store: StoreDep
+) -> Any:
+    from cimcoder.inference.predictor import StayInput
+
+    stay = body.stay
+    # The very text that is stored and shown: evidence offsets then point into it.
+    scored = StayInput(stay.id, workflow.joined_text(stay.document_list()))
+    [prediction] = await score_inputs(request, get_batcher(request), [scored], user)
+
+    def write() -> workflow.Enqueued:
         with store.session() as session:
-            result = workflow.enqueue(
+            return workflow.enqueue(
                 session,
-                body.stay,
-                body.prediction,
+                stay,
+                prediction,
                 default_qc_rate=_qc_default(request),
                 actor=user,
+                origin="scored",
             )
+
+    try:
+        result = await run_in_threadpool(write)
     except ReviewConflict as exc:
         raise HTTPException(409, str(exc)) from None
     return EnqueueResult(**result.__dict__)
@@ -177,7 +199,7 @@ def post_stay(body: EnqueueRequest, request: Request, user: CurrentUser, store: 
 
 @router.get("/v1/review/stays", response_model=StayQueue, summary="The review queue, filtered")
 def get_stays(
-    user: CurrentUser,
+    user: CoderUser,
     store: StoreDep,
     status: Annotated[
         PlainText | None, Query(max_length=200, description="Comma-separated statuses.")
@@ -199,7 +221,7 @@ def get_stays(
     response_model=StayView,
     summary="One stay: text, suggestions, coding",
 )
-def get_stay(stay_id: StayIdPath, user: CurrentUser, store: StoreDep) -> StayView:
+def get_stay(stay_id: StayIdPath, user: CoderUser, store: StoreDep) -> StayView:
     try:
         return StayView.model_validate(_viewed_stay(store, stay_id, user))
     except UnknownStay as exc:
@@ -212,7 +234,7 @@ def get_stay(stay_id: StayIdPath, user: CurrentUser, store: StoreDep) -> StayVie
     summary="Save a coder's decisions (idempotent by decision_id; 409 on a stale version)",
     responses={409: {"description": "The stay changed since it was opened: reload and merge."}},
 )
-def post_decisions(stay_id: StayIdPath, body: ReviewIn, user: CurrentUser, store: StoreDep) -> Any:
+def post_decisions(stay_id: StayIdPath, body: ReviewIn, user: CoderUser, store: StoreDep) -> Any:
     try:
         return workflow.save_review(store, stay_id, body, user)
     except UnknownStay as exc:
@@ -228,7 +250,7 @@ def post_decisions(stay_id: StayIdPath, body: ReviewIn, user: CurrentUser, store
 )
 def search_codes(
     request: Request,
-    user: CurrentUser,
+    user: CoderUser,
     q: Annotated[str, Query(min_length=1, max_length=200, description="Words or a code.")],
     limit: Annotated[int, Query(ge=1, le=50)] = 10,
 ) -> SearchResponse:
@@ -240,7 +262,7 @@ def search_codes(
 @router.get(
     "/v1/review/settings", response_model=QcSettings, summary="DIM settings of the review workflow"
 )
-def get_review_settings(request: Request, user: CurrentUser, store: StoreDep) -> QcSettings:
+def get_review_settings(request: Request, user: CoderUser, store: StoreDep) -> QcSettings:
     with store.session() as session:
         return QcSettings(qc_rate=workflow.qc_rate(session, _qc_default(request)))
 
@@ -249,7 +271,7 @@ def get_review_settings(request: Request, user: CurrentUser, store: StoreDep) ->
     "/v1/review/settings", response_model=QcSettings, summary="Set the quality-control sample rate"
 )
 def put_review_settings(
-    body: QcSettingsIn, request: Request, user: CurrentUser, store: StoreDep
+    body: QcSettingsIn, request: Request, user: DimUser, store: StoreDep
 ) -> QcSettings:
     with store.session() as session:
         rate = workflow.set_qc_rate(session, body.qc_rate, user, _qc_default(request))
@@ -257,7 +279,7 @@ def put_review_settings(
 
 
 @router.get("/v1/review/export", summary="Validated stays as corpora-schema JSONL")
-def get_export(user: CurrentUser, store: StoreDep) -> StreamingResponse:
+def get_export(user: DimUser, store: StoreDep) -> StreamingResponse:
     _record(store, user, "export.validated")
     lines = (stay.model_dump_json() + "\n" for stay in export.iter_validated_stays(store))
     return StreamingResponse(
@@ -269,7 +291,7 @@ def get_export(user: CurrentUser, store: StoreDep) -> StreamingResponse:
 
 @router.get("/v1/review/audit", summary="The audit trail (JSONL or CSV)")
 def get_audit(
-    user: CurrentUser,
+    user: DimUser,
     store: StoreDep,
     format: Literal["jsonl", "csv"] = "jsonl",
     stay_id: Annotated[str | None, Query(pattern=STAY_ID_PATTERN)] = None,
@@ -291,7 +313,7 @@ def get_audit(
     response_model_exclude_unset=True,
     summary="Auto-coding rate, QC precision, corrections, drift",
 )
-def get_monitoring(request: Request, user: CurrentUser, store: StoreDep) -> MonitoringReport:
+def get_monitoring(request: Request, user: DimUser, store: StoreDep) -> MonitoringReport:
     report = monitoring.compute(store, labels=monitoring.labels_for_app(request.app))
     return MonitoringReport.model_validate(report)
 
@@ -302,6 +324,15 @@ def get_monitoring(request: Request, user: CurrentUser, store: StoreDep) -> Moni
 def _login_redirect(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/review/login?next={quote(target)}", status_code=303)
+
+
+def _denied_page(request: Request, user: str, needed: Role) -> HTMLResponse:
+    """The French 403 page of a signed-in user without the role `needed`."""
+    settings = _settings(request.app)
+    logger.info("refused %r (role %s) the page %s", user, settings.role_of(user), request.url.path)
+    page = _page(request, "denied.html", user, role=settings.role_of(user), needed=needed)
+    page.status_code = 403
+    return page
 
 
 def _safe_next(target: str | None) -> str:
@@ -315,7 +346,11 @@ def _page(request: Request, name: str, user: str | None, **context: Any) -> HTML
     return _templates().TemplateResponse(
         request,
         name,
-        {"user": user, "status_labels": {s.value: STATUS_LABELS[s] for s in StayStatus}}
+        {
+            "user": user,
+            "is_dim": user is not None and role_allows(_settings(request.app), user, "dim"),
+            "status_labels": {s.value: STATUS_LABELS[s] for s in StayStatus},
+        }
         | context,
     )
 
@@ -377,6 +412,8 @@ def queue_page(
 ) -> Any:
     if user is None:
         return _login_redirect(request)
+    if not role_allows(_settings(request.app), user, "coder"):
+        return _denied_page(request, user, "coder")
     views = {
         "a_revoir": ("to_code,in_review", None),
         "controle": (None, True),
@@ -425,6 +462,8 @@ def queue_page(
 def stay_page(request: Request, stay_id: StayIdPath, user: OptionalUser, store: StoreDep) -> Any:
     if user is None:
         return _login_redirect(request)
+    if not role_allows(_settings(request.app), user, "coder"):
+        return _denied_page(request, user, "coder")
     try:
         view = _viewed_stay(store, stay_id, user)
     except UnknownStay as exc:
@@ -444,6 +483,8 @@ def stay_page(request: Request, stay_id: StayIdPath, user: OptionalUser, store: 
 def monitoring_page(request: Request, user: OptionalUser, store: StoreDep) -> Any:
     if user is None:
         return _login_redirect(request)
+    if not role_allows(_settings(request.app), user, "dim"):
+        return _denied_page(request, user, "dim")
     report = monitoring.compute(store, labels=monitoring.labels_for_app(request.app))
     with store.session() as session:
         rate = workflow.qc_rate(session, _qc_default(request))

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cimcoder.inference.schemas import Evidence, StayPrediction
+from cimcoder.inference.schemas import Evidence
 from cimcoder.serving.validation import (
     STAY_ID_RULE,
     PlainText,
     ReportText,
     StayId,
-    check_plain_text,
 )
 
 
@@ -54,30 +53,26 @@ class StayIn(BaseModel):
 
 
 class EnqueueRequest(BaseModel):
-    """`POST /v1/review/stays`: a stay and the predictor's answer for it."""
+    """`POST /v1/review/stays`: a stay, which the service scores with its loaded model.
+
+    A prediction sent along is refused, never trusted: what the coders review, what is
+    auto-coded and what the monitoring measures must be the model's own answer. The
+    administrator imports a predictions file with `cimcoder review import` (audited as such).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     stay: StayIn
-    prediction: StayPrediction
 
-    @model_validator(mode="after")
-    def _prediction_text_is_storable(self) -> EnqueueRequest:
-        # Labels, evidence quotes and flags are stored and shown as they come.
-        _check_strings(self.prediction.model_dump())
-        return self
-
-
-def _check_strings(value: object) -> None:
-    if isinstance(value, str):
-        check_plain_text(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_strings(key)
-            _check_strings(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _check_strings(item)
+    @model_validator(mode="before")
+    @classmethod
+    def _no_prediction(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "prediction" in data:
+            raise ValueError(
+                "'prediction' is not accepted: the service scores the stay with its own model "
+                "(send only 'stay'; predictions files go through `cimcoder review import`)"
+            )
+        return data
 
 
 class EnqueueResult(BaseModel):
@@ -281,7 +276,9 @@ class StayView(StaySummary):
     """`GET /v1/review/stays/{id}`: everything the stay page needs."""
 
     patient_id: str | None
-    text: str = Field(description="The documents joined with blank lines (evidence offsets refer to it).")
+    text: str = Field(
+        description="The documents joined with blank lines (evidence offsets refer to it)."
+    )
     documents: list[DocumentInfo]
     model: StayModel
     suggestions: list[Suggestion]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -113,6 +114,13 @@ def set_qc_rate(session: Session, rate: float, actor: str, default: float) -> fl
 
 # -- enqueue ----------------------------------------------------------------------------
 
+EnqueueOrigin = Literal["scored", "imported"]
+
+
+def joined_text(documents: Sequence[ReviewDocumentIn] | Sequence[ReviewDocument]) -> str:
+    """The stay's text as stored, shown and scored: its documents joined with a blank line."""
+    return DOCUMENT_SEPARATOR.join(doc.text for doc in documents)
+
 
 @dataclass(frozen=True)
 class Enqueued:
@@ -163,9 +171,7 @@ def is_auto_coded(prediction: StayPrediction) -> bool:
 
 def _proposed(prediction: StayPrediction, role: str) -> str | None:
     """The code the model proposed, and coded automatically, in `role` (DP or DR)."""
-    return next(
-        (c.code for c in prediction.codes if c.role == role and c.decision == "auto"), None
-    )
+    return next((c.code for c in prediction.codes if c.role == role and c.decision == "auto"), None)
 
 
 def enqueue(
@@ -175,19 +181,22 @@ def enqueue(
     *,
     default_qc_rate: float = 0.05,
     actor: str = SYSTEM_ACTOR,
+    origin: EnqueueOrigin = "imported",
 ) -> Enqueued:
     """Put a scored stay in the queue (in the caller's transaction).
 
     `stay` is a `StayIn`, a dict of it, or a corpora `Stay`; `prediction` a `StayPrediction`
     (or its JSON dict). A stay already queued with the same text and model is left as is;
-    the same id with another text or model is refused (`ReviewConflict`).
+    the same id with another text or model is refused (`ReviewConflict`). `origin` goes to
+    the audit trail: "scored" (the service scored it on POST /v1/review/stays) or "imported"
+    (a predictions file, `cimcoder review import`, or a script on the store).
     """
     stay_in = _as_stay_in(stay)
     pred = _as_prediction(prediction)
     if pred.id is not None and pred.id != stay_in.id:
         raise ReviewError(f"prediction id {pred.id!r} does not match stay id {stay_in.id!r}")
     documents = stay_in.document_list()
-    text = DOCUMENT_SEPARATOR.join(doc.text for doc in documents)
+    text = joined_text(documents)
     digest = input_hash(text)
     for code in pred.codes:
         for span in code.evidence:
@@ -268,6 +277,7 @@ def enqueue(
         event="stay.enqueued",
         stay=row,
         after={
+            "origin": origin,
             "status": status.value,
             "auto_coded": auto,
             "qc_sampled": sampled,
@@ -326,7 +336,7 @@ def current_coding(session: Session, stay: ReviewStay) -> dict[str, Any]:
 
 
 def stay_text(stay: ReviewStay) -> str:
-    return DOCUMENT_SEPARATOR.join(doc.text for doc in stay.documents)
+    return joined_text(stay.documents)
 
 
 def stay_summary(stay: ReviewStay) -> dict[str, Any]:
@@ -627,9 +637,7 @@ def _plan(
                 score=pred.score if pred is not None else None,
             )
         )
-    undecided = [
-        p.code for p in stay.predictions if p.decision != "reject" and p.code not in seen
-    ]
+    undecided = [p.code for p in stay.predictions if p.decision != "reject" and p.code not in seen]
     auto_left = [c for c in undecided if suggestions[c].decision == "auto"]
     review_left = [c for c in undecided if suggestions[c].decision == "review"]
     if body.status == "validated" and review_left:
@@ -671,9 +679,7 @@ def _plan(
     return rows, dp, dr
 
 
-def save_review(
-    store: ReviewStore, stay_id: str, body: ReviewIn, coder: str
-) -> dict[str, Any]:
+def save_review(store: ReviewStore, stay_id: str, body: ReviewIn, coder: str) -> dict[str, Any]:
     """Apply one save, exactly once, or raise `ReviewConflict` / `InvalidReview`.
 
     The transaction writes the review, its codes, the stay's new version and the audit event
