@@ -5,6 +5,9 @@ others until `max_size` stays are gathered, then runs one predict call in a work
 (the model's forward releases the GIL, the event loop keeps serving). A failing batch is
 retried request by request, so one bad request never fails its neighbours.
 
+Waiting requests are taken in turn per key (round robin): a client posting many batches
+waits behind its own batches, not the others' one-report requests.
+
 The queue is bounded: a request that would make more than `max_queued` stays wait, or wait
 longer than `max_queue_wait_s` by the recent batch times, is refused at once with
 `QueueFull` (the API answers 429 with Retry-After) instead of timing out in the queue.
@@ -17,6 +20,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -40,7 +44,45 @@ class QueueFull(Exception):
 class _Job(Generic[In, Out]):
     items: list[In]
     future: asyncio.Future[list[Out]]
+    key: str = ""
     queued_at: float = field(default_factory=time.perf_counter)
+
+
+class _FairQueue(Generic[In, Out]):
+    """Jobs in one FIFO per key; `get` takes the next key's oldest job, round robin."""
+
+    def __init__(self) -> None:
+        self._by_key: OrderedDict[str, deque[_Job[In, Out]]] = OrderedDict()
+        self._ready = asyncio.Event()
+
+    def empty(self) -> bool:
+        return not self._by_key
+
+    def next_size(self) -> int | None:
+        """How many items the job `get_nowait` would return has; None when empty."""
+        if not self._by_key:
+            return None
+        return len(next(iter(self._by_key.values()))[0].items)
+
+    def put_nowait(self, job: _Job[In, Out]) -> None:
+        self._by_key.setdefault(job.key, deque()).append(job)
+        self._ready.set()
+
+    def get_nowait(self) -> _Job[In, Out]:
+        if not self._by_key:
+            raise asyncio.QueueEmpty
+        key, jobs = next(iter(self._by_key.items()))
+        job = jobs.popleft()
+        del self._by_key[key]
+        if jobs:  # this key's next job goes after every other key's
+            self._by_key[key] = jobs
+        return job
+
+    async def get(self) -> _Job[In, Out]:
+        while not self._by_key:
+            self._ready.clear()
+            await self._ready.wait()
+        return self.get_nowait()
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -62,7 +104,7 @@ class MicroBatcher(Generic[In, Out]):
         self.max_queued = max_queued
         self.max_queue_wait_s = max_queue_wait_s
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Job[In, Out]] | None = None
+        self._queue: _FairQueue[In, Out] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._queued = 0  # stays submitted and not yet taken into a batch
         self._batch_s = 0.0  # moving average of a batch's scoring time
@@ -93,7 +135,7 @@ class MicroBatcher(Generic[In, Out]):
     async def start(self) -> None:
         if self.running:
             return
-        self._queue = asyncio.Queue()
+        self._queue = _FairQueue()
         self._worker = asyncio.create_task(self._run(), name="cimcoder-microbatcher")
 
     async def stop(self) -> None:
@@ -109,14 +151,16 @@ class MicroBatcher(Generic[In, Out]):
                 if not job.future.done():
                     job.future.set_exception(RuntimeError("the service is shutting down"))
 
-    async def submit(self, items: Sequence[In]) -> list[Out]:
-        """Score `items` with whatever else is queued; returns their outputs in order."""
+    async def submit(self, items: Sequence[In], key: str = "") -> list[Out]:
+        """Score `items` with whatever else is queued; returns their outputs in order.
+
+        `key` names the client: waiting requests are served in turn per key."""
         if self._queue is None or not self.running:
             raise RuntimeError("the micro-batcher is not running")
         self._admit(len(items))
         future: asyncio.Future[list[Out]] = asyncio.get_running_loop().create_future()
         self._queued += len(items)
-        self._queue.put_nowait(_Job(list(items), future))
+        self._queue.put_nowait(_Job(list(items), future, key))
         return await future
 
     async def _gather(self, first: _Job[In, Out]) -> list[_Job[In, Out]]:
@@ -127,14 +171,16 @@ class MicroBatcher(Generic[In, Out]):
         while size < self.max_size:
             # Polling rather than wait_for(queue.get()): cancelling a get() that had just
             # received an item could lose that request on Python 3.11.
-            try:
-                job = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
+            waiting = self._queue.next_size()
+            if waiting is None:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
                 await asyncio.sleep(min(remaining, 0.001))
                 continue
+            if size + waiting > self.max_size:
+                break  # a big batch waits for its own call: a short request is not held by it
+            job = self._queue.get_nowait()
             self._queued -= len(job.items)
             jobs.append(job)
             size += len(job.items)

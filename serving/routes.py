@@ -119,7 +119,9 @@ async def score_inputs(
         )
     in_flight[principal] += 1
     try:
-        results = await asyncio.wait_for(batcher.submit(inputs), settings.request_timeout_s)
+        results = await asyncio.wait_for(
+            batcher.submit(inputs, key=principal), settings.request_timeout_s
+        )
     except QueueFull as exc:
         raise _too_busy(
             f"the scoring queue is full ({exc.queued} stays waiting): retry after "

@@ -786,3 +786,19 @@ def test_audit_csv_neutralises_formula_cells(store: ReviewStore, tmp_path: Path)
     audit.export_audit(store, tmp_path / "audit.jsonl")
     first = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[0])
     assert first["stay_id"] == "-2-3"
+
+
+@pytest.mark.postgres
+def test_replicas_opening_one_new_database_at_once_migrate_it_once(postgres_server: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = postgres_server.create_database(f"review_race_{uuid.uuid4().hex[:6]}")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        stores = list(pool.map(lambda _: ReviewStore(url), range(3)))
+    try:
+        enqueue_cases(stores[0], ["sej-race"])
+        with stores[2].session() as session:
+            assert workflow.stay_view(session, "sej-race")["status"] == "to_code"
+    finally:
+        for opened in stores:
+            opened.close()

@@ -106,7 +106,9 @@ def _client(tmp_path: Path, gated: GatedPredictor, **overrides: object) -> TestC
     return TestClient(create_app(settings, predictor=gated))
 
 
-def _post_in_thread(client: TestClient, headers: dict[str, str], out: list[Any]) -> threading.Thread:
+def _post_in_thread(
+    client: TestClient, headers: dict[str, str], out: list[Any]
+) -> threading.Thread:
     def run() -> None:
         out.append(client.post("/v1/code", json={"text": HEART}, headers=headers))
 
@@ -142,7 +144,9 @@ def test_one_key_cannot_hold_more_requests_than_its_limit(
         refused = client.post("/v1/code", json={"text": HEART}, headers=AUTH)
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
-        assert "'dim-hopital-nord' already has 1 coding requests in flight" in refused.json()["detail"]
+        assert (
+            "'dim-hopital-nord' already has 1 coding requests in flight" in refused.json()["detail"]
+        )
         # Another key is not refused for it.
         other: list[Any] = []
         other_thread = _post_in_thread(client, {"X-API-Key": OTHER_KEY}, other)
@@ -191,3 +195,43 @@ def test_report_characters_per_request_are_capped(tmp_path: Path, predictor: Any
         )
         batch = {"items": [{"id": "a", "text": HEART}, {"id": "b", "text": HEART}]}
         assert client.post("/v1/code/batch", json=batch, headers=AUTH).status_code == 413
+
+
+def test_waiting_requests_are_served_in_turn_per_key() -> None:
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def predict(items: list[str]) -> list[str]:
+        calls.append(list(items))
+        gate.wait(5)
+        return items
+
+    async def scenario() -> None:
+        batcher: MicroBatcher[str, str] = MicroBatcher(predict, max_size=2, max_wait_s=0.0)
+        await batcher.start()
+        try:
+            flood = [asyncio.create_task(batcher.submit(["lot-1a", "lot-1b"], key="dpi"))]
+            await asyncio.sleep(0.05)  # being scored
+            flood += [
+                asyncio.create_task(batcher.submit([f"lot-{i}a", f"lot-{i}b"], key="dpi"))
+                for i in (2, 3, 4)
+            ]
+            await asyncio.sleep(0.01)
+            probe = asyncio.create_task(batcher.submit(["HTA"], key="urgences"))
+            await asyncio.sleep(0.01)
+            gate.set()
+            await asyncio.gather(probe, *flood)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    # The one-report request is scored after lot-2 (first in the queue), then it is urgences'
+    # turn: not behind the whole flood, as first-come-first-served would leave it; and on its
+    # own, since adding lot-3 would pass max_size.
+    assert calls == [
+        ["lot-1a", "lot-1b"],
+        ["lot-2a", "lot-2b"],
+        ["HTA"],
+        ["lot-3a", "lot-3b"],
+        ["lot-4a", "lot-4b"],
+    ]

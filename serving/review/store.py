@@ -39,6 +39,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    text as sql_text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import (
@@ -289,6 +290,9 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+_MIGRATION_LOCK = 0x63696D636F6465  # "cimcode": the advisory lock of schema upgrades
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (`alembic upgrade head`)."""
     from alembic import command
@@ -301,6 +305,10 @@ def upgrade(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas opening one database at once: one migrates, the others wait for its
+            # commit, then find the schema at head (lock released with the transaction).
+            conn.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 
