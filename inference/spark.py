@@ -1,10 +1,12 @@
 """Batch scoring on Spark: `cimcoder predict --engine spark` (PySpark: the `spark` extra).
 
 The reports (Parquet or JSONL with `id` and `text`) are checked in Spark (missing id, missing or
-empty text, repeated id) and the others scored by `mapInPandas`: each Python worker loads the
-model once (`_worker_predictor`, a per-process cache that outlives tasks because Spark reuses
-its Python workers) and scores chunks with the same code as the local engine
-(`cimcoder.inference.cli._predict_chunk`), so codes and scores are those of `cimcoder predict`.
+empty text, repeated id) and the others scored by `mapInArrow` (mapInPandas' Arrow batches
+without the pandas step, on which PySpark 4.3 with pandas 3 failed for the nested `codes`): each
+Python worker loads the model once (`_worker_predictor`, a per-process cache that outlives
+tasks because Spark reuses its Python workers) and scores chunks with the same code as the
+local engine (`cimcoder.inference.cli._predict_chunk`), so codes and scores are those of
+`cimcoder predict`.
 
 Output folder:
     DIR/predictions/   Parquet, one row per scored report: the columns of a `cimcoder predict`
@@ -85,6 +87,15 @@ class SparkInputError(CimcoderError):
     """The input or output of a Spark scoring job cannot be used."""
 
 
+class SparkJobError(CimcoderError):
+    """The Spark job itself failed (executors lost, out of memory, ...)."""
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class SparkJob:
     """What every worker needs to score (pickled to the executors: plain values only)."""
@@ -160,7 +171,7 @@ def read_reports(spark: SparkSession, path: Path) -> DataFrame:
         except Exception as exc:  # AnalysisException and the like: not Parquet
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SparkInputError(
-                f"cannot read {path} as Parquet ({first}); give a Parquet file or folder, "
+                f"cannot read {path} as Parquet ({first[:200]}); give a Parquet file or folder, "
                 "or a .jsonl file"
             ) from None
         missing = {"id", "text"} - set(frame.columns)
@@ -178,8 +189,7 @@ def read_reports(spark: SparkSession, path: Path) -> DataFrame:
 
 def check_reports(reports: DataFrame) -> DataFrame:
     """Add `problem`: why a report cannot be scored (null when it can), as the local reader."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+    from pyspark.sql import Window, functions as F
 
     id_ = F.trim(F.col("id"))
     unreadable = (
@@ -308,6 +318,8 @@ def predict_to_parquet(
         )
         failed = scored.filter(F.col("error").isNotNull()).select(*ERROR_COLUMNS)
         failed.coalesce(1).write.parquet(str(errors_path))
+    except Exception as exc:  # Py4J / PySpark errors: the details are in Spark's own log
+        raise SparkJobError(f"the Spark job failed: {_last_line(exc)}") from None
     finally:
         scored.unpersist()
     # Row counts from the Parquet footers: no second pass over the data.

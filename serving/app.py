@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cimcoder import __version__
@@ -309,6 +310,8 @@ def create_app(settings: Settings | None = None, predictor: Any = None) -> FastA
         "ranked codes with calibrated scores, decisions (auto / review / reject), PMSI role "
         "proposals and restriction flags, CIM-11 equivalents and evidence spans.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
     )
     app.state.settings = settings
     app.state.predictor = predictor
@@ -327,4 +330,6 @@ def create_app(settings: Settings | None = None, predictor: Any = None) -> FastA
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(SecurityHeadersMiddleware)
+    if settings.allowed_hosts != ["*"]:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
     return app

@@ -13,7 +13,7 @@ import secrets
 import threading
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -181,6 +181,23 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(
         default=True, description="Serve /metrics without authentication (for Prometheus)."
     )
+    docs: bool = Field(
+        default=False,
+        description="Serve the OpenAPI pages /docs and /redoc (they load Swagger UI / ReDoc from a "
+        "CDN); off by default. The schema itself is always at /openapi.json.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Host headers accepted (else 400), comma-separated, e.g. "
+        "'coder.chu.example,127.0.0.1'; '*' accepts any (the default).",
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()] or ["*"]
+        return value
 
     _random_secret: str | None = PrivateAttr(default=None)
 

@@ -373,3 +373,20 @@ def test_cli_and_api_give_identical_codes_and_scores(
         api = client.post("/v1/code", json={"id": line["id"], "text": texts[line["id"]]}, headers=AUTH)
         assert api.status_code == 200
         assert api.json()["codes"] == line["codes"]
+
+
+def test_openapi_pages_are_off_unless_enabled_and_hosts_can_be_restricted(
+    predictor, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    from cimcoder.serving.app import create_app
+
+    with TestClient(create_app(make_settings(tmp_path), predictor=predictor)) as default:
+        assert default.get("/docs").status_code == 404 and default.get("/redoc").status_code == 404
+        assert default.get("/openapi.json").status_code == 200
+    with TestClient(create_app(make_settings(tmp_path, docs=True), predictor=predictor)) as docs:
+        assert docs.get("/docs").status_code == 200
+    app = create_app(make_settings(tmp_path, allowed_hosts="coder.chu.example"), predictor=predictor)
+    with TestClient(app, base_url="http://coder.chu.example") as trusted:
+        assert trusted.get("/openapi.json").status_code == 200
+    with TestClient(app, base_url="http://evil.example") as forged:
+        assert forged.get("/openapi.json").status_code == 400
