@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cimcoder.run_folder import LABELS_FILE, RunFolder
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH_MODEL_DIR = Path(tempfile.gettempdir()) / "cimcoder-bench" / "plm-small"
 
@@ -65,10 +67,10 @@ def find_quickstart_run() -> Path | None:
         return None
     candidates = [
         p.parent
-        for p in runs.glob("**/labels.json")
+        for p in runs.glob(f"**/{LABELS_FILE}")
         if "quickstart" in str(p.parent.relative_to(runs))
-        and (p.parent / "config.yaml").is_file()
-        and (p.parent / "metrics.json").is_file()  # written when training is over
+        and RunFolder(p.parent).is_run()
+        and RunFolder(p.parent).metrics.is_file()  # written when training is over
     ]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
@@ -96,7 +98,7 @@ def build_sized_model(size: str, run_dir: Path | None = None) -> Path:
     """An untrained PLM-ICD of `SIZES[size]` over the CodiEsp-FR train label space, built once
     (tests/plm_builders.py: the same code path as a trained run folder)."""
     run_dir = run_dir or BENCH_MODEL_DIR.parent / f"plm-{size}"
-    if (run_dir / "labels.json").is_file():
+    if RunFolder(run_dir).has(LABELS_FILE):
         return run_dir
     from cimcoder.training.corpora import load_dataset
 
@@ -375,7 +377,7 @@ def _scores_with_runtimes(model: str | None) -> bool:
     --model gets the one-model report, with the hybrid's time per component."""
     if model is None:
         return True
-    config = Path(model) / "config.yaml"
+    config = RunFolder(Path(model)).config
     if not config.is_file():  # an MLflow URI, or a folder without config: try the runtimes
         return True
     import yaml

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cimcoder.run_folder import LABELS_FILE, RunFolder
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {
     "tfidf_lr": REPO / "runs" / "codiesp-fr" / "tfidf_lr",
@@ -171,7 +173,7 @@ def main() -> None:
         chars = write_stays(source, args.n, args.seed)
         print(f"stays: synth-fr/{args.n}@{args.seed}, {chars / args.n:.0f} characters per stay")
         for name, run_dir in models.items():
-            if not (run_dir / "labels.json").is_file():
+            if not RunFolder(run_dir).has(LABELS_FILE):
                 print(f"\n{name}: skipped (no run at {run_dir}; train it with `cimcoder train`)")
                 continue
             print(f"\n{name} ({run_dir})")

@@ -70,10 +70,10 @@ from cimcoder.eval.defaults import (
 from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, node_name
 from cimcoder.eval.intervals import BoundMethod, lower_bound, upper_bound
 from cimcoder.eval.metrics import best_f1_threshold
+from cimcoder.run_folder import POLICY_FILE, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-POLICY_FILE = "policy.json"
 POLICY_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1: no review cap, no F1 threshold
 AUTO, REVIEW, REJECT = "auto", "review", "reject"
@@ -531,12 +531,8 @@ class DecisionPolicy:
         out = Path(path)
         if out.is_dir():
             out = out / POLICY_FILE
-        out.parent.mkdir(parents=True, exist_ok=True)
         self.content_hash = self._hash()
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
-        tmp.replace(out)
-        return out
+        return write_json_atomic(out, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path, labels: Sequence[str] | None = None) -> DecisionPolicy:
@@ -547,7 +543,7 @@ class DecisionPolicy:
         if not src.is_file():
             raise PolicyError(f"no decision policy at {src}; run `cimcoder calibrate` first")
         try:
-            data = json.loads(src.read_text(encoding="utf-8"))
+            data = read_json(src)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PolicyError(f"{src} is not valid JSON: {exc}") from None
         if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:

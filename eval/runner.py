@@ -33,13 +33,13 @@ from cimcoder.eval.policy import (
     DEFAULT_MAX_REVIEW,
     DEFAULT_MIN_REVIEW_PROBABILITY,
     DEFAULT_REVIEW_BUDGET,
-    POLICY_FILE,
     REVIEW,
     BoundMethod,
     CrossFittedPolicy,
     DecisionPolicy,
 )
 from cimcoder.eval.report import Report, Tracker, build_report, write_report
+from cimcoder.run_folder import EVAL_DIR, POLICY_FILE, RunFolder
 from cimcoder.terminologies.codes import TerminologyName
 
 logger = logging.getLogger(__name__)
@@ -416,7 +416,7 @@ def evaluate_run(
     model = scorer if scorer is not None else _load_scorer(path)
     labels = list(model.labels)
     notes: list[str] = []
-    if not (path / POLICY_FILE).is_file():
+    if not RunFolder(path).has(POLICY_FILE):
         # A run evaluated before `cimcoder calibrate` (e.g. a baseline in a comparison):
         # calibrate it the default way first, so that it is judged like any other run.
         logger.warning("%s has no %s: calibrating it on its default data first", path, POLICY_FILE)
@@ -492,8 +492,8 @@ def evaluate_run(
         target_sweep=sweep_rows, notes=notes, f1_threshold=f1_threshold, held_out=held_out,
         never_auto=scored.never_auto,
     )
-    folder = Path(output) if output is not None else path / "eval" / _safe_name(scored.name)
-    write_report(report, folder, tracker=tracker, artifact_path=f"eval/{_safe_name(scored.name)}")
+    folder = Path(output) if output is not None else RunFolder(path).eval_dir / _safe_name(scored.name)
+    write_report(report, folder, tracker=tracker, artifact_path=f"{EVAL_DIR}/{_safe_name(scored.name)}")
     return report.model_copy(update={"folder": str(folder)})
 
 

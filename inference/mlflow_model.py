@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mlflow.pyfunc import PythonModel
 
+from cimcoder.run_folder import CHECKPOINT_DIR, CONFIG_FILE, POLICY_FILE, RunFolder
 from cimcoder.training.tracking import (
     RegisteredModel,
     RunTracker,
@@ -115,7 +116,7 @@ class CimcoderPyfunc(PythonModel):
         self._run_dir = Path(run_dir)
         self._predictor = None
         self._scorer = None
-        if (self._run_dir / "policy.json").is_file():
+        if RunFolder(self._run_dir).has(POLICY_FILE):
             try:
                 from cimcoder.inference import Predictor
             except ImportError as exc:
@@ -124,7 +125,7 @@ class CimcoderPyfunc(PythonModel):
                 self._predictor = Predictor.load(self._run_dir)
                 return
         else:
-            logger.info("run folder has no policy.json; the model returns raw top-k scores")
+            logger.info("run folder has no %s; the model returns raw top-k scores", POLICY_FILE)
         from cimcoder.training.registry import load_scorer
 
         self._scorer = load_scorer(self._run_dir)
@@ -250,8 +251,8 @@ def register_run_model(
     python_model = CimcoderPyfunc()
 
     root = Path(run_dir).resolve()
-    if not (root / "config.yaml").is_file():
-        raise TrackingError(f"{root} is not a model run folder (no config.yaml)")
+    if not RunFolder(root).is_run():
+        raise TrackingError(f"{root} is not a model run folder (no {CONFIG_FILE})")
     value = read_run_metric(root, metric)
     client = tracker.client
 
@@ -333,4 +334,4 @@ def _alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion |
 def _copy_run_folder(src: Path, dst: Path) -> None:
     import shutil
 
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(CHECKPOINT_DIR, "__pycache__"))

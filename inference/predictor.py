@@ -32,12 +32,11 @@ from cimcoder.inference.schemas import (
     Runtime,
     StayPrediction,
 )
+from cimcoder.run_folder import CHECKPOINT_DIR, LABELS_FILE, POLICY_FILE, RunFolder
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_URI = "models:/cimcoder@champion"
-POLICY_FILE = "policy.json"
-LABELS_FILE = "labels.json"
 ONNX_CACHE_DIR = "onnx"  # exported graphs (cimcoder.inference.onnx_runtime): not the model
 # Ranking metrics need the head of the ranking even when rejected (the `predict` contract).
 MIN_CANDIDATES = 30
@@ -98,7 +97,7 @@ def _fingerprint(run_dir: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(run_dir)
-        if rel.parts[0] in {"checkpoints", "mlruns", ONNX_CACHE_DIR} or rel.name == POLICY_FILE:
+        if rel.parts[0] in {CHECKPOINT_DIR, "mlruns", ONNX_CACHE_DIR} or rel.name == POLICY_FILE:
             continue
         digest.update(str(rel).encode())
         size = path.stat().st_size
@@ -204,7 +203,8 @@ class Predictor:
         from cimcoder.training import load_scorer
 
         run_dir, source = resolve_run_dir(uri_or_path)
-        if not (run_dir / LABELS_FILE).is_file():
+        run = RunFolder(run_dir)
+        if not run.has(LABELS_FILE):
             raise PredictorError(f"{run_dir} is not a model run folder: no {LABELS_FILE}")
         scorer = load_scorer(run_dir)
         if runtime != "torch":
@@ -215,11 +215,10 @@ class Predictor:
         if warm is not None:  # build what a first request would otherwise wait for
             warm()
         policy = None
-        policy_path = run_dir / POLICY_FILE
-        if policy_path.is_file():
+        if run.has(POLICY_FILE):
             from cimcoder.eval.policy import DecisionPolicy
 
-            policy = DecisionPolicy.load(policy_path, labels=scorer.labels)
+            policy = DecisionPolicy.load(run.policy, labels=scorer.labels)
         else:
             logger.warning(
                 "%s has no %s: scores are not calibrated and every code is 'review' "
@@ -246,7 +245,7 @@ class Predictor:
     def _check_consistency(self) -> None:
         ls = self.label_space
         if list(ls.codes) != self.labels:
-            raise ModelMismatchError("the scorer's labels differ from its label space (labels.json)")
+            raise ModelMismatchError(f"the scorer's labels differ from its label space ({LABELS_FILE})")
         if ls.terminology != self.terminology.name:
             raise ModelMismatchError(
                 f"the model scores {ls.terminology} codes but the terminology is "

@@ -11,7 +11,6 @@ scores the validation split and writes `metrics.json`.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import re
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cimcoder.errors import CimcoderError
 from cimcoder.metrics import best_f1_threshold, summarize
+from cimcoder.run_folder import LABELS_FILE, METRICS_FILE, RunFolder
 from cimcoder.terminologies.lexicon import label_variants
 from cimcoder.training.data import Example, prepare_data
 from cimcoder.training.registry import register_model
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "baseline.joblib"
 # Models fitted in one call by `fit_baseline` (the transformer has its gradient loop).
 ONE_CALL_MODELS = ("tfidf_lr", "edsnlp_matcher", "hybrid")
-METRICS_FILE = "metrics.json"
 
 
 class BaselineError(CimcoderError):
@@ -453,7 +452,7 @@ def _load_state(run_dir: str | Path, model: str) -> dict:
 def _check_labels(space: LabelSpace, saved: list[str], run_dir: str | Path) -> None:
     if list(space.codes) != list(saved):
         raise BaselineError(
-            f"{run_dir}: labels.json does not match the label order the model was fitted on"
+            f"{run_dir}: {LABELS_FILE} does not match the label order the model was fitted on"
         )
 
 
@@ -776,10 +775,9 @@ def fit_baseline(
     )
     model.save(run_dir)
     space.save(run_dir)
-    dump_config(config, run_dir / "config.yaml")
-    (run_dir / METRICS_FILE).write_text(
-        json.dumps({k: _jsonable(v) for k, v in metrics.items()}, indent=1), encoding="utf-8"
-    )
+    run = RunFolder(run_dir)
+    dump_config(config, run.config)
+    run.write_json(METRICS_FILE, {k: _jsonable(v) for k, v in metrics.items()})
     logger.info(
         "%s: MAP %.4f, micro-F1 %.4f, P@5 %.4f on %d validation stays -> %s",
         config.model.name, metrics["map"], metrics["micro_f1"], metrics["p@5"], len(valid), run_dir,

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cimcoder.errors import CimcoderError
+from cimcoder.run_folder import CONFIG_FILE, RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -441,7 +442,7 @@ def dump_config(config: BaseModel, path: str | Path) -> Path:
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config saved in a run folder."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunFolder(Path(run_dir)).config
     if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a model run folder (no config.yaml)")
+        raise ConfigError(f"{run_dir} is not a model run folder (no {CONFIG_FILE})")
     return build_config(RunConfig, _read_yaml(path), source=str(path))

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 from cimcoder.errors import CimcoderError
+from cimcoder.run_folder import LABELS_FILE, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
-
-LABELS_FILE = "labels.json"
 
 # Frequency bands, from the number of training stays carrying the code. The cut-offs follow
 # the medical-coding literature's split of long-tail codes: a code seen >= 10 times is
@@ -134,10 +133,7 @@ class LabelSpace:
         }
 
     def save(self, run_dir: str | Path) -> Path:
-        path = Path(run_dir) / LABELS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
-        return path
+        return write_json_atomic(Path(run_dir) / LABELS_FILE, self.to_dict())
 
     @classmethod
     def load(cls, run_dir_or_file: str | Path) -> LabelSpace:
@@ -147,7 +143,7 @@ class LabelSpace:
         if not path.is_file():
             raise LabelSpaceError(f"no label space file at {path}")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LabelSpaceError(f"{path} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):

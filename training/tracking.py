@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from cimcoder.errors import CimcoderError
+from cimcoder.run_folder import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILES, RunFolder, read_json
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -52,7 +53,7 @@ PROBE_TIMEOUT_S = 2.0
 # visibly truncated rather than rejected.
 MAX_PARAM_CHARS = 500
 # Run-folder files worth browsing in the MLflow UI (small; the weights go with the model).
-RUN_SUMMARY_FILES = ("config.yaml", "labels.json", "metrics.json", "policy.json")
+RUN_SUMMARY_FILES = SUMMARY_FILES
 RUN_REPORT_GLOBS = ("report*", "eval*", "*.md", "*.html")
 
 FALLBACK_HINT = (
@@ -399,7 +400,7 @@ class RunTracker:
         for f in sorted(files):
             if f.is_file():
                 self.log_artifacts(f, "run")
-            elif f.is_dir() and f.name not in ("checkpoints", "encoder"):
+            elif f.is_dir() and f.name not in (CHECKPOINT_DIR, "encoder"):
                 self.log_artifacts(f, f"run/{f.name}")
 
     def end(self, status: Literal["FINISHED", "FAILED", "KILLED"] = "FINISHED") -> None:
@@ -475,11 +476,11 @@ def _slug(name: str) -> str:
 
 def read_run_metric(run_dir: str | Path, metric: str = "map") -> float | None:
     """`metric` from the run folder's metrics.json (flat, or nested: first key ending in it)."""
-    path = Path(run_dir) / "metrics.json"
+    path = RunFolder(Path(run_dir)).metrics
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except json.JSONDecodeError:
         logger.warning("%s is not valid JSON; no %s to compare", path, metric)
         return None
@@ -599,6 +600,6 @@ def load_run_dir_from_uri(
     if not run_entry or "path" not in run_entry:
         raise TrackingError(f"{uri} is not a cimcoder model (no 'run' artefact)")
     run_dir = local / run_entry["path"]
-    if not (run_dir / "config.yaml").is_file():
-        raise TrackingError(f"{uri}: the model's run folder lacks config.yaml")
+    if not RunFolder(run_dir).is_run():
+        raise TrackingError(f"{uri}: the model's run folder lacks {CONFIG_FILE}")
     return run_dir

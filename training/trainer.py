@@ -12,7 +12,6 @@ go through `cimcoder.training.baselines.fit_baseline` instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -27,6 +26,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cimcoder.run_folder import (
+    CHECKPOINT_DIR as CHECKPOINT_DIR,  # importable from here as before
+    METRICS_FILE,
+    RunFolder,
+    write_json_atomic,
+)
 from cimcoder.training import distributed
 from cimcoder.training.baselines import fit_baseline
 from cimcoder.training.config import RunConfig, TrainingConfig, dump_config, read_run_config
@@ -39,10 +44,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_FILE = "last.pt"
+CHECKPOINT_FILE = "last.pt"  # in RunFolder.checkpoints
 STATE_FILE = "state.json"
-METRICS_FILE = "metrics.json"
 
 ValidationMetric = Callable[[np.ndarray, np.ndarray], float]
 
@@ -181,12 +184,6 @@ def _flat_params(config: RunConfig) -> dict[str, Any]:
 
     walk("", config.model_dump(mode="json"))
     return out
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------- run state
@@ -338,7 +335,7 @@ def save_checkpoint(path: Path, state: TrainState, opt: Optimization) -> None:
         "state": state.to_dict(),
     }, tmp)
     tmp.replace(path)
-    _write_json(path.parent / STATE_FILE, state.to_dict())
+    write_json_atomic(path.parent / STATE_FILE, state.to_dict())
 
 
 def load_checkpoint(path: Path, opt: Optimization) -> TrainState:
@@ -479,7 +476,7 @@ def record_validation(
         state.epochs_without_improvement = 0
         if writes:
             scorer.save(out.run_dir)
-            _write_json(out.run_dir / METRICS_FILE, _metrics_summary(state, entry, out))
+            RunFolder(out.run_dir).write_json(METRICS_FILE, _metrics_summary(state, entry, out))
     else:
         state.epochs_without_improvement += 1
     if writes:
@@ -566,9 +563,10 @@ def run_epochs(
 
 def _write_final_summary(run_dir: Path, state: TrainState) -> None:
     """The best epoch's metrics.json, completed with how the run went."""
-    if not (run_dir / METRICS_FILE).exists():
+    run = RunFolder(run_dir)
+    if not run.metrics.exists():
         raise TrainingError("training finished without a validated model (no epoch completed)")
-    summary = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    summary = run.read_json(METRICS_FILE)
     summary["epochs_run"] = state.epoch
     summary["global_step"] = state.global_step
     summary["stopped_early"] = state.stopped_early
@@ -577,7 +575,7 @@ def _write_final_summary(run_dir: Path, state: TrainState) -> None:
     summary["elapsed_seconds"] = round(state.elapsed_seconds, 1)
     summary["train_tokens_per_s"] = round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)
     summary["history"] = state.history
-    _write_json(run_dir / METRICS_FILE, summary)
+    run.write_json(METRICS_FILE, summary)
 
 
 # --------------------------------------------------------------------------- train
@@ -596,8 +594,9 @@ def _config_diff(a: RunConfig, b: RunConfig) -> list[str]:
 
 def _prepare_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
     run_dir = config.run_dir
-    ckpt = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
-    if run_dir.exists() and (run_dir / "config.yaml").exists():
+    run = RunFolder(run_dir)
+    ckpt = run.checkpoints / CHECKPOINT_FILE
+    if run.config.exists():
         if resume and ckpt.exists():
             diffs = _config_diff(read_run_config(run_dir), config)
             if diffs:
@@ -608,7 +607,7 @@ def _prepare_run_dir(config: RunConfig, resume: bool) -> tuple[Path, bool]:
             return run_dir, True
         logger.info("%s: training from scratch (overwriting the previous run)", run_dir)
         ckpt.unlink(missing_ok=True)
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        run.metrics.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, False
 
@@ -689,13 +688,13 @@ def _train(
     if hasattr(scorer, "init_bias_from_counts"):
         scorer.init_bias_from_counts(data.label_space.train_counts, len(data.train))
     if writes:
-        dump_config(config, run_dir / "config.yaml")
+        dump_config(config, RunFolder(run_dir).config)
         data.label_space.save(run_dir)
 
     opt = build_optimization(scorer.net, tcfg, len(data.train))
     opt.net = distributed.wrap(opt.net, opt.device)
     encoded = encode_data(scorer, data, config, opt.device)
-    ckpt_path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    ckpt_path = RunFolder(run_dir).checkpoints / CHECKPOINT_FILE
     state = TrainState()
     if resuming:
         state = load_checkpoint(ckpt_path, opt)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 from collections import Counter, defaultdict
@@ -20,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from cimcoder.run_folder import LABELS_FILE, read_json
 from cimcoder.serving.review.store import (
     Prediction,
     Review,
@@ -85,10 +85,10 @@ def labels_for_app(app: Any) -> dict[str, int] | None:
 def load_train_counts(path: Path) -> dict[str, int]:
     """`train_counts` of a labels.json (or of the labels.json inside a run folder)."""
     if path.is_dir():
-        path = path / "labels.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
+        path = path / LABELS_FILE
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("train_counts", {}), dict):
-        raise ValueError(f"{path} is not a labels.json (no 'train_counts' object)")
+        raise ValueError(f"{path} is not a {LABELS_FILE} (no 'train_counts' object)")
     return {str(k): int(v) for k, v in data.get("train_counts", {}).items()}
 
 
@@ -251,6 +251,6 @@ def compute(store: ReviewStore, labels: Mapping[str, int] | None = None) -> dict
             "score_bins": list(SCORE_BINS),
             "code_frequency": _code_drift(suggested, labels)
             if labels
-            else {"psi": None, "level": None, "codes": [], "note": "no labels.json train_counts"},
+            else {"psi": None, "level": None, "codes": [], "note": f"no {LABELS_FILE} train_counts"},
         },
     }

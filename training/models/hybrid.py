@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cimcoder import folds
 from cimcoder.errors import CimcoderError
+from cimcoder.run_folder import LABELS_FILE
 from cimcoder.training.registry import register_model
 
 if TYPE_CHECKING:
@@ -863,7 +864,7 @@ class HybridScorer:
             raise HybridError(f"{path} was fitted with other reranker features: retrain it")
         space = LabelSpace.load(run_dir)
         if list(space.codes) != list(state["labels"]):
-            raise HybridError(f"{run_dir}: labels.json does not match the hybrid's label order")
+            raise HybridError(f"{run_dir}: {LABELS_FILE} does not match the hybrid's label order")
         obj = cls(space, HybridParams.model_validate(state["params"]), seed=state["seed"])
         obj.components = state["components"]
         obj.reranker = state["reranker"]

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from cimcoder.errors import CimcoderError
+from cimcoder.run_folder import CONFIG_FILE, LABELS_FILE
 from cimcoder.training.config import (
     ChunkingConfig,
     ConfigError,
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 ENCODER_DIR = "encoder"
 HEAD_FILE = "head.safetensors"
-CONFIG_FILE = "config.yaml"
 
 _WORD_CHAR = re.compile(r"\w", re.UNICODE)
 
@@ -693,7 +693,7 @@ class PLMICDScorer:
         num_labels, attention_dim = state["queries"].shape
         if num_labels != len(label_space):
             raise CimcoderError(
-                f"{run}: head has {num_labels} labels but labels.json lists {len(label_space)}"
+                f"{run}: head has {num_labels} labels but {LABELS_FILE} lists {len(label_space)}"
             )
         head = LabelWiseAttention(encoder.config.hidden_size, num_labels, attention_dim, 0.0)
         head.load_state_dict(state)
