@@ -5,15 +5,23 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup setup-dev system-deps demo test lint bench clean
 
+# The demo needs the package alone; the tests, lint and benchmarks also the dev extra (pytest,
+# playwright, schemathesis, PySpark, ruff, mypy).
 $(BIN)/cimcoder: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(BIN)/cimcoder pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
 setup: $(BIN)/cimcoder
+
+setup-dev: $(VENV)/.dev-installed
 
 # PostgreSQL (real server for the store and OMOP tests) and Chromium (review page tests).
 system-deps:
@@ -24,14 +32,14 @@ demo: setup
 		--baselines configs/codiesp-fr/quickstart.yaml configs/codiesp-fr/tfidf_lr.yaml \
 		configs/codiesp-fr/edsnlp_matcher.yaml
 
-test: setup system-deps
+test: setup-dev system-deps
 	$(BIN)/python -m pytest -q
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/python scripts/mypy.py
 
-bench: setup
+bench: setup-dev
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
