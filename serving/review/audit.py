@@ -27,23 +27,6 @@ from sqlalchemy.orm import Session
 
 from cimcoder.serving.review.store import AuditEvent, ReviewError, ReviewStay, ReviewStore, utcnow
 
-AUDIT_FIELDS = (
-    "id",
-    "at",
-    "actor",
-    "event",
-    "stay_id",
-    "review_id",
-    "model_version",
-    "thresholds_version",
-    "terminology_edition",
-    "input_hash",
-    "before",
-    "after",
-    "prev_hash",
-    "hash",
-)
-AuditFormat = Literal["csv", "jsonl"]
 # The fields an event's hash seals (its id is not known before the insert; the order of the
 # chain is what `prev_hash` records).
 CHAINED_FIELDS = (
@@ -59,6 +42,9 @@ CHAINED_FIELDS = (
     "before",
     "after",
 )
+# What an export holds: the id, the sealed fields, then the chain.
+AUDIT_FIELDS = ("id", *CHAINED_FIELDS, "prev_hash", "hash")
+AuditFormat = Literal["csv", "jsonl"]
 GENESIS_HASH = "0" * 64
 # Any constant: the key of the advisory lock that serialises audit writers on PostgreSQL.
 _PG_AUDIT_LOCK = 0x63696D61  # "cima"
