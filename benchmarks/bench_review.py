@@ -1,10 +1,16 @@
 """Review store throughput: coders saving decisions at once.
 
     python benchmarks/bench_review.py [--url sqlite:///tmp/bench.db] [--stays 200] [--coders 4]
+                                      [--hold 1.0]
 
 Each coder (a thread) saves every stay once, reloading and retrying on a version conflict,
 exactly as the review page does. Prints saves/s, conflicts and p50/p95/p99 save latency,
 then checks that no save was lost (reviews stored == saves acknowledged).
+
+Then the read latency while a save holds the write lock: one thread keeps a write
+transaction open for `--hold` seconds; another times a queue read (the first page of the
+queue, its counts) started 0.1 s into it, once as a read session (now) and once as a write
+transaction (`BEGIN IMMEDIATE`, how every read ran before).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +29,7 @@ from sqlalchemy import func, select
 from cimcoder.inference.schemas import StayPrediction
 from cimcoder.serving.review import workflow
 from cimcoder.serving.review.schemas import CodeDecisionIn, ReviewIn
-from cimcoder.serving.review.store import Review, ReviewConflict, ReviewStay, ReviewStore
+from cimcoder.serving.review.store import Review, ReviewConflict, ReviewStay, ReviewStore, utcnow
 
 TEXT = (
     "Motif : dyspnée. Évolution : insuffisance cardiaque congestive décompensée sous "
@@ -51,18 +58,46 @@ def prediction(stay_id: str) -> StayPrediction:
     })
 
 
+def read_while_saving(store: ReviewStore, stay_id: str, hold_s: float, *, write: bool) -> float:
+    """Seconds a queue read takes while another thread holds the write lock for `hold_s`."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        with store.session(write=True) as session:
+            stay = session.get(ReviewStay, stay_id)
+            assert stay is not None
+            stay.updated_at = utcnow()
+            session.flush()  # the write lock is taken; the save is "in flight"
+            locked.set()
+            time.sleep(hold_s)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    locked.wait()
+    time.sleep(0.1)
+    start = time.perf_counter()
+    with store.session(write=write) as session:
+        workflow.list_stays(session, workflow.QueueFilter(limit=100))
+        workflow.status_counts(session)
+    elapsed = time.perf_counter() - start
+    holder.join()
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="database URL (default: a temporary SQLite file)")
     parser.add_argument("--stays", type=int, default=200)
     parser.add_argument("--coders", type=int, default=4)
+    parser.add_argument("--hold", type=float, default=1.0,
+                        help="seconds a save holds the write lock while a read is timed")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
     url = args.url or f"sqlite:///{Path(tmp.name) / 'bench.db'}"
     store = ReviewStore(url)
     ids = [f"bench-{uuid.uuid4().hex[:8]}-{i}" for i in range(args.stays)]
     t0 = time.perf_counter()
-    with store.session() as session:
+    with store.session(write=True) as session:
         for stay_id in ids:
             workflow.enqueue(session, {"id": stay_id, "unit": "Cardiologie", "text": TEXT},
                              prediction(stay_id), default_qc_rate=0.0)
@@ -111,6 +146,12 @@ def main() -> None:
     print(f"save latency        p50 {q[49] * 1000:.1f} ms, p95 {q[94] * 1000:.1f} ms, "
           f"p99 {q[98] * 1000:.1f} ms")
     print(f"reviews stored      {stored} (lost: {len(latencies) - int(stored or 0)})")
+    if store.engine.dialect.name == "sqlite":
+        now = min(read_while_saving(store, ids[0], args.hold, write=False) for _ in range(3))
+        before = min(read_while_saving(store, ids[0], args.hold, write=True) for _ in range(3))
+        print(f"queue read while a save holds the write lock {args.hold:.1f} s (best of 3): "
+              f"{now * 1000:.1f} ms as a read session, {before * 1000:.1f} ms as a write "
+              "transaction (BEGIN IMMEDIATE, before)")
     store.close()
 
 

@@ -1,12 +1,34 @@
-"""Load test of `cimcoder serve` on loopback: throughput, latency percentiles, errors.
+"""Load test of `cimcoder serve` on loopback against the in-process predictor, in one run.
 
-    .venv/bin/python benchmarks/bench_serving.py [--model RUN_DIR] [--clients 4] [--seconds 30]
+    .venv/bin/python benchmarks/bench_serving.py [--model RUN_DIR] [--clients 8] [--seconds 20]
+        [--workers 1] [--predictor-seconds 10] [--env NAME=VALUE ...]
 
-Starts `cimcoder serve` (uvicorn, auth on with a random key) on 127.0.0.1 with the model
-(--model, else the quickstart run under runs/, else the small PLM-ICD of bench_predict.py),
-measures the single-request latency (one client, sequential requests), then runs N clients
-for M seconds (bounded) posting CodiEsp-FR **dev** reports to POST /v1/code, and prints
-throughput, p50 / p95 / p99, the error count and the ratio to the single-request latency.
+1. The predictor's steady state, in this process (`Predictor.load(model).predict` in a worker
+   thread as in the service, load excluded, evidence on as the service scores, `batch_size` =
+   the service's `predict_batch_size`): the CodiEsp-FR **dev** reports (never test) cycled in
+   calls of min(clients, batch_max_size) reports. That is the fair reference: N clients posting one
+   report at a time can never give the service a model call bigger than N reports, and N
+   reports per call is the best batching can do. One report per call is measured too: a
+   PLM-ICD on CPU can be faster that way (chunks padded to the batch's longest). The
+   reference is the better of the two, each the mean of a measure before and one after the
+   service run (other work drifts on a shared machine), so "service / predictor" is the
+   share of the model's best in-process throughput that the service keeps.
+2. `cimcoder serve` (uvicorn, auth on) with the same model and `--workers` processes
+   (CIMCODER_WORKERS; each loads the model), on 127.0.0.1: the single-request latency (one
+   client, sequential requests), then N clients for M seconds, each with its own API key
+   (N hospital systems: the per-key in-flight limit is per client, as in production),
+   posting one report at a time to POST /v1/code: requests/s, p50 / p95 / p99, errors,
+   reports per model call, the share of the wall time the scorer was busy, and the resident
+   memory (RSS) of each server process. Then the ratio service / predictor.
+
+Reading it: "scorer busy" near 100 % means one process is bound by the model's own pace there
+(reports per call, the GIL it shares with the event loop), not by HTTP, JSON or batching
+waits; more throughput then takes more cores (`--workers`). With several workers, /metrics
+answers for one of them: reports per call and busy time are left out.
+
+--model: run folder or MLflow URI (else the quickstart run under runs/, else the small
+PLM-ICD of bench_predict.py). OMP_NUM_THREADS is 2 for the predictor and 2 / workers per
+server worker.
 
     .venv/bin/python benchmarks/bench_serving.py --flood 8 [--seconds 60] [--env NAME=VALUE ...]
 
@@ -20,6 +42,7 @@ CIMCODER_MAX_QUEUED_STAYS=1000000` for the service without its fair-load limits.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import secrets
 import socket
@@ -30,6 +53,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -50,11 +74,102 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+class PredictorBaseline:
+    """The model in this process, scored the way the service scores it (see the docstring)."""
+
+    def __init__(self, model: Path | str, reports: list[dict[str, str]], batch_size: int) -> None:
+        from cimcoder.inference.predictor import Predictor, StayInput
+
+        self.predictor = Predictor.load(model)
+        self.inputs = [StayInput.from_documents(r["id"], [r["text"]]) for r in reports]
+        self.batch_size = batch_size
+        self.predictor.predict(self.inputs[:2], batch_size=batch_size)  # warm-up
+
+    def reports_per_s(self, per_call: int, seconds: float) -> float:
+        """Reports/s over `seconds`, the reports cycled in calls of `per_call`, scored in a
+        worker thread as the service scores them (torch ran the quickstart-size PLM-ICD 2-5x
+        slower in the main thread than in another one on the shared 2-core machine)."""
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(self._reports_per_s, per_call, seconds).result()
+
+    def _reports_per_s(self, per_call: int, seconds: float) -> float:
+        done, i = 0, 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            call = [self.inputs[(i + k) % len(self.inputs)] for k in range(per_call)]
+            i += per_call
+            self.predictor.predict(call, batch_size=self.batch_size)
+            done += per_call
+        return done / (time.perf_counter() - start)
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def server_memory(pid: int) -> list[tuple[str, float]]:
+    """(role, RSS MiB) of the server process and of each worker process it started."""
+    out = []
+    main_rss = _rss_mib(pid)
+    workers = []
+    for child in _descendants(pid):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes() if Path(f"/proc/{child}").exists() else b""
+        if b"resource_tracker" in cmdline:
+            continue
+        rss = _rss_mib(child)
+        if rss is not None:
+            workers.append((f"worker pid {child}", rss))
+    if main_rss is not None:
+        out.append(("supervisor" if workers else "server (one process)", main_rss))
+    return out + workers
+
+
+def _metric_sums(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("cimcoder_batch_size_", "cimcoder_batch_seconds_")):
+            name, value = line.split()[:2]
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="run folder or MLflow URI")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (N)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="load duration (M)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (N)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="load duration (M)")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
+    parser.add_argument("--predictor-seconds", type=float, default=10.0,
+                        help="in-process predictor timing, before and after the service (each)")
     parser.add_argument("--single", type=int, default=5, help="sequential requests for the reference")
     parser.add_argument("--reports", type=int, default=32, help="CodiEsp-FR dev reports cycled")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
@@ -63,22 +178,38 @@ def main() -> int:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
     args = parser.parse_args()
 
-    import httpx
 
+    from cimcoder.serving.settings import Settings
+
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
     model = resolve_model(args.model)
     reports = dev_reports(args.reports)
-    key = secrets.token_urlsafe(24)
+    server_env = dict(item.split("=", 1) for item in args.env)
+    defaults = Settings.model_fields
+    batch_max = int(server_env.get("CIMCODER_BATCH_MAX_SIZE", defaults["batch_max_size"].default))
+    predict_batch = int(server_env.get("CIMCODER_PREDICT_BATCH_SIZE", defaults["predict_batch_size"].default))
+
+    baseline: PredictorBaseline | None = None
+    before = one_before = float("nan")
+    per_call = max(1, min(args.clients, batch_max))
+    if not args.flood:
+        baseline = PredictorBaseline(model, reports, predict_batch)
+        before = baseline.reports_per_s(per_call, args.predictor_seconds)
+        one_before = baseline.reports_per_s(1, args.predictor_seconds / 2)
+
+    keys = {f"bench-{i}": secrets.token_urlsafe(24) for i in range(max(1, args.clients))}
+    flood_key = secrets.token_urlsafe(24)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as state_dir:
-        flood_key = secrets.token_urlsafe(24)
         env = {
             **os.environ,
-            "CIMCODER_API_KEYS": f"bench:{key},flood:{flood_key}",
+            "CIMCODER_API_KEYS": ",".join([*(f"{n}:{k}" for n, k in keys.items()), f"flood:{flood_key}"]),
             "CIMCODER_STATE_DIR": state_dir,
             "CIMCODER_REQUEST_TIMEOUT_S": "300",
-            "OMP_NUM_THREADS": "2",
-            **dict(item.split("=", 1) for item in args.env),
+            "CIMCODER_WORKERS": str(args.workers),
+            "OMP_NUM_THREADS": str(max(1, 2 // args.workers)),
+            **server_env,
         }
         env.pop("CIMCODER_AUTH_DISABLED", None)
         server = subprocess.Popen(
@@ -89,54 +220,111 @@ def main() -> int:
             text=True,
         )
         try:
-            deadline = time.monotonic() + args.startup_timeout
-            while True:
-                if server.poll() is not None:
-                    print(server.stderr.read() if server.stderr else "", file=sys.stderr)
-                    print("server exited before it was ready", file=sys.stderr)
-                    return 1
-                try:
-                    if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    print("server not ready in time", file=sys.stderr)
-                    return 1
-                time.sleep(0.5)
-            headers = {"X-API-Key": key}
+            if not _wait_ready(server, base, args.startup_timeout, args.workers):
+                return 1
+            headers = [{"X-API-Key": key} for key in keys.values()]
             if args.flood:
-                return _fair_load(base, headers, {"X-API-Key": flood_key}, reports, args, model)
-            return _load(base, headers, reports, args, model)
+                return _fair_load(base, headers[0], {"X-API-Key": flood_key}, reports, args, model)
+            assert baseline is not None
+            result = _load(base, headers, reports, args)
+            memory = server_memory(server.pid)
         finally:
             server.terminate()
             try:
-                server.wait(timeout=20)
+                server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
+    one_after = baseline.reports_per_s(1, args.predictor_seconds / 2)
+    after = baseline.reports_per_s(per_call, args.predictor_seconds)
+    batched, single = (before + after) / 2, (one_before + one_after) / 2
+    reference = max(batched, single)
+    print(f"model             : {model}")
+    print(f"load average      : {_loadavg()} (at the end)")
+    print(f"predictor         : {reference:.2f} reports/s in-process steady state (the better of: "
+          f"{per_call} reports per call {batched:.2f}, before / after the service {before:.2f} / "
+          f"{after:.2f}; one per call {single:.2f}, {one_before:.2f} / {one_after:.2f}), evidence on")
+    result.print(args)
+    print("server memory     : " + ", ".join(f"{role} {rss:.0f} MiB" for role, rss in memory))
+    print(f"service/predictor : {result.throughput / reference:.2f} "
+          f"({result.throughput:.2f} requests/s / {reference:.2f} reports/s)")
+    return 0 if not result.errors else 1
 
 
-def _load(base: str, headers: dict[str, str], reports: list[dict[str, str]], args, model) -> int:  # type: ignore[no-untyped-def]
+def _wait_ready(server: subprocess.Popen[str], base: str, timeout: float, workers: int) -> bool:
+    """Until /ready answers 200 (several times with workers: each one loads its model)."""
     import httpx
 
-    with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
-        client.post("/v1/code", json=reports[0])  # warm-up
-        single = []
+    deadline = time.monotonic() + timeout
+    ready_in_a_row = 0
+    while ready_in_a_row < 4 * workers:
+        if server.poll() is not None:
+            print(server.stderr.read() if server.stderr else "", file=sys.stderr)
+            print("server exited before it was ready", file=sys.stderr)
+            return False
+        try:
+            ok = httpx.get(f"{base}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        ready_in_a_row = ready_in_a_row + 1 if ok else 0
+        if time.monotonic() > deadline:
+            print("server not ready in time", file=sys.stderr)
+            return False
+        time.sleep(0.1 if ok else 0.5)
+    return True
+
+
+class LoadResult:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.single: list[float] = []
+        self.wall = 0.0
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.wall if self.wall else 0.0
+
+    def print(self, args: Any) -> None:
+        lat = self.latencies
+        calls = self.metrics.get("cimcoder_batch_size_count", 0.0)
+        mean_batch = self.metrics.get("cimcoder_batch_size_sum", 0.0) / calls if calls else float("nan")
+        busy = self.metrics.get("cimcoder_batch_seconds_sum", float("nan")) / (self.wall * args.workers)
+        single_p50 = statistics.median(self.single)
+        p50 = _percentile(lat, 50)
+        print(f"service           : {args.workers} worker(s), {args.clients} clients (one key each) "
+              f"for {args.seconds:g} s (wall {self.wall:.1f} s), one report per request")
+        print(f"requests          : {len(lat)} ok, {len(self.errors)} errors "
+              f"{sorted(set(self.errors)) if self.errors else ''}")
+        print(f"throughput        : {self.throughput:.2f} requests/s")
+        print(f"latency p50/p95/p99: {p50 * 1000:.0f} / {_percentile(lat, 95) * 1000:.0f} / "
+              f"{_percentile(lat, 99) * 1000:.0f} ms")
+        print(f"single request p50: {single_p50 * 1000:.0f} ms ({args.single} sequential requests, "
+              f"same server; loaded / single {p50 / single_p50:.2f})")
+        print(f"micro-batching    : {calls:.0f} model calls, {mean_batch:.2f} reports per call; "
+              f"scorer busy {busy:.0%} of the wall time (per worker)")
+
+
+def _load(base: str, headers: list[dict[str, str]], reports: list[dict[str, str]], args: Any) -> LoadResult:
+    import httpx
+
+    result = LoadResult()
+    with httpx.Client(base_url=base, headers=headers[0], timeout=600) as client:
+        for i in range(2 * args.workers):  # warm-up, each worker once at least
+            client.post("/v1/code", json=reports[i % len(reports)])
         for i in range(args.single):
             start = time.perf_counter()
             response = client.post("/v1/code", json=reports[i % len(reports)])
-            single.append(time.perf_counter() - start)
+            result.single.append(time.perf_counter() - start)
             if response.status_code != 200:
-                print(f"single request failed: {response.status_code} {response.text[:200]}", file=sys.stderr)
-                return 1
+                raise SystemExit(f"single request failed: {response.status_code} {response.text[:200]}")
+        before = _metric_sums(client.get("/metrics").text) if args.workers == 1 else {}
 
-    latencies: list[float] = []
-    errors: list[str] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + args.seconds
 
     def worker(index: int) -> None:
-        with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
+        with httpx.Client(base_url=base, headers=headers[index], timeout=600) as client:
             i = index
             while time.monotonic() < stop_at:
                 report = reports[i % len(reports)]
@@ -151,9 +339,9 @@ def _load(base: str, headers: dict[str, str], reports: list[dict[str, str]], arg
                 elapsed = time.perf_counter() - start
                 with lock:
                     if ok:
-                        latencies.append(elapsed)
+                        result.latencies.append(elapsed)
                     else:
-                        errors.append(reason)
+                        result.errors.append(reason)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.clients)]
@@ -161,30 +349,12 @@ def _load(base: str, headers: dict[str, str], reports: list[dict[str, str]], arg
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
-
-    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
-        metrics = client.get("/metrics").text
-    sums = {
-        name: float(value)
-        for name, value in (
-            line.split()[:2] for line in metrics.splitlines() if line.startswith("cimcoder_batch_size_")
-        )
-    }
-    batches = sums.get("cimcoder_batch_size_count", 0.0)
-    mean_batch = sums.get("cimcoder_batch_size_sum", 0.0) / batches if batches else float("nan")
-
-    single_p50 = statistics.median(single)
-    p50 = _percentile(latencies, 50)
-    print(f"model             : {model}")
-    print(f"load              : {args.clients} clients for {args.seconds:g} s (wall {wall:.1f} s), CodiEsp-FR dev reports")
-    print(f"requests          : {len(latencies)} ok, {len(errors)} errors {sorted(set(errors)) if errors else ''}")
-    print(f"throughput        : {len(latencies) / wall:.2f} requests/s")
-    print(f"latency p50/p95/p99: {p50 * 1000:.0f} / {_percentile(latencies, 95) * 1000:.0f} / {_percentile(latencies, 99) * 1000:.0f} ms")
-    print(f"single request p50: {single_p50 * 1000:.0f} ms ({args.single} sequential requests, same server)")
-    print(f"ratio p50 loaded / single: {p50 / single_p50:.2f}")
-    print(f"micro-batching    : {batches:.0f} model calls, {mean_batch:.2f} reports per call on average")
-    return 0 if not errors else 1
+    result.wall = time.perf_counter() - started
+    with httpx.Client(base_url=base, headers=headers[0], timeout=30) as client:
+        # Each worker has its own metrics: with several, /metrics answers for one of them.
+        after = _metric_sums(client.get("/metrics").text) if args.workers == 1 else {}
+    result.metrics = {name: value - before.get(name, 0.0) for name, value in after.items()}
+    return result
 
 
 def _fair_load(base: str, headers: dict[str, str], flood_headers: dict[str, str], reports: list[dict[str, str]], args, model) -> int:  # type: ignore[no-untyped-def]

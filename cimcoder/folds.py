@@ -34,5 +34,6 @@ def fold(salt: str, key: str, n_folds: int) -> int:
 
 
 def group_key(stay: Any) -> str:
-    """What a stay is grouped by: its patient when known, else itself."""
-    return str(getattr(stay, "patient_id", None) or stay.id)
+    """What a stay is grouped by: the template it was generated from (near-duplicate texts),
+    else its patient when known, else itself."""
+    return str(getattr(stay, "template", None) or getattr(stay, "patient_id", None) or stay.id)

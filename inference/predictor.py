@@ -399,6 +399,12 @@ class Predictor:
         if evidence:
             raw, probs, spans_of, index = self._scores_and_evidence(texts, batch_size)
             never_auto = getattr(index, "vetoes", None)
+        elif hasattr(self.scorer, "predict_scores_with_context"):
+            # What the decisions read besides the scores (where each code is written: the DP
+            # choice, the flags, the vetoes) is no evidence: it stays when evidence is off.
+            raw_scores, index = self.scorer.predict_scores_with_context(texts, batch_size=batch_size)
+            raw, probs = self._calibrated(np.asarray(raw_scores), len(texts))
+            never_auto = getattr(index, "vetoes", None)
         elif hasattr(self.scorer, "predict_scores_and_vetoes"):
             raw_scores, never_auto = self.scorer.predict_scores_and_vetoes(texts, batch_size=batch_size)
             raw, probs = self._calibrated(np.asarray(raw_scores), len(texts))

@@ -22,12 +22,20 @@ RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "onnx-int8")
 
 
 class Evidence(BaseModel):
-    """A span of the stay's text (documents joined with blank lines) supporting a code."""
+    """A span of the stay's text (documents joined with blank lines) supporting a code.
+
+    Offsets count Unicode code points (Python `str` indices), not UTF-16 units as JavaScript
+    strings do: they differ after any character outside the BMP (an emoji, 𝔸).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    start: int = Field(ge=0, description="Start char offset in the stay's text.")
-    end: int = Field(ge=0, description="End char offset (exclusive).")
+    start: int = Field(
+        ge=0,
+        description="Start offset in the stay's text, in Unicode code points (not UTF-16 "
+        "units: in JavaScript, index `Array.from(text)`, not `text`).",
+    )
+    end: int = Field(ge=0, description="End offset (exclusive), in Unicode code points.")
     text: str = Field(description="The text of the span.")
 
 

@@ -286,7 +286,7 @@ def create_app(settings: Settings | None = None, predictor: Any = None) -> FastA
                 predict,
                 max_size=settings.batch_max_size,
                 max_wait_s=settings.batch_max_wait_ms / 1000.0,
-                on_batch=metrics.batch_size.observe,
+                on_batch=metrics.observe_batch,
                 max_queued=settings.max_queued_stays,
                 # Half the timeout at most in the queue, the rest for the scoring itself:
                 # a request that would wait longer is told to come back (429), not left to 504.

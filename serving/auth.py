@@ -5,10 +5,13 @@ Three ways to present a credential, all checked in constant time against
 
 - `X-API-Key: <key>` header (hospital systems),
 - `Authorization: Bearer <key>` header,
-- the signed session cookie set by the review page's login form (DIM coders): the login
-  form checks a principal name and its key with `authenticate`, then calls
-  `set_session_cookie`; the cookie holds only the principal name, signed and time-stamped
-  with `Settings.session_secret` (itsdangerous), `HttpOnly` and `SameSite=Strict`.
+- the session cookie set by the review page's login form (DIM coders): the login form
+  checks a principal name and its key with `authenticate`, opens a session in the review
+  database (`cimcoder.serving.review.sessions`), then calls `set_session_cookie`. The cookie
+  holds only the session's random id, signed with `Settings.session_secret` (itsdangerous),
+  `HttpOnly`, `SameSite=Strict`, and `Secure` off loopback (`Settings.session_cookie_secure`).
+  The review module looks sessions up (`app.state.find_session`), so logging out revokes one
+  on every replica at once and an expired one is refused.
 
 Authentication is on unless `CIMCODER_AUTH_DISABLED=true`; the principal is then "local",
 with every role (one developer on loopback).
@@ -31,10 +34,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Response, status
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, Signer
 
 from cimcoder.serving.settings import ROLES, Role, Settings
 
@@ -42,7 +47,9 @@ logger = logging.getLogger(__name__)
 
 SESSION_COOKIE = "cimcoder_session"
 LOCAL_PRINCIPAL = "local"
-_SESSION_SALT = "cimcoder.review.session"
+# Not the salt of the cookies that held a principal's name: those are refused, not misread.
+_SESSION_SALT = "cimcoder.review.session-id"
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{32,128}")
 _AUTH_HELP = (
     "authentication required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>' "
     "(keys are configured with CIMCODER_API_KEYS)"
@@ -77,45 +84,61 @@ def authenticate(settings: Settings, principal: str, key: str) -> str | None:
     return owner
 
 
-def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(settings.resolved_session_secret(), salt=_SESSION_SALT)
+SessionLookup = Callable[[str], str | None]
+"""A session id -> the principal of the live session, or None (`app.state.find_session`)."""
 
 
-def set_session_cookie(response: Response, settings: Settings, principal: str) -> None:
-    """Log `principal` in: attach the signed session cookie to `response`."""
-    token = _serializer(settings).dumps({"u": principal})
+def _signer(settings: Settings) -> Signer:
+    return Signer(settings.resolved_session_secret(), salt=_SESSION_SALT)
+
+
+def set_session_cookie(response: Response, settings: Settings, session_id: str) -> None:
+    """Log in: attach the cookie of the session `session_id` (opened in the review database)."""
     response.set_cookie(
         SESSION_COOKIE,
-        token,
+        _signer(settings).sign(session_id).decode("ascii"),
         max_age=settings.session_max_age_s,
         httponly=True,
         samesite="strict",
-        secure=settings.cookie_secure,
+        secure=settings.session_cookie_secure(),
         path="/",
     )
 
 
-def clear_session_cookie(response: Response) -> None:
-    """Log out: expire the session cookie."""
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+def clear_session_cookie(response: Response, settings: Settings) -> None:
+    """Log out: expire the session cookie (the session itself is revoked in the database)."""
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=settings.session_cookie_secure(),
+    )
 
 
-def principal_from_cookie(settings: Settings, token: str) -> str | None:
-    """The principal of a valid, unexpired session cookie whose key is still configured."""
-    try:
-        data = _serializer(settings).loads(token, max_age=settings.session_max_age_s)
-    except SignatureExpired:
+def session_id_of(request: Request) -> str | None:
+    """The session id in the request's cookie when its signature holds, else None."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
         return None
-    except BadSignature:
+    try:
+        session_id = _signer(get_settings(request)).unsign(token).decode("ascii")
+    except (BadSignature, UnicodeDecodeError):
         logger.info("rejected a session cookie with a bad signature")
         return None
-    principal = data.get("u") if isinstance(data, dict) else None
-    if not isinstance(principal, str):
+    return session_id if _SESSION_ID.fullmatch(session_id) else None
+
+
+def principal_from_cookie(request: Request) -> str | None:
+    """The principal of the request's live session whose key is still configured, or None."""
+    session_id = session_id_of(request)
+    find_session: SessionLookup | None = getattr(request.app.state, "find_session", None)
+    if session_id is None or find_session is None:
         return None
+    principal = find_session(session_id)
     # A principal whose key was removed from the configuration loses its sessions too.
-    if principal not in {entry.principal for entry in settings.api_key_entries()}:
-        return None
-    return principal
+    names = {entry.principal for entry in get_settings(request).api_key_entries()}
+    return principal if principal in names else None
 
 
 def _header_key(request: Request) -> str | None:
@@ -149,10 +172,7 @@ def optional_user(request: Request) -> str | None:
     key = _header_key(request)
     if key is not None:
         return principal_for_key(settings, key)
-    token = request.cookies.get(SESSION_COOKIE)
-    if token:
-        return principal_from_cookie(settings, token)
-    return None
+    return principal_from_cookie(request)
 
 
 def require_api_client(request: Request) -> str:
@@ -180,9 +200,8 @@ def require_user(request: Request) -> str:
         if principal is None:
             raise _unauthorized("invalid API key")
         return principal
-    token = request.cookies.get(SESSION_COOKIE)
-    if token:
-        principal = principal_from_cookie(settings, token)
+    if request.cookies.get(SESSION_COOKIE):
+        principal = principal_from_cookie(request)
         if principal is None:
             raise _unauthorized("session expired or invalid: log in again")
         return principal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterable
 
@@ -44,10 +45,23 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
+        self.batch_seconds = Histogram(
+            "cimcoder_batch_seconds",
+            "Scoring time per model call (its sum over the wall time: how busy the scorer is).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
     def count_decisions(self, decisions: Iterable[str]) -> None:
-        for decision in decisions:
-            self.codes.labels(decision=decision).inc()
+        # One labelled increment per decision kind, not per code: a child lookup per code
+        # (30 codes an answer) was about a fifth of the event loop's time per request under
+        # cProfile.
+        for decision, count in collections.Counter(decisions).items():
+            self.codes.labels(decision=decision).inc(count)
+
+    def observe_batch(self, stays: int, seconds: float) -> None:
+        self.batch_size.observe(stays)
+        self.batch_seconds.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

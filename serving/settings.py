@@ -7,6 +7,7 @@ config never reaches production.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import secrets
@@ -155,6 +156,13 @@ class Settings(BaseSettings):
         description="Most report characters in one coding request, all its stays together "
         "(else 413).",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Server processes (uvicorn workers) on one port, each with its own copy of "
+        "the model, scoring queue and limits (max_queued_stays, max_concurrent_per_key and "
+        "/metrics are per worker); the review database is shared.",
+    )
     review_qc_sample_rate: float = Field(
         default=0.05,
         ge=0.0,
@@ -167,11 +175,31 @@ class Settings(BaseSettings):
         "random one is drawn at start-up and sessions end with the process.",
     )
     session_max_age_s: int = Field(
-        default=8 * 3600, gt=0, description="Lifetime of a review session cookie, seconds."
+        default=8 * 3600,
+        gt=0,
+        description="Lifetime of a review session, seconds (kept in the review database; "
+        "logging out ends it at once).",
     )
-    cookie_secure: bool = Field(
-        default=False,
-        description="Mark the session cookie Secure (set true behind HTTPS).",
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address `cimcoder serve` binds (its --host option overrides it). Off "
+        "loopback, the session cookie is Secure unless cookie_secure says otherwise.",
+    )
+    cookie_secure: bool | None = Field(
+        default=None,
+        description="Mark the session cookie Secure (HTTPS only): 1 or 0; unset, Secure unless "
+        "the service is bound to a loopback host (127.0.0.1, ::1, localhost).",
+    )
+    login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed review logins, for one name or from one client address, after "
+        "which logging in is refused (429 with Retry-After) until login_window_s has passed.",
+    )
+    login_window_s: float = Field(
+        default=15 * 60.0,
+        gt=0,
+        description="Window over which failed review logins are counted, seconds.",
     )
     roles: Annotated[dict[str, Role], NoDecode] = Field(
         default_factory=dict,
@@ -330,11 +358,27 @@ class Settings(BaseSettings):
             out.append(ApiKey(principal, key))
         return out
 
+    def bound_to_loopback(self) -> bool:
+        """Whether `host` is a loopback address (only this machine can connect)."""
+        host = self.host.strip().strip("[]").lower()
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name: reachable from elsewhere
+            return False
+
+    def session_cookie_secure(self) -> bool:
+        """`cookie_secure`, or by default Secure unless bound to loopback (plain HTTP there)."""
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        return not self.bound_to_loopback()
+
     def resolved_database_url(self) -> str:
-        """`database_url`, or the SQLite file under `state_dir` (folder created on demand)."""
+        """`database_url`, or the SQLite file under `state_dir` (the store creates the folder,
+        0700, when it opens the file)."""
         if self.database_url:
             return self.database_url
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(self.state_dir / 'review.db').resolve()}"
 
     def resolved_session_secret(self) -> str:

@@ -9,7 +9,8 @@ to trust each kind):
   the two codes equivalent (modern phrasings: "Cardiomyopathie dilatée" -> I42.0);
 - the curated files of `terminologies/data/lexicon/*.tsv`, one per group of specialties,
   reviewable by a DIM: `abbreviation` (HTA, BPCO, FA...), `synonym`, `variant` (adjectival,
-  plural, word order), `eponym`. Format: `codes  term  kind  match  note`, codes canonical and
+  plural, word order), `eponym`, `treatment` (a drug whose long-term use is itself coded:
+  an anticoagulant -> Z92.1). Format: `codes  term  kind  match  note`, codes canonical and
   codable, several joined by `|` when one phrase means them all (a dagger/asterisk pair);
   `match` is `exact` (case-sensitive: short abbreviations that collide with ordinary words)
   or `fold` (case and accents ignored);
@@ -37,9 +38,10 @@ logger = logging.getLogger(__name__)
 
 LEXICON_DIR = Path(__file__).parent / "data" / "lexicon"
 LEXICON_COLUMNS = ("codes", "term", "kind", "match", "note")
-CURATED_KINDS = ("abbreviation", "synonym", "variant", "eponym")
+CURATED_KINDS = ("abbreviation", "synonym", "variant", "eponym", "treatment")
 Kind = Literal[
-    "label", "label_variant", "cim11", "abbreviation", "synonym", "variant", "eponym", "learned"
+    "label", "label_variant", "cim11", "abbreviation", "synonym", "variant", "eponym", "treatment",
+    "learned",
 ]
 KINDS: tuple[str, ...] = ("label", "label_variant", "cim11", *CURATED_KINDS, "learned")
 Match = Literal["exact", "fold"]

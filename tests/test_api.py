@@ -83,12 +83,15 @@ def test_session_cookie_authenticates_the_review_user(client: TestClient) -> Non
     from starlette.responses import Response
 
     from cimcoder.serving.auth import SESSION_COOKIE, authenticate, set_session_cookie
+    from cimcoder.serving.review import sessions, store_for_app
 
     settings = client.app.state.settings  # type: ignore[attr-defined]
     assert authenticate(settings, "dim-hopital-nord", CLIENT_KEY) == "dim-hopital-nord"
     assert authenticate(settings, "serveur-dpi", CLIENT_KEY) is None
+    with store_for_app(client.app).session(write=True) as db:  # type: ignore[arg-type]
+        session_id = sessions.open_session(db, "dim-hopital-nord", settings.session_max_age_s)
     response = Response()
-    set_session_cookie(response, settings, "dim-hopital-nord")
+    set_session_cookie(response, settings, session_id)
     cookie = response.headers["set-cookie"]
     assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
     token = cookie.split(";", 1)[0].split("=", 1)[1]

@@ -186,3 +186,46 @@ def test_an_unspecified_code_beside_a_specified_sibling_is_not_auto_coded(hybrid
     alone = np.full(len(labels), "reject", dtype=object)
     alone[labels.index("E11.98")] = "auto"
     assert predictor._unspecified_rule(alone) == set() and alone[labels.index("E11.98")] == "auto"
+
+
+def test_the_guide_dp_is_the_first_diagnosis_of_the_conclusion_or_the_reason_for_the_stay(
+    hybrid: HybridScorer,
+) -> None:
+    letter = (
+        "ANTÉCÉDENTS :\n- HTA\n- DT2 sous metformine\n\n"
+        "CONCLUSION : Pneumopathie à pneumocoque. FA paroxystique.\n"
+    )
+    _, index = hybrid.predict_scores_with_evidence([letter])
+    w = index.dp_weights(0, ["J13", "I48.0", "I10", "E11.98"])
+    assert w["J13"] > w["I48.0"] > w["I10"]  # conclusion order; a treated chronic disease last
+    said = "Patient hospitalisé pour une embolie pulmonaire. HTA et FA paroxystique connues."
+    _, index = hybrid.predict_scores_with_evidence([said])
+    w = index.dp_weights(0, ["I26.9", "I48.0", "I10"])
+    assert w["I26.9"] == max(w.values())
+
+
+def test_the_dp_does_not_depend_on_evidence(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor
+
+    predictor = Predictor(hybrid, name="hybrid-test")
+    text = "ANTÉCÉDENTS :\n- HTA\n\nCONCLUSION : Embolie pulmonaire bilatérale.\n"
+    with_evidence, without = (predictor.predict([text], evidence=e)[0] for e in (True, False))
+    roles = [[(c.code, c.role) for c in a.codes] for a in (with_evidence, without)]
+    assert roles[0] == roles[1] and ("I26.9", "DP") in roles[0]
+    assert all(not c.evidence for c in without.codes)
+
+
+def test_near_duplicates_share_a_cross_fitting_fold(space: LabelSpace, hybrid: HybridScorer) -> None:
+    from cimcoder.folds import group_key
+    from cimcoder.training.corpora.synth import iter_stays
+    from cimcoder.training.models.hybrid import _fold_of
+
+    stays = [s.stay for s in iter_stays(40, seed=5)]
+    by_template: dict[str, set[int]] = {}
+    for stay in stays:
+        assert stay.template is not None and group_key(stay) == stay.template
+        by_template.setdefault(stay.template, set()).add(_fold_of(group_key(stay), 3, 13))
+    assert all(len(folds) == 1 for folds in by_template.values())
+    assert len(set().union(*by_template.values())) == 3  # and the templates spread over folds
+    with pytest.raises(HybridError, match="one group per report"):
+        HybridScorer(space, hybrid.params).fit([t for t, _ in CASES], [c for _, c in CASES], groups=["a"])

@@ -55,7 +55,7 @@ def codes_of(mentions, **qualifiers) -> set[str]:
 def test_curated_files_are_valid_and_sized_for_real_use(curated: Lexicon) -> None:
     entries = curated_entries()
     assert not check_entries(entries), check_entries(entries)[:5]
-    assert {e.kind for e in entries} == {"abbreviation", "synonym", "variant", "eponym"}
+    assert {e.kind for e in entries} == {"abbreviation", "synonym", "variant", "eponym", "treatment"}
     codes = {c for e in entries for c in e.codes}
     assert len(codes) >= 600  # a few hundred diagnoses across the specialties, and more
     # Every specialty the PMSI sees most: a code of each chapter I..XIX and XXI.
@@ -169,6 +169,43 @@ def test_insulin_in_the_treatment_makes_the_diabetes_insulin_treated(extractor) 
     assert "E11.98" in codes_of(oral) and "E11.90" not in codes_of(oral)
     said = extractor("Diabète de type 2 non insulinotraité.")
     assert "E11.90" not in codes_of(said)
+    for text in (
+        "Diabète de type 2 équilibré sans nécessité d'insuline.",
+        "Diabète de type 2 déséquilibré par l'infection : insulinothérapie transitoire.",
+    ):
+        assert "E11.90" not in codes_of(extractor(text)), text
+
+
+def test_anticoagulant_treatment_is_a_long_term_use_mention(extractor) -> None:
+    taken = extractor("TRAITEMENT DE SORTIE :\nApixaban 5 mg matin et soir.\nBisoprolol 2,5 mg.")
+    assert "Z92.1" in codes_of(taken, affirmed=True, kind="treatment")
+    assert "Z92.1" in codes_of(extractor("FA paroxystique sous AVK (Préviscan)."), affirmed=True)
+    assert "Z92.1" not in codes_of(extractor("Pas d'anticoagulant oral."), affirmed=True)
+
+
+def test_what_the_antecedents_sections_list_is_history_or_family(extractor) -> None:
+    text = (
+        "ANTÉCÉDENTS :\n- pneumopathie\n- HTA\n\n"
+        "ANTÉCÉDENTS FAMILIAUX :\n- BPCO\n\n"
+        "HISTOIRE DE LA MALADIE :\nEmbolie pulmonaire bilatérale.\n"
+    )
+    mentions = extractor(text)
+    assert "J18.9" in codes_of(mentions, history=True)  # past, by where it is written
+    assert "I10" in codes_of(mentions, affirmed=True, still_current=True)  # treated, current
+    assert "J44.9" in codes_of(mentions, family=True)
+    assert "I26.9" in codes_of(mentions, affirmed=True)  # the current episode is no history
+
+
+def test_longest_match_wins_and_its_qualifiers_with_it(extractor) -> None:
+    mentions = extractor("Insuffisance rénale chronique stade 3a. DT2 non insulinotraité.")
+    assert codes_of(mentions) >= {"N18.3", "E11.98"}
+    assert "N19" not in codes_of(mentions)  # "insuffisance rénale" inside the longer term
+    assert "E11.98" not in codes_of(mentions, negated=True)  # "non" belongs to "non insulinotraité"
+
+
+def test_a_diagnosis_considered_then_not_kept_is_negated(extractor) -> None:
+    mentions = extractor("Une pneumopathie évoquée à la radiographie n'a pas été retenue.")
+    assert codes_of(mentions) and not codes_of(mentions, affirmed=True)
 
 
 def test_still_current_file_is_valid_and_read_strictly(tmp_path) -> None:
@@ -204,6 +241,14 @@ def test_measurements_name_disorders_only_outside_the_norm(extractor) -> None:
     assert not codes_of(extractor("Kaliémie à 4,1 mmol/l."), kind="measurement")
     fevg = codes_of(extractor("ETT : FEVG à 35 %."), kind="measurement")
     assert "I50.02" in fevg and "I50.12" in fevg
+
+
+def test_a_measurement_beside_the_named_disease_gives_its_french_extension(extractor) -> None:
+    mentions = extractor("Insuffisance cardiaque congestive. ETT : FEVG à 32 %.")
+    measured = [m.codes for m in mentions if m.kind == "measurement"]
+    assert ("I50.02",) in measured and any(len(codes) > 1 for codes in measured)
+    alone = extractor("ETT : FEVG à 32 %.")
+    assert all(len(m.codes) > 1 for m in alone if m.kind == "measurement")
 
 
 def test_garbage_and_odd_unicode_give_no_mention(extractor) -> None:

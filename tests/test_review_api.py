@@ -30,7 +30,7 @@ def enqueue_body(stay_id: str, **kw: object) -> dict[str, object]:
 def seed(client: TestClient, stay_id: str, case: Any = make_case, **kw: object) -> dict[str, object]:
     """Queue a stay with a hand-made prediction, as `cimcoder review import` does."""
     stay, prediction = case(stay_id, **kw)
-    with store_for_app(client.app).session() as session:  # type: ignore[arg-type]
+    with store_for_app(client.app).session(write=True) as session:  # type: ignore[arg-type]
         result = workflow.enqueue(session, stay, prediction, default_qc_rate=0.0, actor="cli")
     return dict(result.__dict__)
 

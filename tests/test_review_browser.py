@@ -33,7 +33,7 @@ def import_stay(url: str, stay: object, prediction: object) -> None:
     """Queue a stay with a hand-made prediction, as `cimcoder review import` does."""
     store = ReviewStore(url)
     try:
-        with store.session() as session:
+        with store.session(write=True) as session:
             workflow.enqueue(session, stay, prediction, default_qc_rate=0.0, actor="cli")
     finally:
         store.close()
@@ -282,3 +282,46 @@ def test_a_hostile_report_cannot_break_the_page_and_the_policy_blocks_nothing(
         assert "frame-ancestors 'none'" in headers["content-security-policy"]
         assert "http" not in headers["content-security-policy"]
         assert headers["cache-control"] == "no-store"
+
+
+def test_evidence_is_highlighted_on_its_words_after_emoji_and_astral_letters(
+    tmp_path: Path,
+) -> None:
+    """The server counts evidence offsets in code points; a JS string counts UTF-16 units,
+    two for 🫀, 💊 or 𝔸: the page must convert, or every highlight after them slides left."""
+    from playwright.sync_api import expect, sync_playwright
+    from test_review_store import CRH_INSUFFISANCE_CARDIAQUE
+
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    stay_id = "sej-emoji-001"
+    text = "Motif 🫀 : dyspnée d'effort, score 𝔸𝔸.\n" + CRH_INSUFFISANCE_CARDIAQUE.replace(
+        "amlodipine.", "amlodipine 💊."
+    )
+    with review_server(url, tmp_path) as (base, _proc):
+        stay, prediction = make_case(stay_id, text_=text)
+        import_stay(url, stay, prediction)
+        start = text.index("hypertension artérielle")
+        assert prediction.codes[1].evidence[0].start == start  # code points, not UTF-16
+        assert len(text[:start].encode("utf-16-le")) // 2 == start + 3
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(30_000)
+            page.goto(f"{base}/review/stays/{stay_id}")
+            page.fill("#username", "codeur-0")
+            page.fill("#key", f"{KEY}0")
+            page.click("button[type=submit]")
+            expect(page.locator("mark.hl")).to_have_count(3)
+            marks = page.locator("mark.hl").all_inner_texts()
+            # The rejected suggestion (embolie pulmonaire) is highlighted once focused.
+            page.locator('.code-row[data-code="I26.9"] .label').click()
+            focused = page.locator("mark.hl-focus").all_inner_texts()
+            expect(page.locator("#report-text")).to_contain_text("score 𝔸𝔸.")
+            browser.close()
+    assert marks == [
+        "hypertension artérielle",
+        "Diabète de type 2",
+        "insuffisance cardiaque congestive décompensée",
+    ]
+    assert focused == ["embolie pulmonaire"]

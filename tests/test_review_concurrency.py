@@ -255,5 +255,5 @@ def test_enqueue_check_rejects_prediction_for_another_stay(tmp_path: Path) -> No
     store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}")
     stay, prediction = make_case("sej-a")
     stay["id"] = "sej-b"
-    with pytest.raises(workflow.ReviewError, match="does not match"), store.session() as session:
+    with pytest.raises(workflow.ReviewError, match="does not match"), store.session(write=True) as session:
         workflow.enqueue(session, stay, prediction)

@@ -160,14 +160,14 @@ def chimio_review(base_version: int, **overrides: Any) -> ReviewIn:
 
 
 def enqueue_chimio(store: ReviewStore, ids: list[str], **kw: Any) -> None:
-    with store.session() as session:
+    with store.session(write=True) as session:
         for stay_id in ids:
             stay, pred = make_chimio_case(stay_id, **kw)
             workflow.enqueue(session, stay, pred, default_qc_rate=0.0)
 
 
 def enqueue_cases(store: ReviewStore, ids: list[str], qc_rate: float = 0.0, **kw: Any) -> None:
-    with store.session() as session:
+    with store.session(write=True) as session:
         for stay_id in ids:
             stay, pred = make_case(stay_id, **kw)
             workflow.enqueue(session, stay, pred, default_qc_rate=qc_rate)
@@ -223,7 +223,7 @@ def test_a_corpora_stay_enters_the_queue_with_its_documents_and_unit(store: Revi
         id="sej-corpora", patient_id="p-1", context=StayContext(unit="Cardiologie"),
         documents=[Document(text=CRH_INSUFFISANCE_CARDIAQUE, date=datetime.date(2026, 11, 16))],
     )
-    with store.session() as session:
+    with store.session(write=True) as session:
         workflow.enqueue(session, stay, pred, default_qc_rate=0.0)
     with store.session() as session:
         view = workflow.stay_view(session, "sej-corpora")
@@ -244,7 +244,7 @@ def test_auto_coded_stays_are_apart_and_sampled_for_qc_by_hash(store: ReviewStor
         assert all(r.status == "to_code" for r in rows if r.qc_sampled)
         assert all(r.dp_code == "I50.0" for r in rows)
     # Raising the rate routes more untouched auto-coded stays to review, deterministically.
-    with store.session() as session:
+    with store.session(write=True) as session:
         workflow.set_qc_rate(session, 0.5, "dr-martin", 0.25)
     with store.session() as session:
         sampled = set(session.scalars(select(ReviewStay.id).where(ReviewStay.qc_sampled)))
@@ -258,7 +258,7 @@ def test_only_the_best_rejected_candidates_are_stored(store: ReviewStore) -> Non
         extra.model_copy(update={"code": f"R{50 + i // 10}.{i % 10}", "score": 0.1 - i / 1000})
         for i in range(40)
     ]
-    with store.session() as session:
+    with store.session(write=True) as session:
         workflow.enqueue(session, stay, prediction)
         view = workflow.stay_view(session, "sej-ic-long")
     decisions = [s["decision"] for s in view["suggestions"]]
@@ -271,7 +271,7 @@ def test_enqueue_is_idempotent_and_refuses_another_text(store: ReviewStore) -> N
     enqueue_cases(store, ["sej-ic-2"])  # same text, same model: nothing new
     stay, pred = make_case("sej-ic-2")
     stay["text"] = stay["text"] + "\nAjout tardif."
-    with pytest.raises(ReviewConflict), store.session() as session:
+    with pytest.raises(ReviewConflict), store.session(write=True) as session:
         workflow.enqueue(session, stay, pred)
     with store.session() as session:
         assert session.scalar(select(func.count()).select_from(ReviewStay)) == 1
@@ -769,7 +769,7 @@ def test_audit_csv_neutralises_formula_cells(store: ReviewStore, tmp_path: Path)
     # A principal named like a formula, a stay id starting with "-": a spreadsheet opening
     # the export must show them as text, not run them.
     enqueue_cases(store, ["-2-3"])
-    with store.session() as session:
+    with store.session(write=True) as session:
         workflow.set_qc_rate(session, 0.1, '=HYPERLINK("http://x.invalid","ok")', 0.0)
         workflow.set_qc_rate(session, 0.2, "@SUM(A1)", 0.0)
         workflow.set_qc_rate(session, 0.3, "+cmd", 0.0)

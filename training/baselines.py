@@ -699,10 +699,13 @@ def evaluate_scores(
 
 def _fit(model: Any, train: Sequence[Example]) -> None:
     texts, codes = [s.text for s in train], [s.codes for s in train]
-    if "principal" in inspect.signature(model.fit).parameters:  # learns the DP from roles
-        model.fit(texts, codes, principal=[s.principal for s in train])
-    else:
-        model.fit(texts, codes)
+    accepted = inspect.signature(model.fit).parameters
+    extra: dict[str, Any] = {}
+    if "principal" in accepted:  # learns the DP from roles
+        extra["principal"] = [s.principal for s in train]
+    if "groups" in accepted:  # cross-fits inside: near-duplicates kept in one fold
+        extra["groups"] = [s.group or s.id for s in train]
+    model.fit(texts, codes, **extra)
 
 
 def fit_baseline(

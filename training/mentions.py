@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -281,7 +281,7 @@ class MentionExtractor:
             ))
         getter = {SPAN_GROUP: True}
         factories = {
-            "negation": lambda: eds.negation(span_getter=getter),
+            "negation": lambda: eds.negation(span_getter=getter, following=_negation_following()),
             "hypothesis": lambda: eds.hypothesis(span_getter=getter),
             "family": lambda: eds.family(span_getter=getter, use_sections=True),
             "history": lambda: eds.history(span_getter=getter, use_sections=True),
@@ -329,8 +329,11 @@ class MentionExtractor:
             if span.label_ == "lex_fuzzy":
                 kind = "fuzzy"
             ext = span._
-            history = bool(getattr(ext, "history", False))
-            family = bool(getattr(ext, "family", False))
+            section = _section_at(sections, span.start_char)
+            # What the antécédents sections list is past or family history by where it is
+            # written (edsnlp's section cue expects its own section names, not ours).
+            history = bool(getattr(ext, "history", False)) or section == "antecedents"
+            family = bool(getattr(ext, "family", False)) or section == "antecedents_familiaux"
             kept_history = history and not self._still.covers(codes, "history")
             kept_family = family and not self._still.covers(codes, "family")
             mention = Mention(
@@ -343,14 +346,16 @@ class MentionExtractor:
                 family=kept_family,
                 history=kept_history,
                 reported=bool(getattr(ext, "reported_speech", False)),
-                section=_section_at(sections, span.start_char),
+                section=section,
                 still_current=(history and not kept_history) or (family and not kept_family),
             )
             key = (codes, mention.start, mention.end)
             if key not in found or _KIND_RANK.get(kind, 9) < _KIND_RANK.get(found[key].kind, 9):
                 found[key] = mention
+        found = _longest(found)
         if self.measurements:
-            for m in self._measured(text, sections):
+            named = [m for m in found.values() if m.affirmed]
+            for m in _narrowed(self._measured(text, sections), named):
                 found.setdefault((m.codes, m.start, m.end), m)
             for m in self._insulin_treated(text, list(found.values())):
                 found.setdefault((m.codes, m.start, m.end), m)
@@ -361,7 +366,7 @@ class MentionExtractor:
         insulinotraité ou sans précision): a report that gives insulin turns an affirmed
         "non insulinotraité ou sans précision" diabetes code into its insulin-treated sibling,
         on the same span."""
-        if not _INSULIN.search(text):
+        if not any(_insulin_given(text, match) for match in _INSULIN.finditer(text)):
             return
         for m in mentions:
             if not m.affirmed or len(m.codes) != 1:
@@ -384,6 +389,50 @@ class MentionExtractor:
                                       section=_section_at(sections, match.start()))
 
 
+def _negation_following() -> list[str]:
+    """edsnlp's cues written after the negated term, and the usual French ways of saying a
+    diagnosis was considered then not kept ("une pneumopathie ... n'a pas été retenue")."""
+    from edsnlp.pipes.qualifiers.negation import patterns
+
+    ruled_out = [
+        f"{lead}{word}{end}"
+        for lead in ("non ", "pas ", "pas été ", "n'a pas été ", "n'ont pas été ")
+        for word in ("retenu", "confirmé")
+        for end in ("", "e", "s", "es")
+    ]
+    return [*patterns.following, *ruled_out, "infirmé", "infirmée", "infirmés", "infirmées"]
+
+
+
+def _narrowed(measured: Iterable[Mention], named: Sequence[Mention]) -> Iterator[Mention]:
+    """A measurement names the French extension, the words name the disease: "FEVG 32 %"
+    means I50.x2 (any heart failure), beside "insuffisance cardiaque congestive" (I50.0) it
+    means I50.02; "IMC 33" beside "obésité" (E66.9) means E66.94. Each measurement is kept,
+    followed by its codes under a subcategory the report names, when that narrows it."""
+    subcategories = {c[:5] for m in named for c in m.codes if len(c) >= 5}
+    for m in measured:
+        yield m
+        kept = tuple(c for c in m.codes if c[:5] in subcategories)
+        if kept and len(kept) < len(m.codes):
+            yield Mention(kept, m.start, m.end, "measurement", section=m.section)
+
+
+def _longest(found: dict[tuple[tuple[str, ...], int, int], Mention]) -> dict[tuple[tuple[str, ...], int, int], Mention]:
+    """Longest match wins: a term inside a longer matched term is not a mention of its own
+    ("insuffisance rénale" in "insuffisance rénale chronique stade 3", "DT2" in "DT2 non
+    insulinotraité", whose negation cue belongs to the longer term). Terms on the same span
+    all stay (one phrase, several codes)."""
+    spans = sorted({(start, end) for _, start, end in found}, key=lambda se: (se[0], -se[1]))
+    inside: set[tuple[int, int]] = set()
+    reach_start, reach_end = -1, -1  # the longest span seen so far that starts earliest
+    for start, end in spans:
+        if reach_start <= start and end <= reach_end and (start, end) != (reach_start, reach_end):
+            inside.add((start, end))
+        elif end > reach_end:
+            reach_start, reach_end = start, end
+    return {key: m for key, m in found.items() if (key[1], key[2]) not in inside}
+
+
 # Insulin given or prescribed (brand names of the insulins sold in France), not "non
 # insulinotraité" / "non insulino-requérant" / "sans insuline".
 _INSULIN = re.compile(
@@ -393,6 +442,21 @@ _INSULIN = re.compile(
     r"mixtard|xultophy|suliqua)\b",
     re.IGNORECASE,
 )
+
+
+# Insulin that does not make the diabetes insulin-treated: denied before it in its sentence
+# ("sans nécessité d'insuline", "pas d'indication à une insuline") or given for a while only
+# ("insulinothérapie transitoire", "insuline le temps de l'infection").
+_INSULIN_DENIED = re.compile(
+    r"(?i)(?:\b(?:sans|pas|non|ni|aucune?)\b[^.,;\n]{0,40}|\barr[êe]t (?:de l'|de la |des |du ))$"
+)
+_INSULIN_TRANSIENT = re.compile(r"(?i)^[^.\n]{0,40}\b(?:transitoire|temporaire|le temps d)")
+
+
+def _insulin_given(text: str, match: re.Match[str]) -> bool:
+    start, end = match.span()
+    denied = _INSULIN_DENIED.search(text, max(0, start - 60), start) is not None
+    return not denied and _INSULIN_TRANSIENT.match(text[end : end + 60]) is None
 
 
 def _insulin_siblings(terminology: str) -> dict[str, str]:
@@ -479,7 +543,8 @@ def _add_terms(nlp: Any, matcher: Any, terms: dict[str, list[str]], attr: str) -
 
 # Several kinds can match the same span for the same codes: keep the most trusted.
 _KIND_RANK = {k: i for i, k in enumerate(
-    ("abbreviation", "synonym", "variant", "eponym", "label", "label_variant", "cim11", "learned", "fuzzy")
+    ("abbreviation", "synonym", "variant", "eponym", "label", "label_variant", "cim11", "learned", "fuzzy",
+     "treatment")
 )}
 
 

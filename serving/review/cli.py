@@ -68,6 +68,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     aud.set_defaults(handler=_audit)
 
+    mig = with_db(
+        commands.add_parser(
+            "migrate",
+            help="upgrade the review database schema (run with the account that owns it)",
+            description="Bring the schema to this version's newest revision. On PostgreSQL, "
+            "run it with the schema owner's account; the service's own account needs no DDL "
+            "right (see `cimcoder review grant`) and refuses to start on an outdated schema.",
+        )
+    )
+    mig.set_defaults(handler=_migrate)
+
+    gra = with_db(
+        commands.add_parser(
+            "grant",
+            help="PostgreSQL: give the service's role row access only (no DDL), as the owner",
+            description="Grant ROLE SELECT/INSERT/UPDATE/DELETE on the review tables, only "
+            "SELECT/INSERT on audit_events, SELECT on alembic_version and USAGE on their "
+            "sequences. Run with the owner's --database-url after each migrate; prints the "
+            "statements it ran.",
+        )
+    )
+    gra.add_argument("--role", required=True, help="the role the service connects as")
+    gra.set_defaults(handler=_grant)
+
     mon = with_db(commands.add_parser("monitoring", help="print the monitoring report (JSON)"))
     mon.add_argument(
         "--labels", type=Path, help="model run folder or labels.json (code-frequency drift)"
@@ -85,25 +109,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scr.set_defaults(handler=_scripted)
 
 
-def _store(args: argparse.Namespace) -> ReviewStore:
-    # Imported here, not at module level: `cimcoder --help` and every other command would
-    # otherwise load the review web app (FastAPI, SQLAlchemy) just to list this one.
-    from cimcoder.serving.review.store import ReviewError, ReviewStore
-
-    url = args.database_url
+def _database_url(args: argparse.Namespace) -> str:
+    url: str | None = args.database_url
     if not url:
         from pydantic import ValidationError
 
+        from cimcoder.serving.review.store import ReviewError
         from cimcoder.serving.settings import Settings
 
         try:
             url = Settings().resolved_database_url()
         except ValidationError as exc:
             raise ReviewError(f"invalid CIMCODER_* settings: {exc.errors()[0]['msg']}") from None
+    return url
+
+
+def _store(args: argparse.Namespace) -> ReviewStore:
+    # Imported here, not at module level: `cimcoder --help` and every other command would
+    # otherwise load the review web app (FastAPI, SQLAlchemy) just to list this one.
+    from cimcoder.serving.review.store import ReviewError, ReviewStore
+
+    url = _database_url(args)
     try:
         return ReviewStore(url)
+    except ReviewError:
+        raise
     except Exception as exc:  # SQLAlchemy/driver errors: a bad URL or unreachable server
         raise ReviewError(f"cannot open the review store: {type(exc).__name__}: {exc}") from None
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from cimcoder.serving.review.store import current_revision, head_revision, make_engine
+
+    engine = make_engine(_database_url(args))
+    try:
+        before = current_revision(engine)
+        store = _store(args)
+        store.close()
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if before == head:
+        print(f"review database schema already at revision {head}")
+    else:
+        print(f"review database schema upgraded from {before or 'empty'} to revision {head}")
+    return 0
+
+
+def _grant(args: argparse.Namespace) -> int:
+    from cimcoder.serving.review.grants import grant_service_role
+    from cimcoder.serving.review.store import make_engine
+
+    engine = make_engine(_database_url(args))
+    try:
+        statements = grant_service_role(engine, args.role)
+    finally:
+        engine.dispose()
+    for statement in statements:
+        print(statement + ";")
+    return 0
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -122,7 +186,7 @@ def _import(args: argparse.Namespace) -> int:
     store = _store(args)
     default_rate = 0.05 if args.qc_rate is None else args.qc_rate
     created = unchanged = auto = sampled = 0
-    with store.session() as session:
+    with store.session(write=True) as session:
         if args.qc_rate is not None:
             set_qc_rate(session, args.qc_rate, "cli", default_rate)
         for prediction in predictions:
@@ -148,7 +212,7 @@ def _export(args: argparse.Namespace) -> int:
     base = _load_dataset(args.include).stays if args.include else []
     store = _store(args)
     validated, kept = export_validated(store, args.output, include=base)
-    with store.session() as session:
+    with store.session(write=True) as session:
         record(
             session,
             actor="cli",
@@ -187,7 +251,7 @@ def _audit(args: argparse.Namespace) -> int:
             return 1
         print(f"audit trail intact: {check.events} event(s), head hash {check.head}")
     if args.output is not None:
-        with store.session() as session:
+        with store.session(write=True) as session:
             record(session, actor="cli", event="audit.exported", after={"file": args.output.name})
         count = export_audit(store, args.output, args.format)
         print(f"wrote {count} audit event(s) to {args.output}")

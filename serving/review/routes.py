@@ -22,15 +22,17 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from cimcoder.serving.auth import (
+    LOCAL_PRINCIPAL,
     CoderUser,
     DimUser,
     OptionalUser,
     authenticate,
     clear_session_cookie,
     role_allows,
+    session_id_of,
     set_session_cookie,
 )
-from cimcoder.serving.review import audit, export, monitoring, workflow
+from cimcoder.serving.review import audit, export, monitoring, sessions, workflow
 from cimcoder.serving.review.schemas import (
     EnqueueRequest,
     EnqueueResult,
@@ -98,6 +100,12 @@ def store_for_app(app: FastAPI) -> ReviewStore:
 def init_app(app: FastAPI, settings: Settings) -> None:
     """Called by `create_app`: open the store (Alembic upgrade head) at start-up."""
     app.state.review_store = None
+
+    def find_session(session_id: str) -> str | None:
+        return sessions.principal_of(store_for_app(app), session_id)
+
+    # Review sessions live in the review database: `auth` looks the cookie's session up here.
+    app.state.find_session = find_session
     previous = app.router.lifespan_context
 
     @asynccontextmanager
@@ -145,14 +153,16 @@ def _client_address(request: Request) -> str | None:
 
 def _record(store: ReviewStore, actor: str, event: str, **after: Any) -> None:
     """An audit event of its own transaction (views, exports, logins: nothing else to commit)."""
-    with store.session() as session:
+    with store.session(write=True) as session:
         audit.record(session, actor=actor, event=event, after=after or None)
 
 
 def _viewed_stay(store: ReviewStore, stay_id: str, user: str) -> dict[str, Any]:
-    """The stay's view; who read the report is an audit event, in the same transaction."""
+    """The stay's view, read from a snapshot (it never waits for a save); who read the report
+    is then an audit event of its own write transaction, committed before the view is sent."""
     with store.session() as session:
         view = workflow.stay_view(session, stay_id)
+    with store.session(write=True) as session:
         audit.record(
             session, actor=user, event="stay.viewed", stay=session.get(ReviewStay, stay_id)
         )
@@ -180,7 +190,7 @@ async def post_stay(
     [prediction] = await score_inputs(request, get_batcher(request), [scored], user)
 
     def write() -> workflow.Enqueued:
-        with store.session() as session:
+        with store.session(write=True) as session:
             return workflow.enqueue(
                 session,
                 stay,
@@ -273,7 +283,7 @@ def get_review_settings(request: Request, user: CoderUser, store: StoreDep) -> Q
 def put_review_settings(
     body: QcSettingsIn, request: Request, user: DimUser, store: StoreDep
 ) -> QcSettings:
-    with store.session() as session:
+    with store.session(write=True) as session:
         rate = workflow.set_qc_rate(session, body.qc_rate, user, _qc_default(request))
     return QcSettings(qc_rate=rate)
 
@@ -360,6 +370,18 @@ def login_page(request: Request, next: str | None = None) -> HTMLResponse:
     return _page(request, "login.html", None, next=_safe_next(next), error=None)
 
 
+def _login_refused(
+    request: Request, next: str | None, status_code: int, error: str
+) -> HTMLResponse:
+    page = _page(request, "login.html", None, next=_safe_next(next), error=error)
+    page.status_code = status_code
+    return page
+
+
+def _french_delay(seconds: int) -> str:
+    return f"{seconds} s" if seconds < 60 else f"{-(-seconds // 60)} min"
+
+
 @router.post("/review/login", response_class=HTMLResponse, include_in_schema=False)
 def login(
     request: Request,
@@ -368,34 +390,59 @@ def login(
     next: Annotated[str | None, Form()] = None,
 ) -> Any:
     settings = _settings(request.app)
-    principal = "local" if settings.auth_disabled else authenticate(settings, username, key)
     store = get_store(request)
-    # Who tried, from where, never the key.
+    client = _client_address(request)
+    if settings.auth_disabled:
+        _record(store, LOCAL_PRINCIPAL, "login.succeeded", client=client)
+        return RedirectResponse(_safe_next(next), status_code=303)
+    # Who tried, from where, never the key. Printable characters only: the name typed may be
+    # anything (a NUL byte included).
+    tried = "".join(ch for ch in username.strip() if ch.isprintable())[:128] or "?"
+    throttle = sessions.Throttle(settings.login_max_failures, settings.login_window_s)
+    with store.session() as db:
+        wait_s = sessions.login_wait_s(db, tried, client, throttle)
+    if wait_s:
+        # Refused before the key is even checked: guessing on gains nothing.
+        logger.warning("review login of %r from %s throttled for %d s", tried, client, wait_s)
+        page = _login_refused(
+            request,
+            next,
+            429,
+            "Trop de tentatives de connexion échouées. "
+            f"Réessayez dans {_french_delay(wait_s)}.",
+        )
+        page.headers["Retry-After"] = str(wait_s)
+        return page
+    principal = authenticate(settings, username, key)
     if principal is None:
         logger.info("failed review login")
-        # Printable characters only: the name typed may be anything (a NUL byte included).
-        tried = "".join(ch for ch in username.strip() if ch.isprintable())[:128] or "?"
-        _record(store, tried, "login.failed", client=_client_address(request))
-        page = _page(
-            request,
-            "login.html",
-            None,
-            next=_safe_next(next),
-            error="Identifiant ou clé incorrects.",
-        )
-        page.status_code = 401
-        return page
-    _record(store, principal, "login.succeeded", client=_client_address(request))
+        with store.session(write=True) as db:
+            sessions.record_failure(db, tried, client, throttle)
+            audit.record(db, actor=tried, event="login.failed", after={"client": client})
+        return _login_refused(request, next, 401, "Identifiant ou clé incorrects.")
+    with store.session(write=True) as db:
+        sessions.clear_failures(db, principal)
+        session_id = sessions.open_session(db, principal, settings.session_max_age_s)
+        audit.record(db, actor=principal, event="login.succeeded", after={"client": client})
     response = RedirectResponse(_safe_next(next), status_code=303)
-    if not settings.auth_disabled:
-        set_session_cookie(response, settings, principal)
+    set_session_cookie(response, settings, session_id)
     return response
 
 
 @router.post("/review/logout", include_in_schema=False)
-def logout() -> RedirectResponse:
+def logout(request: Request) -> RedirectResponse:
+    settings = _settings(request.app)
+    session_id = session_id_of(request)
+    if session_id is not None:
+        # Revoked in the database: the cookie, replayed, opens nothing on any replica.
+        with get_store(request).session(write=True) as db:
+            principal = sessions.revoke_session(db, session_id)
+            if principal is not None:
+                audit.record(
+                    db, actor=principal, event="logout", after={"client": _client_address(request)}
+                )
     response = RedirectResponse("/review/login", status_code=303)
-    clear_session_cookie(response)
+    clear_session_cookie(response, settings)
     return response
 
 

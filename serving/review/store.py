@@ -1,8 +1,10 @@
 """The review store: stays to code, the model's suggestions, the coders' decisions, the audit.
 
 SQLAlchemy 2 models over SQLite (default; WAL journal, busy timeout, `BEGIN IMMEDIATE` for
-writes) or PostgreSQL (by URL). The schema is created and upgraded by Alembic
-(`migrations/`), programmatically, when the store is opened.
+write sessions, a deferred snapshot read for the others; folder 0700, files 0600) or
+PostgreSQL (by URL). The schema is created and upgraded by Alembic (`migrations/`),
+programmatically, when the store is opened (`migrate=True`), or by `cimcoder review migrate`
+with the schema owner's account while the service runs as a role without DDL rights.
 
 A *review* is one save of a coder on one stay: the decision on every suggested code
 (accept / reject / change) plus the codes they added, the chosen DP, and the DR when the DP
@@ -20,9 +22,10 @@ from __future__ import annotations
 import datetime
 import enum
 import logging
+import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,7 +44,7 @@ from sqlalchemy import (
     event,
     text as sql_text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -258,7 +261,40 @@ class ReviewSetting(Base):
     updated_by: Mapped[str | None] = mapped_column(String(128))
 
 
+class LoginSession(Base):
+    """A review page session: the cookie carries its id, logging out revokes it (`sessions`)."""
+
+    __tablename__ = "login_sessions"
+
+    # SHA-256 of the session id, never the id itself: a copy of the database opens no session.
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime.datetime] = mapped_column(DateTime, index=True)
+    revoked_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+
+
+class LoginFailure(Base):
+    """One failed review login, counted per name and per client address to throttle guessing."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    principal: Mapped[str] = mapped_column(String(128), index=True)
+    client: Mapped[str | None] = mapped_column(String(64), index=True)
+    at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
 # -- engine -----------------------------------------------------------------------------
+
+
+# An execution option of the engine that read-only sessions use (`ReviewStore.session()`).
+# Connections without it (writes, migrations, raw `engine.begin()`) get write transactions.
+_READ_ONLY = "cimcoder_read_only"
+# The database folder and files hold every report text: owner only.
+DATA_DIR_MODE = 0o700
+DATA_FILE_MODE = 0o600
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -277,25 +313,104 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A write transaction takes the write lock up front (BEGIN IMMEDIATE), so that it
+        # waits its turn instead of failing when another writer commits between its reads
+        # and its first write. A read transaction is deferred: in WAL mode it reads a
+        # snapshot and never waits for a writer. It is also made read-only (query_only), so
+        # that a write in a session not declared as writing fails at once, in every test,
+        # rather than now and then under concurrency.
+        read_only = bool(conn.get_execution_options().get(_READ_ONLY, False))
+        info = conn.connection.info
+        if info.get(_READ_ONLY) != read_only:
+            conn.exec_driver_sql(f"PRAGMA query_only = {'ON' if read_only else 'OFF'}")
+            info[_READ_ONLY] = read_only
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # PostgreSQL readers never wait for writers (MVCC); READ ONLY makes a write in a
+        # session not declared as writing fail, as on SQLite.
+        if conn.get_execution_options().get(_READ_ONLY, False):
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.database.startswith("file:"):
+        return None  # URI filenames (shared memory, read-only...): left to the operator
+    return Path(parsed.database).resolve()
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Create the database's folder (0700) and file (0600) before SQLite opens it.
+
+    Modes are set explicitly rather than through the umask, which is process-wide (not
+    something to change in a threaded server). A folder we create is 0700; an existing one is
+    left as it is (it may be a data folder an administrator set up for several services) but
+    a warning names it when others can enter it. The database file is created 0600, and
+    tightened to 0600 when it already exists; SQLite gives its -wal and -shm files the mode
+    of the database file, and `secure_sqlite_files` checks them once they exist.
+    """
+    folder = path.parent
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(mode=DATA_DIR_MODE)
+        except FileExistsError:  # another process created it meanwhile
+            pass
+        else:
+            folder.chmod(DATA_DIR_MODE)
+    elif folder.stat().st_mode & 0o077:
+        logger.warning(
+            "the review database folder %s is accessible to other users (mode %o): "
+            "make it 0700 (chmod 700) unless other accounts must reach it",
+            folder,
+            folder.stat().st_mode & 0o777,
+        )
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATA_FILE_MODE))
+    secure_sqlite_files(path)
+
+
+def secure_sqlite_files(path: Path) -> None:
+    """Make the database file and its WAL/SHM/journal files 0600 (those of ours that exist)."""
+    for file in [path, *(path.with_name(path.name + suffix) for suffix in _SQLITE_SIDE_FILES)]:
+        try:
+            info = file.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_mode & 0o777 != DATA_FILE_MODE and info.st_uid == os.geteuid():
+            file.chmod(DATA_FILE_MODE)
 
 
 def make_engine(url: str) -> Engine:
     """Engine for `url`, with SQLite tuned for several writers (WAL, busy timeout)."""
     if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is not None:
+            prepare_sqlite_file(path)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        if engine.dialect.name == "postgresql":
+            _configure_postgresql(engine)
     return engine
 
 
 _MIGRATION_LOCK = 0x63696D636F6465  # "cimcode": the advisory lock of schema upgrades
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (`alembic upgrade head`)."""
-    from alembic import command
+class SchemaOutdated(ReviewError):
+    """The database schema is older than this version of cimcoder and was not upgraded."""
+
+
+def _alembic_config() -> Any:
     from alembic.config import Config
 
     # Alembic's INFO lines (plugins, context) say nothing a hospital operator needs.
@@ -304,6 +419,31 @@ def upgrade(engine: Engine) -> None:
         alembic_logger.setLevel(logging.WARNING)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this version of cimcoder ships."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None, "the migrations folder has no revision"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None: an empty database). Reads only."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.execution_options(**{_READ_ONLY: True}).begin() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (`alembic upgrade head`)."""
+    from alembic import command
+
+    config = _alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Replicas opening one database at once: one migrates, the others wait for its
@@ -313,20 +453,75 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def _outdated_message(current: str | None, head: str) -> str:
+    found = f"at revision {current}" if current else "empty"
+    return (
+        f"the review database schema is {found}; this version of cimcoder needs revision "
+        f"{head}. Run the migration with the account that owns the schema: "
+        f"`cimcoder review migrate --database-url OWNER_URL` (the service's own account "
+        f"need not have the right to change the schema)"
+    )
+
+
+def ensure_schema(engine: Engine, *, migrate: bool) -> None:
+    """Check the schema is at head; upgrade it when `migrate` and it is not.
+
+    At head, nothing but a read is done: the service can run as a role without DDL rights
+    (no CREATE, no ALTER, not the owner of the tables and triggers). Behind head, it either
+    migrates (`migrate`, the account must own the schema) or refuses with `SchemaOutdated`
+    saying how to migrate; a migration refused for lack of rights says the same.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    head = head_revision()
+    current = current_revision(engine)
+    if current == head:
+        return
+    if not migrate:
+        raise SchemaOutdated(_outdated_message(current, head))
+    try:
+        upgrade(engine)
+    except DBAPIError as exc:
+        if engine.dialect.name != "postgresql" or getattr(exc.orig, "sqlstate", None) != "42501":
+            raise
+        # 42501 insufficient_privilege: a service account without DDL rights.
+        raise SchemaOutdated(
+            _outdated_message(current, head)
+            + f" (this account may not: {str(exc.orig).splitlines()[0]})"
+        ) from None
+
+
 class ReviewStore:
-    """The review database: an engine, its session factory, its schema upgraded at open."""
+    """The review database: an engine, its session factories, its schema checked at open.
+
+    `migrate=True` (the default: the SQLite file of a single server) upgrades an outdated
+    schema; `migrate=False` refuses one. At head, opening the store writes nothing.
+    """
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        if migrate:
-            upgrade(self.engine)
+        self._writes = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(
+            self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+        )
+        ensure_schema(self.engine, migrate=migrate)
+        path = sqlite_path(url)
+        if path is not None:
+            secure_sqlite_files(path)  # the -wal and -shm files exist from the first connection
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on error."""
-        with self._sessions() as session, session.begin():
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error.
+
+        Read-only unless `write=True`. A read never waits for a writer (SQLite: a deferred
+        transaction on a WAL snapshot; PostgreSQL: MVCC). A write transaction takes SQLite's
+        write lock at its start (`BEGIN IMMEDIATE`), so writers queue in turn (busy timeout)
+        and a read-then-write cannot fail halfway on another writer's commit. A write in a
+        read session fails (`attempt to write a readonly database` / `read-only transaction`).
+        """
+        factory = self._writes if write else self._reads
+        with factory() as session, session.begin():
             yield session
 
     def close(self) -> None:
@@ -338,7 +533,7 @@ _stores_lock = threading.Lock()
 
 
 def open_store(url: str) -> ReviewStore:
-    """The process-wide store for `url` (opened, and its schema upgraded, once)."""
+    """The process-wide store for `url` (opened, and its schema checked or upgraded, once)."""
     with _stores_lock:
         store = _stores.get(url)
         if store is None:

@@ -712,7 +712,7 @@ def save_review(store: ReviewStore, stay_id: str, body: ReviewIn, coder: str) ->
 def _save_once(
     store: ReviewStore, stay_id: str, body: ReviewIn, coder: str, canon: dict[str, str]
 ) -> dict[str, Any]:
-    with store.session() as session:
+    with store.session(write=True) as session:
         existing = session.get(Review, body.decision_id)
         if existing is not None:
             if existing.stay_id != stay_id or existing.coder != coder:
@@ -811,7 +811,7 @@ def enqueue_many(
     actor: str = SYSTEM_ACTOR,
 ) -> list[Enqueued]:
     """Enqueue several stays in one transaction: all of them, or none on an error."""
-    with store.session() as session:
+    with store.session(write=True) as session:
         return [
             enqueue(session, stay, pred, default_qc_rate=default_qc_rate, actor=actor)
             for stay, pred in pairs

@@ -74,6 +74,11 @@ class Stay(BaseModel):
     edition: str | None = Field(default=None, description="Terminology edition the codes follow.")
     context: StayContext | None = Field(default=None, description="Optional structured context.")
     synthetic: bool = Field(default=False, description="True for generated (synthetic) stays.")
+    template: str | None = Field(
+        default=None,
+        description="Generated stays: the template (scenario) written out. Stays of one template"
+        " are near-duplicates: cross-fitting keeps them in one fold, as it keeps a patient's stays.",
+    )
 
     @field_validator("id", "patient_id", mode="before")
     @classmethod

@@ -410,6 +410,7 @@ def generate_stay(index: int, seed: int = 0, n: int = 1) -> SynthStay:
         terminology="cim10",
         context=StayContext(unit=scenario.unit, age=age, sex=sex, length_of_stay=los),
         synthetic=True,
+        template=f"synth-fr:{scenario.key}",
     )
     return SynthStay(stay=stay, not_coded=out.decoys, scenario=scenario.key)
 

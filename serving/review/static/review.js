@@ -109,9 +109,19 @@
       return "hl-" + d.action;
     }
 
+    // Evidence offsets count code points (Python str indices); a JS string indexes UTF-16
+    // units, one more for every character outside the BMP (emoji, 𝔸) before the span.
+    // unitOffsets[k] is the UTF-16 index of code point k (and of the end, k = length).
+    const unitOffsets = [0];
+    for (const ch of stay.text) unitOffsets.push(unitOffsets[unitOffsets.length - 1] + ch.length);
+    function toUnits(codePoint) {
+      const k = Math.max(0, Math.min(Number(codePoint) || 0, unitOffsets.length - 1));
+      return unitOffsets[k];
+    }
+
     function renderText() {
       const text = stay.text;
-      const marks = []; // [start, end, code]
+      const marks = []; // [start, end, code], in UTF-16 units
       const focused0 = currentCode();
       let undecidedShown = 0;
       for (const s of suggestions) {
@@ -122,7 +132,7 @@
           // undecided ones (and the focused code), or the report would drown in colour.
           if (d && d.action === null && ++undecidedShown > MAX_UNDECIDED_HIGHLIGHTED) continue;
         }
-        for (const ev of s.evidence || []) marks.push([ev.start, ev.end, s.code]);
+        for (const ev of s.evidence || []) marks.push([toUnits(ev.start), toUnits(ev.end), s.code]);
       }
       const cuts = new Set([0, text.length]);
       for (const [a, b] of marks) { cuts.add(a); cuts.add(b); }
