@@ -521,7 +521,10 @@ class Predictor:
     def _symptom_rule(self, decisions: np.ndarray, context: _Context | None) -> set[int]:
         """ATIH guide: a symptom (chapter XVIII, R codes) is not coded when a diagnosis
         retained in the stay explains it. Where a non-symptom diagnosis of the stay has an
-        affirmed mention, R codes are sent to review rather than auto-coded, with a flag."""
+        affirmed mention, R codes are sent to review rather than auto-coded, with a flag; where
+        the report states such a diagnosis as its conclusion or the reason for the stay, a
+        symptom it does not state there as well is rejected (on data/hospital-dev, 59 of the
+        hybrid's suggestions were symptoms outside the DIM's coding, 3 were in it)."""
         if context is None:
             return set()
         suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
@@ -531,9 +534,12 @@ class Predictor:
         others = [self.labels[j] for j in suggested if self.labels[j][:1] not in "RZ"]
         if not context.affirmed(others):
             return set()
+        concluded = context.concluded(others)
         for j in symptoms:
             if decisions[j] == "auto":
                 decisions[j] = "review"
+            if concluded and not context.concluded([self.labels[j]]):
+                decisions[j] = "reject"
         return set(symptoms)
 
     def _unspecified_rule(self, decisions: np.ndarray) -> set[int]:
@@ -635,6 +641,10 @@ class _Context:
 
     def affirmed(self, codes: list[str]) -> set[str]:
         return self.index.affirmed(self.i, codes)
+
+    def concluded(self, codes: list[str]) -> set[str]:
+        concluded = getattr(self.index, "concluded", None)
+        return set() if concluded is None else concluded(self.i, codes)
 
 
 def _decision(value: Any) -> Decision:

@@ -37,7 +37,7 @@ CASES: list[tuple[str, list[str]]] = [
 @pytest.fixture(scope="module")
 def space() -> LabelSpace:
     return LabelSpace.from_code_sets(
-        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90"]
+        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9"]
     )
 
 
@@ -229,3 +229,17 @@ def test_near_duplicates_share_a_cross_fitting_fold(space: LabelSpace, hybrid: H
     assert len(set().union(*by_template.values())) == 3  # and the templates spread over folds
     with pytest.raises(HybridError, match="one group per report"):
         HybridScorer(space, hybrid.params).fit([t for t, _ in CASES], [c for _, c in CASES], groups=["a"])
+
+
+def test_a_symptom_the_conclusion_explains_is_not_suggested(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor
+
+    predictor = Predictor(hybrid, name="hybrid-test")
+    explained = "HISTOIRE : fièvre à 39 °C.\n\nCONCLUSION : Pneumopathie à pneumocoque.\n"
+    kept = "HISTOIRE : toux.\n\nCONCLUSION : Fièvre. Pneumopathie à pneumocoque.\n"
+    decisions = [
+        {c.code: c.decision for c in predictor.predict([text])[0].codes}.get("R50.9")
+        for text in (explained, kept)
+    ]
+    assert decisions[0] in (None, "reject")  # explained by the retained pneumonia
+    assert decisions[1] == "review"  # the doctor retained it in the conclusion too

@@ -536,6 +536,12 @@ class HybridEvidence:
                 out[code] = sorted({r for m in related if (r := m.reason()) is not None})
         return out
 
+    def concluded(self, i: int, codes: Sequence[str]) -> set[str]:
+        """Codes the report states as its conclusion or the reason for the stay (affirmed)."""
+        view, space = self.views[i], self.scorer.label_space
+        rows = ((c, view.candidates.get(space.index(c))) for c in codes if c in space)
+        return {c for c, x in rows if x is not None and _stated(x)}
+
     def dp_weights(self, i: int, codes: Sequence[str]) -> dict[str, float]:
         """How much each code looks like the principal diagnosis: a model learned from
         role-labelled hospital stays when the training had some, else the ATIH guide's logic
@@ -574,16 +580,18 @@ _DP_STATUS = 0.3
 _DP_NOT_CANDIDATE = 0.05
 
 
+def _stated(x: np.ndarray) -> bool:
+    """Written (affirmed) in the conclusion or as the reason for the stay."""
+    return bool(x[_F["conclusion_order"]] < _NOT_IN_SECTION or x[_F["admission_cue"]] > 0)
+
+
 def _guide_dp_weights(
     view: _StayView, space: LabelSpace, codes: Sequence[str], documented: set[str]
 ) -> dict[str, float]:
     rows = {c: x for c in codes if c in space
             if (x := view.candidates.get(space.index(c))) is not None}
 
-    def stated(x: np.ndarray) -> bool:  # written as the reason for the stay or its conclusion
-        return bool(x[_F["conclusion_order"]] < _NOT_IN_SECTION or x[_F["admission_cue"]] > 0)
-
-    explained = any(c[:1] not in "RZ" and stated(x) for c, x in rows.items())
+    explained = any(c[:1] not in "RZ" and _stated(x) for c, x in rows.items())
     weights: dict[str, float] = {}
     for code in codes:
         x = rows.get(code)
