@@ -243,3 +243,25 @@ def test_a_symptom_the_conclusion_explains_is_not_suggested(hybrid: HybridScorer
     ]
     assert decisions[0] in (None, "reject")  # explained by the retained pneumonia
     assert decisions[1] == "review"  # the doctor retained it in the conclusion too
+
+
+def test_a_more_general_mention_does_not_auto_code_the_codes_under_it(hybrid: HybridScorer) -> None:
+    from cimcoder.training.mentions import Mention
+    from cimcoder.training.models.hybrid import _StayView, candidates_and_features
+
+    general = Mention(("I26",), 0, 17, "label")  # "embolie pulmonaire": which I26.x is not said
+    specific = Mention(("I26.9",), 20, 54, "label")
+    n = len(hybrid.labels)
+    strict = hybrid.params.model_copy(update={"auto_requires_mention": True})
+
+    def vetoes(mentions: list[Mention]) -> dict[str, bool]:
+        by_code = {c: [m for m in mentions if c in m.codes] for m in mentions for c in m.codes}
+        view = _StayView("x" * 60, mentions, np.zeros(n), np.zeros(n), {}, by_code)
+        cols, _, veto = candidates_and_features(
+            view, hybrid.label_space, hybrid._hier(), hybrid._code_info(), strict
+        )
+        return {hybrid.labels[j]: bool(v) for j, v in zip(cols, veto, strict=True)}
+
+    assert vetoes([general])["I26.9"] and vetoes([general])["I26.0"]
+    both = vetoes([general, specific])
+    assert not both["I26.9"] and both["I26.0"]

@@ -19,7 +19,8 @@ Fitting (`fit(texts, code_lists)`, training stays only; dev is never seen):
 Safety: a code whose every mention (of the code, a more specific or a more general code) is
 negated, hypothetical, a relative's, past history or reported speech is never auto-coded,
 nor is anything in a report without a single affirmed mention (garbage, empty, foreign text);
-`auto_requires_mention: true` also withholds codes that no mention supports. The answer flags why
+`auto_requires_mention: true` also withholds codes that no mention of the code itself or of a
+more specific code supports (a mention of W19 "chute" does not say which W19.xx). The answer flags why
 ("mention niée", ...). `predict_scores_and_vetoes` returns that veto matrix with the scores;
 the policy applies it in evaluation as in the predictor.
 """
@@ -88,8 +89,8 @@ class HybridParams(BaseModel):
     max_candidates: int = Field(80, ge=5, description="Candidates kept per stay (by first score).")
     auto_requires_mention: bool = Field(
         False,
-        description="Never auto-code a code without an affirmed mention supporting it (True), "
-        "or only codes whose mentions are all qualified away (False). Either way, nothing is "
+        description="Never auto-code a code without an affirmed mention of itself or of a more "
+        "specific code (True), or only codes whose mentions are all qualified away (False). Either way, nothing is "
         "auto-coded in a report without a single affirmed mention (garbage, empty, foreign).",
     )
     max_iter: int = Field(300, ge=10, description="Boosting iterations of the reranker.")
@@ -350,8 +351,12 @@ def candidates_and_features(
         row[_F["motif_order"]] = min(
             (motif[m.start] for m in related_affirmed if m.start in motif), default=_NOT_IN_SECTION)
         row[_F["admission_cue"]] = sum(_admission_cue(view.text, m.start) for m in related_affirmed)
-        supported = bool(related_affirmed)
-        veto[r] = not supported if params.auto_requires_mention else bool(related) and not supported
+        if params.auto_requires_mention:
+            # Auto-coding needs the code itself (or a more specific one) written: "chute" names
+            # W19 but not which of its twenty W19.xx (place, activity) the stay is.
+            veto[r] = not any(m.affirmed for m in direct + desc)
+        else:
+            veto[r] = bool(related) and not related_affirmed
     if not affirmed_codes:  # nothing affirmed in the whole report: nothing is auto-coded
         veto[:] = True
     return cols, x, veto
