@@ -265,3 +265,7 @@ def test_a_more_general_mention_does_not_auto_code_the_codes_under_it(hybrid: Hy
     assert vetoes([general])["I26.9"] and vetoes([general])["I26.0"]
     both = vetoes([general, specific])
     assert not both["I26.9"] and both["I26.0"]
+    # One phrase naming every code of its category says no more than the category.
+    many = Mention(("I48.0", "I48.1", "I48.2"), 0, 27, "label_variant")
+    assert all(vetoes([many])[c] for c in ("I48.0", "I48.1"))
+    assert not vetoes([Mention(("I48.0",), 0, 15, "abbreviation")])["I48.0"]

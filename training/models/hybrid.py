@@ -231,6 +231,7 @@ _ADMISSION = re.compile(
     r"[^\n]{0,80}?\bpour\b[^.\n]{0,40}$"
 )
 _NOT_IN_SECTION = 9.0  # order feature of a code not written in that section
+_MAX_CODES_NAMED = 2  # codes of one category a phrase may name and still say which (a pair)
 
 
 def _admission_cue(text: str, start: int) -> bool:
@@ -281,6 +282,10 @@ def candidates_and_features(
     affirmed_codes = {c for c, ms in by_code.items() if any(m.affirmed for m in ms)}
     # Hospital letters have headed sections (motif, antécédents, conclusion); case reports not.
     n_sections = len({m.section for ms in by_code.values() for m in ms} - {"autre"})
+    span_codes: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for m in view.mentions:
+        span_codes[(m.start, m.end)].update(m.codes)
+
     conclusion = _section_order(view.mentions, "conclusion")
     motif = _section_order(view.mentions, "motif")
     x = np.zeros((len(cols), len(FEATURES)), dtype=np.float32)
@@ -352,9 +357,13 @@ def candidates_and_features(
             (motif[m.start] for m in related_affirmed if m.start in motif), default=_NOT_IN_SECTION)
         row[_F["admission_cue"]] = sum(_admission_cue(view.text, m.start) for m in related_affirmed)
         if params.auto_requires_mention:
-            # Auto-coding needs the code itself (or a more specific one) written: "chute" names
-            # W19 but not which of its twenty W19.xx (place, activity) the stay is.
-            veto[r] = not any(m.affirmed for m in direct + desc)
+            # Auto-coding needs the code itself (or a more specific one) written, by a phrase
+            # that says which: "chute" names W19, or all twenty W19.xx (place, activity) at
+            # once, and so none of them.
+            veto[r] = not any(
+                m.affirmed and sum(c[:3] == category for c in span_codes[(m.start, m.end)]) <= _MAX_CODES_NAMED
+                for m in direct + desc
+            )
         else:
             veto[r] = bool(related) and not related_affirmed
     if not affirmed_codes:  # nothing affirmed in the whole report: nothing is auto-coded
