@@ -49,6 +49,10 @@ FLAG_NOT_CODABLE = "non codable : catégorie non vide, coder un code plus préci
 FLAG_EXTERNAL_CAUSE = "cause externe : en DAS uniquement"
 FLAG_DELETED = "code supprimé de l'édition"
 FLAG_UNKNOWN = "absent de la terminologie"
+# The DP weighs where a code is written more than how sure the model is that it belongs to the
+# stay: a treated hypertension is surely coded, and still not why the patient came. Square root:
+# on data/hospital-dev, 27 right DPs of 60 against 26 with the plain probability.
+DP_PROBABILITY_EXPONENT = 0.5
 FLAG_SYMPTOM = "symptôme : non codé s'il relève d'un diagnostic retenu (à vérifier)"
 FLAG_LESS_PRECISE = "moins précis qu'un autre code proposé de la même catégorie"
 
@@ -590,7 +594,9 @@ class Predictor:
         if context is not None:
             weights = context.dp_weights([self.labels[j] for j in allowed])
             if weights:
-                dp = max(allowed, key=lambda j: (probs[j] * weights.get(self.labels[j], 1.0), -allowed.index(j)))
+                dp = max(allowed, key=lambda j: (
+                    probs[j] ** DP_PROBABILITY_EXPONENT * weights.get(self.labels[j], 1.0), -allowed.index(j)
+                ))
         dr = None
         if self.labels[dp].startswith("Z51"):
             dr = next(

@@ -267,11 +267,11 @@ def test_serve_takes_its_bind_address_for_the_cookie(
     monkeypatch.delenv("CIMCODER_COOKIE_SECURE", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env of the checkout
     for host, secure in (("0.0.0.0", True), ("127.0.0.1", False)):
-        assert run_serve(argparse.Namespace(host=host, port=8765, model=None)) == 0
+        assert run_serve(argparse.Namespace(host=host, port=8765, model=None, workers=None)) == 0
         assert served["host"] == host
         assert served["app"].state.settings.session_cookie_secure() is secure
     monkeypatch.setenv("CIMCODER_HOST", "::1")  # no --host: the variable, else 127.0.0.1
-    run_serve(argparse.Namespace(host=None, port=8765, model=None))
+    run_serve(argparse.Namespace(host=None, port=8765, model=None, workers=None))
     assert served["host"] == "::1"
 
 
