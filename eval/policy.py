@@ -35,10 +35,17 @@ per true code found, which is slower than coding it from the report.
 For model comparisons, the policy also stores ``f1_threshold``: the one global threshold on
 *raw* model scores that maximises micro-F1 on the fitting data, applied unchanged elsewhere.
 
-A code whose own fitting data cannot support a threshold inherits one fitted on the pooled
-data of its 3-character category, then its chapter, then all remaining codes ("global"); the
-level each code uses is recorded. An inherited auto threshold is withdrawn from a code whose
-own data show a precision significantly *below* the target (upper bound < target).
+Auto thresholds are fitted top-down: one threshold on the pooled data of every code
+("global"), then each chapter, 3-character category and code with ``min_positives`` true codes
+of its own whose data certify a threshold replaces the one it inherits (the most specific
+wins). Fitted bottom-up instead (each chapter on what its codes left, the global node on what
+the chapters left), every small node has to clear the bound alone and most fall short: on
+CodiEsp-FR dev it auto-coded 6.2 % of the true codes (held-out precision 96.8 %) where
+top-down reaches 10.9 % (98.2 %), rare codes included (32 of 35 right). Review thresholds
+(a recall, not a promise) are fitted bottom-up: a code whose own data cannot support one
+inherits the threshold of its category, then its chapter, then all remaining codes. The level
+each code uses is recorded. An inherited auto threshold is withdrawn from a code whose own
+data show a precision significantly *below* the target (upper bound < target).
 
 The policy is saved as ``policy.json`` next to the model and applied unchanged at inference.
 """
@@ -67,7 +74,7 @@ from cimcoder.eval.defaults import (
     DEFAULT_MIN_REVIEW_PROBABILITY,
     DEFAULT_REVIEW_BUDGET,
 )
-from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, node_name
+from cimcoder.eval.hierarchy import LEVELS, Hierarchy, fit_by_level, fit_top_down, node_name
 from cimcoder.eval.intervals import BoundMethod, lower_bound, upper_bound
 from cimcoder.eval.metrics import best_f1_threshold
 from cimcoder.run_folder import POLICY_FILE, read_json, write_json_atomic
@@ -295,7 +302,7 @@ class DecisionPolicy:
         def never(cols: np.ndarray) -> tuple[float | None]:
             return (None,)
 
-        auto_nodes, auto_of = fit_by_level(labels, hierarchy, fit_auto, never)
+        auto_nodes, auto_of = fit_top_down(labels, hierarchy, fit_auto, never)
 
         def fit_review(cols: np.ndarray) -> float | None:
             yy = y[:, cols]

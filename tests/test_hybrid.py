@@ -37,7 +37,7 @@ CASES: list[tuple[str, list[str]]] = [
 @pytest.fixture(scope="module")
 def space() -> LabelSpace:
     return LabelSpace.from_code_sets(
-        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9"]
+        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2"]
     )
 
 
@@ -186,6 +186,21 @@ def test_an_unspecified_code_beside_a_specified_sibling_is_not_auto_coded(hybrid
     alone = np.full(len(labels), "reject", dtype=object)
     alone[labels.index("E11.98")] = "auto"
     assert predictor._unspecified_rule(alone) == set() and alone[labels.index("E11.98")] == "auto"
+
+
+def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import FLAG_SUBDIVIDED, Predictor
+
+    # F10.2 "syndrome de dépendance" is accepted by the PMSI, yet CIM-10 FR splits it into
+    # F10.20 ... F10.26: the coder picks the subdivision the record supports.
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    decisions = np.full(len(labels), "reject", dtype=object)
+    decisions[labels.index("F10.2")] = "auto"
+    decisions[labels.index("I10")] = "auto"
+    assert predictor._subdivided_rule(decisions) == {labels.index("F10.2")}
+    assert decisions[labels.index("F10.2")] == "review" and decisions[labels.index("I10")] == "auto"
+    assert FLAG_SUBDIVIDED.startswith("subdivisé")
 
 
 def test_the_guide_dp_is_the_first_diagnosis_of_the_conclusion_or_the_reason_for_the_stay(

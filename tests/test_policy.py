@@ -168,6 +168,35 @@ def test_bad_targets_are_refused() -> None:
         DecisionPolicy.fit(y, s, labels, target_precision=1.5)
 
 
+def test_auto_thresholds_pool_every_code_before_any_node_refines() -> None:
+    # I10 has 100 true codes scored 0.9, all right: it certifies 95 % alone. Five codes of
+    # other chapters have 8 each, also right at 0.9: 40/40 cannot certify 95 % (see the bounds
+    # test). Bottom-up, I10 took its own threshold and the 40 left over certified nothing;
+    # top-down, the 140 pooled pairs certify the global threshold every code inherits.
+    codes = ["A01.0", "C18.9", "E11.9", "I10", "J18.9", "K35.8"]
+    n = 400
+    y = np.zeros((n, len(codes)), dtype=bool)
+    for j in range(len(codes)):
+        y[j * 8:(j + 1) * 8, j] = True
+    y[:100, codes.index("I10")] = True
+    s = np.where(y, 0.9, 0.1)
+    policy = DecisionPolicy.fit(y, s, codes, calibration="none", min_positives=20)
+    assert policy.codes["A01.0"].auto_level == "global"
+    assert all(policy.codes[c].auto == 0.9 for c in codes)
+    # A code whose own data certify another threshold replaces the one it inherits: I10 also
+    # has 100 true codes at 0.8, all right, while the others score 0.8 on 20 stays each
+    # without them (pooled, 0.8 is far below 95 %).
+    i10 = codes.index("I10")
+    y2, s2 = y.copy(), s.copy()
+    y2[200:300, i10], s2[200:300, i10] = True, 0.8
+    others = [j for j in range(len(codes)) if j != i10]
+    for k, j in enumerate(others):
+        s2[300 + k * 20:320 + k * 20, j] = 0.8
+    refined = DecisionPolicy.fit(y2, s2, codes, calibration="none", min_positives=100)
+    assert refined.codes["A01.0"].auto_level == "global" and refined.codes["A01.0"].auto == 0.9
+    assert refined.codes["I10"].auto_level == "code:I10" and refined.codes["I10"].auto == 0.8
+
+
 def test_small_codes_cannot_certify_their_own_threshold() -> None:
     # Scanning thresholds code by code certifies lucky streaks: a code with fewer true codes
     # than min_positives (here even I10, ~300) must inherit a pooled threshold instead.
