@@ -53,6 +53,7 @@ FLAG_UNKNOWN = "absent de la terminologie"
 # stay: a treated hypertension is surely coded, and still not why the patient came. Square root:
 # on data/hospital-dev, 27 right DPs of 60 against 26 with the plain probability.
 DP_PROBABILITY_EXPONENT = 0.5
+DP_LESS_PRECISE = 0.3  # DP weight of a code less precise than another suggestion
 FLAG_SYMPTOM = "symptôme : non codé s'il relève d'un diagnostic retenu (à vérifier)"
 FLAG_LESS_PRECISE = "moins précis qu'un autre code proposé de la même catégorie"
 FLAG_SUBDIVIDED = "subdivisé : l'ATIH a des codes plus précis, à choisir par le codeur"
@@ -451,6 +452,7 @@ class Predictor:
     ) -> StayPrediction:
         """One stay's answer; `spans_of(codes)` gives the evidence of codes (None: none)."""
         decisions = self._refine_codable(np.asarray(decisions, dtype=object).copy(), probs)
+        self._undocumented_rule(decisions, context)
         symptoms = self._symptom_rule(decisions, context)
         vague = self._unspecified_rule(decisions)
         subdivided = self._subdivided_rule(decisions)
@@ -466,7 +468,7 @@ class Predictor:
         ranked = [int(j) for j in order if keep[j]]
 
         suggested = [j for j in ranked if decisions[j] != "reject"]
-        dp, dr = self._principal(suggested or ranked, probs, context)
+        dp, dr = self._principal(suggested or ranked, probs, context, vague)
 
         spans: Spans = {}
         if suggested and spans_of is not None:
@@ -525,6 +527,22 @@ class Predictor:
                 decisions[best] = "review"
             decisions[j] = "reject"
         return decisions
+
+    def _undocumented_rule(self, decisions: np.ndarray, context: _Context | None) -> None:
+        """The PMSI codes the patient's current diagnoses as the record documents them: a code
+        that no affirmed mention supports (every mention denied, hypothetical, a relative's,
+        past history or reported speech, or no mention at all: suggested by similar coded
+        reports only) is rejected, its flags saying why. It was never auto-coded; in review it
+        was noise: on data/hospital-dev, 76 such suggestions, 2 in the DIM's coding."""
+        if context is None:
+            return
+        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        if not suggested:
+            return
+        undocumented = context.flags([self.labels[j] for j in suggested])
+        for j in suggested:
+            if self.labels[j] in undocumented:
+                decisions[j] = "reject"
 
     def _symptom_rule(self, decisions: np.ndarray, context: _Context | None) -> set[int]:
         """ATIH guide: a symptom (chapter XVIII, R codes) is not coded when a diagnosis
@@ -605,24 +623,28 @@ class Predictor:
         return got
 
     def _principal(
-        self, pool: list[int], probs: np.ndarray, context: _Context | None
+        self, pool: list[int], probs: np.ndarray, context: _Context | None,
+        less_precise: set[int] | None = None,
     ) -> tuple[int | None, int | None]:
         """The DP (and DR when the DP is a Z51 session) among `pool`, ranked codes.
 
         With a model that knows where each code is written (the hybrid), the DP weighs the
         probability by the ATIH guide's logic (motif and conclusion first, a symptom explained
-        by a diagnosis is not DP); otherwise the most probable code allowed as DP.
+        by a diagnosis is not DP); otherwise the most probable code allowed as DP. A code less
+        precise than another suggested one (`less_precise`: "sans précision" beside a specified
+        sibling) weighs `DP_LESS_PRECISE` as much: the DP is coded at the finest level.
         """
         allowed = [j for j in pool if self._allowed_dp[j]]
         if not allowed:
             return None, None
-        dp = allowed[0]
-        if context is not None:
-            weights = context.dp_weights([self.labels[j] for j in allowed])
-            if weights:
-                dp = max(allowed, key=lambda j: (
-                    probs[j] ** DP_PROBABILITY_EXPONENT * weights.get(self.labels[j], 1.0), -allowed.index(j)
-                ))
+        weights = context.dp_weights([self.labels[j] for j in allowed]) if context is not None else {}
+        vaguer = less_precise or set()
+
+        def weight(j: int) -> float:
+            w = weights.get(self.labels[j], 1.0)
+            return w * DP_LESS_PRECISE if j in vaguer else w
+
+        dp = max(allowed, key=lambda j: (probs[j] ** DP_PROBABILITY_EXPONENT * weight(j), -allowed.index(j)))
         dr = None
         if self.labels[dp].startswith("Z51"):
             dr = next(

@@ -136,6 +136,8 @@ def test_predictor_flags_and_roles(hybrid: HybridScorer) -> None:
     [answer] = predictor.predict(["CONCLUSION : Embolie pulmonaire. Pas de FA paroxystique."])
     by_code = {c.code: c for c in answer.codes}
     assert by_code["I48.0"].flags[-1:] == ["mention niée"]
+    assert by_code["I48.0"].decision == "reject"  # the record denies it: not even reviewed
+    assert by_code["I26.9"].decision == "review"
     assert [c.code for c in answer.codes if c.role == "DP"] == ["I26.9"]
     assert all(c.decision != "auto" for c in answer.codes)  # no policy: review at best
 
@@ -186,6 +188,22 @@ def test_an_unspecified_code_beside_a_specified_sibling_is_not_auto_coded(hybrid
     alone = np.full(len(labels), "reject", dtype=object)
     alone[labels.index("E11.98")] = "auto"
     assert predictor._unspecified_rule(alone) == set() and alone[labels.index("E11.98")] == "auto"
+
+
+def test_the_dp_goes_to_the_specified_sibling_not_the_unspecified_code(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor
+
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    vague, precise = labels.index("E11.98"), labels.index("E11.90")
+    probs = np.zeros(len(labels))
+    probs[vague], probs[precise] = 0.9, 0.5
+    pool = [vague, precise]
+    assert predictor._principal(pool, probs, None)[0] == vague
+    decisions = np.full(len(labels), "reject", dtype=object)
+    decisions[pool] = "review"
+    less_precise = predictor._unspecified_rule(decisions)
+    assert predictor._principal(pool, probs, None, less_precise)[0] == precise
 
 
 def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:
