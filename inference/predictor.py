@@ -569,9 +569,12 @@ class Predictor:
         return set(symptoms)
 
     def _unspecified_rule(self, decisions: np.ndarray) -> set[int]:
-        """A "sans précision" code and a specified code of the same category cannot both be
+        """A "sans précision" code and a more precise code of the same category cannot both be
         right ("FA sans précision" I48.9 beside "FA paroxystique" I48.0; a DIM codes what the
-        record says, no vaguer): the unspecified one is sent to review, not auto-coded."""
+        record says, no vaguer): the vaguer one is sent to review, not auto-coded. Precision
+        reads the label ("sans précision") and CIM-10's fourth character 9 ("unspecified"):
+        J18.9 "pneumopathie, sans précision" is vaguer than J18.1 "pneumopathie lobaire, sans
+        précision" (of the germ)."""
         suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
         by_category: dict[str, list[int]] = {}
         for j in suggested:
@@ -580,13 +583,17 @@ class Predictor:
         for members in by_category.values():
             if len(members) < 2:
                 continue
-            vague = [j for j in members if self._unspecified[j]]
-            if vague and len(vague) < len(members):
-                out.update(vague)
+            finest = max(self._precision(j) for j in members)
+            out.update(j for j in members if self._precision(j) < finest and self._unspecified[j])
         for j in out:
             if decisions[j] == "auto":
                 decisions[j] = "review"
         return out
+
+    def _precision(self, j: int) -> int:
+        """0 to 2: "sans précision" in the label, then a fourth character 9, lower it."""
+        code = self.labels[j].replace(".", "")
+        return int(not self._unspecified[j]) + int(len(code) < 4 or code[3] != "9")
 
     def _subdivided_rule(self, decisions: np.ndarray) -> set[int]:
         """A code the PMSI still accepts although CIM-10 FR subdivides it (F10.2 beside the

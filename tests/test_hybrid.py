@@ -37,7 +37,7 @@ CASES: list[tuple[str, list[str]]] = [
 @pytest.fixture(scope="module")
 def space() -> LabelSpace:
     return LabelSpace.from_code_sets(
-        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2"]
+        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2", "J18.9", "J18.1"]
     )
 
 
@@ -188,6 +188,10 @@ def test_an_unspecified_code_beside_a_specified_sibling_is_not_auto_coded(hybrid
     alone = np.full(len(labels), "reject", dtype=object)
     alone[labels.index("E11.98")] = "auto"
     assert predictor._unspecified_rule(alone) == set() and alone[labels.index("E11.98")] == "auto"
+    # Both "sans précision" (J18.1: of the germ), but J18.9 says nothing of the form either.
+    pneumonia = np.full(len(labels), "reject", dtype=object)
+    pneumonia[[labels.index("J18.9"), labels.index("J18.1")]] = "auto"
+    assert predictor._unspecified_rule(pneumonia) == {labels.index("J18.9")}
 
 
 def test_the_dp_goes_to_the_specified_sibling_not_the_unspecified_code(hybrid: HybridScorer) -> None:
