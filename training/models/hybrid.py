@@ -144,6 +144,11 @@ class _StayView:
     by_code: dict[str, list[Mention]] = field(default_factory=dict)
     candidates: dict[int, np.ndarray] = field(default_factory=dict)  # col -> features (scored)
 
+    def rows(self, space: LabelSpace, codes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Feature rows of the scored candidates among `codes`."""
+        return {c: x for c in codes if c in space
+                if (x := self.candidates.get(space.index(c))) is not None}
+
 
 @dataclass
 class _Hierarchy:
@@ -288,6 +293,7 @@ def candidates_and_features(
 
     conclusion = _section_order(view.mentions, "conclusion")
     motif = _section_order(view.mentions, "motif")
+    cued = {m.start for m in view.mentions if m.affirmed and _admission_cue(view.text, m.start)}
     x = np.zeros((len(cols), len(FEATURES)), dtype=np.float32)
     veto = np.zeros(len(cols), dtype=bool)
     for r, j in enumerate(cols):
@@ -355,7 +361,7 @@ def candidates_and_features(
             (conclusion[m.start] for m in related_affirmed if m.start in conclusion), default=_NOT_IN_SECTION)
         row[_F["motif_order"]] = min(
             (motif[m.start] for m in related_affirmed if m.start in motif), default=_NOT_IN_SECTION)
-        row[_F["admission_cue"]] = sum(_admission_cue(view.text, m.start) for m in related_affirmed)
+        row[_F["admission_cue"]] = sum(m.start in cued for m in related_affirmed)
         if params.auto_requires_mention:
             # Auto-coding needs the code itself (or a more specific one) written, by a phrase
             # that says which: "chute" names W19, or all twenty W19.xx (place, activity) at
@@ -552,9 +558,8 @@ class HybridEvidence:
 
     def concluded(self, i: int, codes: Sequence[str]) -> set[str]:
         """Codes the report states as its conclusion or the reason for the stay (affirmed)."""
-        view, space = self.views[i], self.scorer.label_space
-        rows = ((c, view.candidates.get(space.index(c))) for c in codes if c in space)
-        return {c for c, x in rows if x is not None and _stated(x)}
+        rows = self.views[i].rows(self.scorer.label_space, codes)
+        return {c for c, x in rows.items() if _stated(x)}
 
     def dp_weights(self, i: int, codes: Sequence[str]) -> dict[str, float]:
         """How much each code looks like the principal diagnosis: a model learned from
@@ -563,9 +568,7 @@ class HybridEvidence:
         view = self.views[i]
         model = self.scorer.dp_model
         if model is not None:  # learned from role-labelled stays
-            space = self.scorer.label_space
-            rows = {c: x for c in codes if c in space
-                    if (x := view.candidates.get(space.index(c))) is not None}
+            rows = view.rows(self.scorer.label_space, codes)
             known = list(rows)
             out = dict.fromkeys(codes, 0.05)
             if known:
@@ -602,9 +605,7 @@ def _stated(x: np.ndarray) -> bool:
 def _guide_dp_weights(
     view: _StayView, space: LabelSpace, codes: Sequence[str], documented: set[str]
 ) -> dict[str, float]:
-    rows = {c: x for c in codes if c in space
-            if (x := view.candidates.get(space.index(c))) is not None}
-
+    rows = view.rows(space, codes)
     explained = any(c[:1] not in "RZ" and _stated(x) for c, x in rows.items())
     weights: dict[str, float] = {}
     for code in codes:
