@@ -92,6 +92,11 @@ def chapter_of_category(category: str) -> str | None:
     return None
 
 
+# The chapter of the reasons for care (CIM-10 FR chapter XXI, the Z codes; CIM-11 chapter 24):
+# in the PMSI, the only DPs a DR may complete ("care for which disease?").
+CARE_CHAPTER = {"cim10": "XXI", "cim11": "24"}
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     code: str  # "I30-I52"

@@ -52,8 +52,6 @@ QC_RATE_KEY = "qc_rate"
 MAX_REJECTED_STORED = 30
 SYSTEM_ACTOR = "system"
 CodedRole = Literal["DP", "DR", "DAS"]
-# The chapter of reasons for care (CIM-10 FR: Z codes): the only DPs a DR may complete.
-_CARE_CHAPTER = {"cim10": "XXI", "cim11": "24"}
 
 
 class InvalidReview(ReviewError):
@@ -542,9 +540,10 @@ def is_care_code(code: str, terminology: str) -> bool:
     """Whether `code` is a reason for care (CIM-10 chapter XXI, the Z codes; CIM-11 chapter
     24): the only DPs that a DR may complete."""
     from cimcoder.terminologies import load_terminology
+    from cimcoder.terminologies.chapters import CARE_CHAPTER
 
     concept = load_terminology(terminology).get(code)
-    return concept is not None and concept.chapter == _CARE_CHAPTER.get(terminology)
+    return concept is not None and concept.chapter == CARE_CHAPTER.get(terminology)
 
 
 def check_dr(code: str, dp: str | None, terminology: str) -> None:
