@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cimcoder.training.labels import LabelSpace
-from cimcoder.training.models.hybrid import HybridError, HybridParams, HybridScorer
+from cimcoder.training.models.hybrid import FLAG_NO_MENTION, HybridError, HybridParams, HybridScorer
 
 CASES: list[tuple[str, list[str]]] = [
     ("Embolie pulmonaire bilatérale sous anticoagulants. HTA traitée.", ["I26.9", "I10"]),
@@ -138,6 +138,8 @@ def test_predictor_flags_and_roles(hybrid: HybridScorer) -> None:
     assert by_code["I48.0"].flags[-1:] == ["mention niée"]
     assert by_code["I48.0"].decision == "reject"  # the record denies it: not even reviewed
     assert by_code["I26.9"].decision == "review"
+    unwritten = [c for c in answer.codes if FLAG_NO_MENTION in c.flags]
+    assert unwritten and all(c.decision == "reject" for c in unwritten)
     assert [c.code for c in answer.codes if c.role == "DP"] == ["I26.9"]
     assert all(c.decision != "auto" for c in answer.codes)  # no policy: review at best
 
