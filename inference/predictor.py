@@ -33,6 +33,7 @@ from cimcoder.inference.schemas import (
     StayPrediction,
 )
 from cimcoder.run_folder import CHECKPOINT_DIR, LABELS_FILE, POLICY_FILE, RunFolder
+from cimcoder.terminologies.errors import TerminologyError
 
 logger = logging.getLogger(__name__)
 
@@ -612,7 +613,7 @@ class Predictor:
         if got is None:
             try:
                 got = bool(self.terminology.children(self.labels[j]))
-            except Exception:  # a code of another edition: nothing known below it
+            except TerminologyError:  # a code of another edition: nothing known below it
                 got = False
             self._has_children[j] = got
         return got
