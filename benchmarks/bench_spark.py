@@ -179,12 +179,15 @@ def main() -> None:
             print(f"\n{name} ({run_dir})")
             if not args.no_local:
                 print(f"  local engine (in process, load excluded): {local_rate(run_dir, source):8.1f} stays/s")
-            passes = [spark_pass(run_dir, source, master, work) for master in masters]
-            for p in passes:
+            passes = []
+            for master in masters:  # each pass printed as it ends: a long run keeps what it measured
+                p = spark_pass(run_dir, source, master, work)
+                passes.append(p)
                 print(
                     f"  {p.master:9s} {p.scored:7d} stays in {p.seconds:7.1f} s = {p.rate:8.1f} stays/s"
                     f" | peak RSS per Python worker {p.worker_mib:6.0f} MiB ({p.workers} worker(s))"
-                    f" | JVM {p.jvm_mib:6.0f} MiB"
+                    f" | JVM {p.jvm_mib:6.0f} MiB",
+                    flush=True,
                 )
             if len(passes) >= 2:
                 print(f"  scaling {passes[-1].master} / {passes[0].master}: "

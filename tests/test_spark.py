@@ -129,3 +129,18 @@ def test_missing_pyspark_or_java_is_a_clear_error(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert "needs a Java runtime" in err and "Traceback" not in err
+
+
+def test_scoring_tasks_fill_every_core_in_each_wave() -> None:
+    from cimcoder.inference.spark import scoring_tasks
+
+    # 100,000 stays of JSONL read as 3 partitions on 2 cores: 3 tasks left one core alone
+    # for the last third of the job; 4 even ones keep both busy.
+    assert scoring_tasks(3, 2) == 4
+    assert scoring_tasks(1, 2) == 2
+    assert scoring_tasks(3, 1) == 3
+    assert scoring_tasks(201, 40) == 240
+    for partitions in range(1, 30):
+        for cores in range(1, 9):
+            tasks = scoring_tasks(partitions, cores)
+            assert tasks % cores == 0 and partitions <= tasks < partitions + cores
