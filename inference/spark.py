@@ -296,7 +296,7 @@ def scoring_tasks(input_partitions: int, cores: int) -> int:
     The duplicate check shuffles into `spark.sql.shuffle.partitions` partitions (200, fewer
     once adaptive execution merges them): one task each would pay 200 Python worker round
     trips, and a count that is no multiple of the cores leaves cores idle in the last wave
-    (3 tasks of 33,000 stays on 2 cores ran one core alone for a third of the job). The
+    (3 tasks of 33,000 stays on 2 cores leave one core alone for a third of the job). The
     reports are redistributed evenly (`repartition`, a shuffle of the texts only) into this
     many tasks.
     """

@@ -134,7 +134,7 @@ def test_missing_pyspark_or_java_is_a_clear_error(
 def test_scoring_tasks_fill_every_core_in_each_wave() -> None:
     from cimcoder.inference.spark import scoring_tasks
 
-    # 100,000 stays of JSONL read as 3 partitions on 2 cores: 3 tasks left one core alone
+    # 100,000 stays of JSONL read as 3 partitions on 2 cores: 3 tasks leave one core alone
     # for the last third of the job; 4 even ones keep both busy.
     assert scoring_tasks(3, 2) == 4
     assert scoring_tasks(1, 2) == 2
