@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS_DIR = "predictions"
 ERRORS_DIR = "errors"
+STAGING_DIR = "_scored"  # the scoring pass before it is split into the two above; removed
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CHUNK = 32  # reports per predictor call, as the local engine (cimcoder.inference.cli)
 
@@ -91,9 +92,21 @@ class SparkJobError(CimcoderError):
     """The Spark job itself failed (executors lost, out of memory, ...)."""
 
 
-def _last_line(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> str:
+    """The line of a Spark failure that says why (not a Java stack frame), with what to do
+    when the JVM ran out of memory."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    said = [line for line in lines if not line.startswith(("at ", "..."))]
+    memory = next((line for line in said if "OutOfMemoryError" in line), None)
+    if memory is not None:
+        return (
+            f"{memory.removeprefix('Caused by:').strip()}: give Spark more memory "
+            "(spark.driver.memory in local mode, spark.executor.memory on a cluster)"
+        )
+    causes = [line.removeprefix("Caused by:").strip() for line in said if line.startswith("Caused by:")]
+    if causes:
+        return causes[-1]
+    return said[-1] if said else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -308,7 +321,6 @@ def predict_to_parquet(
     spark: SparkSession, source: Path, output: Path, job: SparkJob
 ) -> SparkResult:
     """Score `source` into `output`/predictions and `output`/errors (Parquet)."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     _check_output(output)
@@ -320,19 +332,23 @@ def predict_to_parquet(
     reports = read_reports(spark, source)
     tasks = scoring_tasks(reports.rdd.getNumPartitions(), spark.sparkContext.defaultParallelism)
     scored = score(check_reports(reports).repartition(tasks), job)
-    # Both outputs come from one scoring pass.
-    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     predictions_path, errors_path = output / PREDICTIONS_DIR, output / ERRORS_DIR
+    staging = output / STAGING_DIR
     try:
-        scored.filter(F.col("error").isNull()).select(*PREDICTION_COLUMNS).write.parquet(
+        # Both outputs come from one scoring pass, streamed to disk as it goes, then split.
+        # Cached in memory instead, the partitions (25,000 scored stays each for 100,000 on
+        # local[2]) were read back whole and ran the driver's 1 GiB heap out.
+        scored.write.parquet(str(staging))
+        staged = spark.read.parquet(str(staging))
+        staged.filter(F.col("error").isNull()).select(*PREDICTION_COLUMNS).write.parquet(
             str(predictions_path)
         )
-        failed = scored.filter(F.col("error").isNotNull()).select(*ERROR_COLUMNS)
+        failed = staged.filter(F.col("error").isNotNull()).select(*ERROR_COLUMNS)
         failed.coalesce(1).write.parquet(str(errors_path))
     except Exception as exc:  # Py4J / PySpark errors: the details are in Spark's own log
-        raise SparkJobError(f"the Spark job failed: {_last_line(exc)}") from None
+        raise SparkJobError(f"the Spark job failed: {_reason(exc)}") from None
     finally:
-        scored.unpersist()
+        shutil.rmtree(staging, ignore_errors=True)
     # Row counts from the Parquet footers: no second pass over the data.
     n_ok = spark.read.parquet(str(predictions_path)).count()
     n_failed = spark.read.parquet(str(errors_path)).count()

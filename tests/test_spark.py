@@ -144,3 +144,26 @@ def test_scoring_tasks_fill_every_core_in_each_wave() -> None:
         for cores in range(1, 9):
             tasks = scoring_tasks(partitions, cores)
             assert tasks % cores == 0 and partitions <= tasks < partitions + cores
+
+
+def test_a_failed_job_says_why_in_one_line() -> None:
+    from cimcoder.inference.spark import _reason
+
+    oom = Exception(
+        "An error occurred while calling o123.parquet.\n"
+        ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 failed\n"
+        "java.lang.OutOfMemoryError: Java heap space\n"
+        "\tat java.base/java.lang.reflect.Array.newArray(Native Method)\n"
+        "\t... 20 more\n"
+    )
+    assert _reason(oom) == (
+        "java.lang.OutOfMemoryError: Java heap space: give Spark more memory "
+        "(spark.driver.memory in local mode, spark.executor.memory on a cluster)"
+    )
+    caused = Exception(
+        "org.apache.spark.SparkException: Job aborted.\n"
+        "\tat org.apache.spark.Foo.bar(Foo.scala:1)\n"
+        "Caused by: java.io.IOException: No space left on device\n"
+        "\t... 20 more\n"
+    )
+    assert _reason(caused) == "java.io.IOException: No space left on device"
