@@ -78,6 +78,8 @@ def test_same_codes_and_scores_as_the_local_engine_and_errors_listed(
     by_id = {row["id"]: row["error"] for row in errors}
     assert by_id == {None: "no 'id'", "102": "empty report", "101": "duplicate id"}
     assert "scored 3 of 6 report(s)" in capsys.readouterr().err
+    # The scoring pass's staging folder is gone: the two outputs alone are left.
+    assert sorted(p.name for p in spark_out.iterdir()) == ["errors", "predictions"]
 
 
 def test_parquet_input_and_no_evidence(spark: object, tiny_run: Path, tmp_path: Path) -> None:
