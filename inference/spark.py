@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS_DIR = "predictions"
 ERRORS_DIR = "errors"
-STAGING_DIR = "_scored"  # the scoring pass before it is split into the two above; removed
+# The scoring pass before it is split into the two above; removed at the end. No leading "_"
+# or ".": Spark would take the folder for a hidden one and warn that it ignores it.
+STAGING_DIR = "scoring-pass"
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CHUNK = 32  # reports per predictor call, as the local engine (cimcoder.inference.cli)
 
