@@ -21,7 +21,8 @@ its weight products with).
 - FLOPs: torch.utils.flop_counter.FlopCounterMode around the torch scoring of the same reports
   (the ONNX graphs do the same products; the int8 ones in int8).
 - --map: MAP on the whole CodiEsp-FR dev set of the quickstart model by each runtime (raw
-  scores, gold codes outside the label space count as missed) and its difference to torch.
+  scores, gold codes outside the label space count as missed), its difference to torch, and
+  per report how many of torch's 10 best codes the runtime also ranks in its 10 best.
 
 With --end-to-end, or when --model is not a PLM-ICD run (the hybrid, a baseline), the report
 for one model:
@@ -275,6 +276,16 @@ def dev_map(predictor: Any, batch_size: int) -> tuple[float, Any]:
     return mean_average_precision(y_true, scores, n_gold=n_gold), scores
 
 
+def top_k_agreement(scores: Any, reference: Any, k: int) -> Any:
+    """Per report, the share of the reference's k best codes that are also among the k best."""
+    import numpy as np
+
+    def best(x: Any) -> Any:
+        return np.argsort(-np.asarray(x), axis=1, kind="stable")[:, :k]
+
+    return np.array([len(set(a) & set(b)) / k for a, b in zip(best(scores), best(reference), strict=True)])
+
+
 def compare_runtimes(args: argparse.Namespace) -> int:
     import torch
 
@@ -335,8 +346,11 @@ def compare_runtimes(args: argparse.Namespace) -> int:
                 print(f"  {runtime:<10}: MAP {value:.4f}")
                 continue
             diff = abs(scores - reference[2]).max()
+            agree = top_k_agreement(scores, reference[2], k=10)
             print(f"  {runtime:<10}: MAP {value:.4f} ({value - reference[1]:+.4f} vs {reference[0]}; "
-                  f"largest probability difference {diff:.2e})")
+                  f"largest probability difference {diff:.2e}); top-10 agreement per report: "
+                  f"mean {agree.mean():.3f}, lowest {agree.min():.1f}, "
+                  f"same 10 codes in {int((agree == 1).sum())} of {len(agree)} reports")
     return 0
 
 
