@@ -586,10 +586,7 @@ class Predictor:
                 continue
             finest = max(self._precision(j) for j in members)
             out.update(j for j in members if self._precision(j) < finest and self._unspecified[j])
-        for j in out:
-            if decisions[j] == "auto":
-                decisions[j] = "review"
-        return out
+        return _reviewed(decisions, out)
 
     def _precision(self, j: int) -> int:
         """0 to 2: "sans précision" in the label, then a fourth character 9, lower it."""
@@ -603,10 +600,7 @@ class Predictor:
         review, not auto-coded (on data/hospital-dev, the hybrid auto-coded 6 of them, all
         where the DIM coded a subdivision)."""
         out = {int(j) for j in np.flatnonzero(decisions != "reject") if self._subdivided(int(j))}
-        for j in out:
-            if decisions[j] == "auto":
-                decisions[j] = "review"
-        return out
+        return _reviewed(decisions, out)
 
     def _subdivided(self, j: int) -> bool:
         got = self._has_children.get(j)
@@ -707,6 +701,14 @@ class _Context:
     def concluded(self, codes: list[str]) -> set[str]:
         concluded = getattr(self.index, "concluded", None)
         return set() if concluded is None else concluded(self.i, codes)
+
+
+def _reviewed(decisions: np.ndarray, codes: set[int]) -> set[int]:
+    """Send `codes` to review where they were auto-coded (in place); `codes` back."""
+    for j in codes:
+        if decisions[j] == "auto":
+            decisions[j] = "review"
+    return codes
 
 
 def _decision(value: Any) -> Decision:
