@@ -58,6 +58,7 @@ DP_LESS_PRECISE = 0.3  # DP weight of a code less precise than another suggestio
 FLAG_SYMPTOM = "symptôme : non codé s'il relève d'un diagnostic retenu (à vérifier)"
 FLAG_LESS_PRECISE = "moins précis qu'un autre code proposé de la même catégorie"
 FLAG_SUBDIVIDED = "subdivisé : l'ATIH a des codes plus précis, à choisir par le codeur"
+FLAG_MORE_PRECISE = "plus précis qu'un code « sans précision » proposé : écrit dans le texte"
 
 
 Spans = dict[str, list[tuple[int, int]]]  # code -> character spans (start, end) of the text
@@ -180,9 +181,7 @@ class Predictor:
         self._crosswalk = crosswalk
         self._check_consistency()
         self._concepts = [self.terminology.get(code) for code in self.labels]
-        self._unspecified = np.array(
-            [c is not None and "sans précision" in (c.label or "").lower() for c in self._concepts]
-        )
+        self._unspecified = np.array([c is not None and c.unspecified for c in self._concepts])
         self._allowed_dp = np.array(
             [
                 c is not None
@@ -199,6 +198,9 @@ class Predictor:
         )
         self._cim11_cache: dict[str, list[str]] = {}
         self._label_index = {code: j for j, code in enumerate(self.labels)}
+        self._category: dict[str, list[int]] = {}
+        for j, code in enumerate(self.labels):
+            self._category.setdefault(code[:3], []).append(j)
         self._descendants: dict[int, list[int]] = {}
         self._has_children: dict[int, bool] = {}
 
@@ -455,6 +457,7 @@ class Predictor:
         decisions = self._refine_codable(np.asarray(decisions, dtype=object).copy(), probs)
         self._undocumented_rule(decisions, context)
         symptoms = self._symptom_rule(decisions, context)
+        finer = self._finer_sibling_rule(decisions, probs, context)
         vague = self._unspecified_rule(decisions)
         subdivided = self._subdivided_rule(decisions)
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
@@ -469,7 +472,7 @@ class Predictor:
         ranked = [int(j) for j in order if keep[j]]
 
         suggested = [j for j in ranked if decisions[j] != "reject"]
-        dp, dr = self._principal(suggested or ranked, probs, context, vague)
+        dp, dr = self._principal(suggested or ranked, probs, context, vague, finer)
 
         spans: Spans = {}
         if suggested and spans_of is not None:
@@ -499,7 +502,8 @@ class Predictor:
                     flags=self._flags(concept) + flags_of.get(code, [])
                     + ([FLAG_SYMPTOM] if j in symptoms else [])
                     + ([FLAG_LESS_PRECISE] if j in vague else [])
-                    + ([FLAG_SUBDIVIDED] if j in subdivided else []),
+                    + ([FLAG_SUBDIVIDED] if j in subdivided else [])
+                    + ([FLAG_MORE_PRECISE] if j in finer else []),
                 )
             )
         read = self._read_extent(item.text)
@@ -569,6 +573,32 @@ class Predictor:
                 decisions[j] = "reject"
         return set(symptoms)
 
+    def _finer_sibling_rule(
+        self, decisions: np.ndarray, probs: np.ndarray, context: _Context | None
+    ) -> dict[int, int]:
+        """The DIM codes the finest code the record supports: where a "sans précision" code is
+        suggested ("FA", I48.9) and the report names a codable, more precise code of its
+        category ("FA persistante", I48.1) that the ranking left out (too rare in the
+        training stays to score high), that code is sent to review as well, and competes for
+        the DP with the probability of the code it makes precise. {finer: vaguer} back."""
+        if context is None:
+            return {}
+        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        out: dict[int, int] = {}
+        for j in (j for j in suggested if self._unspecified[j]):
+            siblings = [
+                k for k in self._category.get(self.labels[j][:3], [])
+                if decisions[k] == "reject" and k not in out and self._codable[k]
+                and self._precision(k) > self._precision(j)
+            ]
+            named = context.named([self.labels[k] for k in siblings])
+            finest = [k for k in siblings if self.labels[k] in named]
+            if finest:
+                k = max(finest, key=lambda k: (probs[k], -k))
+                decisions[k] = "review"
+                out[k] = j
+        return out
+
     def _unspecified_rule(self, decisions: np.ndarray) -> set[int]:
         """A "sans précision" code and a more precise code of the same category cannot both be
         right ("FA sans précision" I48.9 beside "FA paroxystique" I48.0; a DIM codes what the
@@ -626,7 +656,7 @@ class Predictor:
 
     def _principal(
         self, pool: list[int], probs: np.ndarray, context: _Context | None,
-        less_precise: set[int] | None = None,
+        less_precise: set[int] | None = None, finer: dict[int, int] | None = None,
     ) -> tuple[int | None, int | None]:
         """The DP (and DR when the DP is a Z51 session) among `pool`, ranked codes.
 
@@ -634,19 +664,31 @@ class Predictor:
         probability by the ATIH guide's logic (motif and conclusion first, a symptom explained
         by a diagnosis is not DP); otherwise the most probable code allowed as DP. A code less
         precise than another suggested one (`less_precise`: "sans précision" beside a specified
-        sibling) weighs `DP_LESS_PRECISE` as much: the DP is coded at the finest level.
+        sibling) weighs `DP_LESS_PRECISE` as much: the DP is coded at the finest level; a code
+        the report makes precise (`finer`: finer -> vaguer) competes with the vaguer one's
+        probability and place.
         """
         allowed = [j for j in pool if self._allowed_dp[j]]
         if not allowed:
             return None, None
-        weights = context.dp_weights([self.labels[j] for j in allowed]) if context is not None else {}
+        precise = finer or {}
+        codes = [self.labels[j] for j in allowed] + [self.labels[precise[j]] for j in allowed if j in precise]
+        weights = context.dp_weights(list(dict.fromkeys(codes))) if context is not None else {}
         vaguer = less_precise or set()
 
         def weight(j: int) -> float:
             w = weights.get(self.labels[j], 1.0)
+            if j in precise:  # the same diagnosis, made precise: the vaguer code's place too
+                w = max(w, weights.get(self.labels[precise[j]], 1.0))
             return w * DP_LESS_PRECISE if j in vaguer else w
 
-        dp = max(allowed, key=lambda j: (probs[j] ** DP_PROBABILITY_EXPONENT * weight(j), -allowed.index(j)))
+        def probability(j: int) -> float:
+            return max(probs[j], probs[precise[j]]) if j in precise else probs[j]
+
+        dp = max(
+            allowed,
+            key=lambda j: (probability(j) ** DP_PROBABILITY_EXPONENT * weight(j), -allowed.index(j)),
+        )
         dr = None
         if self.labels[dp].startswith("Z51"):
             dr = next(
@@ -697,6 +739,11 @@ class _Context:
 
     def affirmed(self, codes: list[str]) -> set[str]:
         return self.index.affirmed(self.i, codes)
+
+    def named(self, codes: list[str]) -> set[str]:
+        """Codes an affirmed mention of the code itself supports."""
+        named = getattr(self.index, "named", None)
+        return set() if named is None else named(self.i, codes)
 
     def concluded(self, codes: list[str]) -> set[str]:
         concluded = getattr(self.index, "concluded", None)

@@ -150,6 +150,11 @@ class Concept:
     def deleted(self) -> bool:
         return self.deleted_in is not None
 
+    @property
+    def unspecified(self) -> bool:
+        """An unspecified form ("sans précision" in the label: I48.9, E03.9, N23)."""
+        return "sans précision" in (self.label or "").lower()
+
     def to_dict(self) -> dict[str, object]:
         data: dict[str, object] = {
             "code": self.code,

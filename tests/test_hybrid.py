@@ -212,6 +212,40 @@ def test_the_dp_goes_to_the_specified_sibling_not_the_unspecified_code(hybrid: H
     assert predictor._principal(pool, probs, None, less_precise)[0] == precise
 
 
+def test_a_more_precise_code_the_report_names_is_suggested_and_takes_the_dp(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor, _Context
+
+    # The ranking kept "pneumopathie, sans précision" (J18.9) and left out J18.1, rare in the
+    # training stays; the report says "lobaire": the DIM codes J18.1.
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    vague, precise = labels.index("J18.9"), labels.index("J18.1")
+    probs = np.zeros(len(labels))
+    probs[vague], probs[precise] = 0.9, 0.05
+    for text, expected in (
+        ("CONCLUSION : Pneumopathie lobaire droite. HTA.\n", {precise: vague}),
+        ("CONCLUSION : Pneumopathie droite. HTA.\n", {}),  # nothing more precise written
+    ):
+        _, index = hybrid.predict_scores_with_evidence([text])
+        context = _Context.of(index, 0)
+        decisions = np.full(len(labels), "reject", dtype=object)
+        decisions[vague] = "auto"
+        finer = predictor._finer_sibling_rule(decisions, probs, context)
+        assert finer == expected
+        assert decisions[precise] == ("review" if finer else "reject")
+    # The conclusion says "communautaire" (J18.9), the course "lobaire": the DP is J18.1,
+    # with J18.9's probability and its place at the head of the conclusion.
+    letter = "ÉVOLUTION : pneumopathie lobaire droite.\n\nCONCLUSION : Pneumopathie communautaire. HTA.\n"
+    _, index = hybrid.predict_scores_with_evidence([letter])
+    pool = [vague, precise]
+    decisions = np.full(len(labels), "reject", dtype=object)
+    decisions[pool] = ["auto", "review"]  # as the rule leaves them
+    less_precise = predictor._unspecified_rule(decisions)
+    assert less_precise == {vague} and decisions[vague] == "review"
+    dp, _ = predictor._principal(pool, probs, _Context.of(index, 0), less_precise, {precise: vague})
+    assert dp == precise
+
+
 def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:
     from cimcoder.inference.predictor import FLAG_SUBDIVIDED, Predictor
 
@@ -241,6 +275,56 @@ def test_the_guide_dp_is_the_first_diagnosis_of_the_conclusion_or_the_reason_for
     _, index = hybrid.predict_scores_with_evidence([said])
     w = index.dp_weights(0, ["I26.9", "I48.0", "I10"])
     assert w["I26.9"] == max(w.values())
+
+
+def test_a_symptom_written_with_its_cause_hands_the_cause_its_place(hybrid: HybridScorer) -> None:
+    # ATIH guide: the symptom is no DP when its cause is known; the cause, written right after
+    # it ("fièvre sur pneumopathie"), takes the symptom's place at the head of the conclusion.
+    letter = "MOTIF : HTA.\n\nCONCLUSION : Fièvre sur pneumopathie à pneumocoque. HTA.\n"
+    _, index = hybrid.predict_scores_with_evidence([letter])
+    w = index.dp_weights(0, ["R50.9", "J13", "I10"])
+    assert w["J13"] > w["I10"] > w["R50.9"]
+    assert w["R50.9"] < 1.0  # explained: none of its place counts
+
+
+def test_a_chronic_disease_at_the_head_of_the_conclusion_is_the_stay_s_subject(
+    hybrid: HybridScorer,
+) -> None:
+    # Listed in the antécédents, a treated chronic disease is a DAS; but when the conclusion
+    # opens with it (its decompensation), it is what the stay was for.
+    letter = "ANTÉCÉDENTS :\n- DT2 sous metformine\n\nCONCLUSION : DT2 déséquilibré. HTA.\n"
+    _, index = hybrid.predict_scores_with_evidence([letter])
+    w = index.dp_weights(0, ["E11.98", "I10"])
+    assert w["E11.98"] > w["I10"]
+
+
+def _links(text: str, spans: list[tuple[str, str]]) -> dict[str, str]:
+    from cimcoder.terminologies import load_terminology
+    from cimcoder.training.mentions import Mention
+    from cimcoder.training.models.hybrid import _causal_links, _StayView
+
+    mentions = []
+    for code, phrase in spans:
+        start = text.index(phrase)
+        mentions.append(Mention((code,), start, start + len(phrase), "synonym", section="conclusion"))
+    view = _StayView(text, mentions, np.zeros(1), np.zeros(1), {})
+    return _causal_links(view, [c for c, _ in spans], load_terminology("cim10").get)
+
+
+def test_an_unspecified_disease_gives_way_only_to_a_cause_stated_as_such() -> None:
+    hypothyroidism = [("E03.9", "Hypothyroïdie"), ("E06.3", "thyroïdite auto-immune")]
+    assert _links("Hypothyroïdie profonde par thyroïdite auto-immune.", hypothyroidism) == {"E03.9": "E06.3"}
+    assert _links("Hypothyroïdie secondaire à une thyroïdite auto-immune.", hypothyroidism) == {"E03.9": "E06.3"}
+    assert _links("Hypothyroïdie. Une thyroïdite auto-immune.", hypothyroidism) == {}  # two sentences
+    # "sur" names the ground, not the cause, of a disease: the heart failure stays the DP
+    heart = [("I50.9", "Insuffisance cardiaque"), ("I48.9", "fibrillation auriculaire")]
+    assert _links("Insuffisance cardiaque sur fibrillation auriculaire.", heart) == {}
+    # nor does a disease of another chapter take the place of an unspecified one
+    other = [("F05.9", "Confusion"), ("N39.0", "infection urinaire")]
+    assert _links("Confusion secondaire à une infection urinaire.", other) == {}
+    # a symptom takes any link, "de" or "sur" included
+    ascites = [("R18", "Ascite"), ("K70.3", "cirrhose alcoolique")]
+    assert _links("Ascite d'une cirrhose alcoolique.", ascites) == {"R18": "K70.3"}
 
 
 def test_the_dp_does_not_depend_on_evidence(hybrid: HybridScorer) -> None:

@@ -28,13 +28,14 @@ the policy applies it in evaluation as in the predictor.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -543,6 +544,11 @@ class HybridEvidence:
                 out.add(code)
         return out
 
+    def named(self, i: int, codes: Sequence[str]) -> set[str]:
+        """Codes an affirmed mention of the code itself supports (not a relative's)."""
+        by_code = self.views[i].by_code
+        return {c for c in codes if any(m.affirmed for m in by_code.get(c, ()))}
+
     def flags(self, i: int, codes: Sequence[str]) -> dict[str, list[str]]:
         """French flags: why a code's mentions do not count (all qualified away), or that no
         mention supports it (suggested by similar coded reports only)."""
@@ -578,7 +584,8 @@ class HybridEvidence:
             # by similar reports only) is a DP of last resort, whatever the model learned.
             documented = self.affirmed(i, codes)
             return {c: w if c in documented else 0.2 * w for c, w in out.items()}
-        return _guide_dp_weights(view, self.scorer.label_space, codes, self.affirmed(i, codes))
+        links = _causal_links(view, codes, self.scorer.concept)
+        return _guide_dp_weights(view, self.scorer.label_space, codes, self.affirmed(i, codes), links)
 
 
 # The ATIH guide's DP, read from where each code is written: the first diagnosis of the
@@ -602,30 +609,95 @@ def _stated(x: np.ndarray) -> bool:
     return bool(x[_F["conclusion_order"]] < _NOT_IN_SECTION or x[_F["admission_cue"]] > 0)
 
 
+# "Décompensation ascitique d'une cirrhose", "hypothyroïdie par thyroïdite d'Hashimoto",
+# "colique néphrétique secondaire à un calcul": the phrase names a manifestation, then its
+# cause. The ATIH guide codes the cause as DP when the manifestation is a symptom (chapter
+# XVIII) or an unspecified form of a disease of the cause's own chapter. Symptoms take any
+# link ("de", "sur": the disease beneath); an unspecified disease only an explicitly causal one
+# ("décompensation cardiaque sur FA" stays a heart failure).
+_CAUSAL = r"par|secondaires?\s+(?:à|a)|d[ûu]e?s?\s+(?:à|a)|d'origine|en\s+rapport\s+avec|li[ée]e?s?\s+(?:à|a)"
+_ANY_LINK = rf"{_CAUSAL}|sur|dans\s+le\s+cadre\s+d['eu]|compliquant|de|d'|du|des"
+_DETERMINER = r"(?:(?:une?|la|le|les|l')\s*)?"
+_LINKED = {
+    strict: re.compile(
+        rf"(?i)^[^.;:\n]{{0,40}}?(?<![\w'])(?:{links})\s*{_DETERMINER}$"
+    )
+    for strict, links in ((True, _CAUSAL), (False, _ANY_LINK))
+}
+
+
+def _causal_links(
+    view: _StayView, codes: Sequence[str], concept: Callable[[str], Any]
+) -> dict[str, str]:
+    """Manifestation code -> the code of its cause, where an affirmed mention of the first is
+    followed, in the same sentence, by a causal link and an affirmed mention of the second
+    (both among `codes`; the cause neither a symptom nor a status code)."""
+    wanted = set(codes)
+    mentions = sorted(
+        (m for m in view.mentions if m.affirmed and wanted.intersection(m.codes)),
+        key=lambda m: (m.start, m.end),
+    )
+    links: dict[str, str] = {}
+    for a, b in itertools.pairwise(mentions):
+        gap = view.text[a.end:b.start]
+        if b.start < a.end or len(gap) > 60:
+            continue
+        causes = [c for c in b.codes if c in wanted and c[:1] not in "RZ"]
+        for effect in (c for c in a.codes if c in wanted and c not in links):
+            symptom = effect[:1] == "R"
+            known = concept(effect)
+            if not symptom and (known is None or not known.unspecified):
+                continue
+            if not _LINKED[not symptom].match(gap):
+                continue
+            cause = next((c for c in causes if symptom or _same_chapter(known, concept(c))), None)
+            if cause is not None and cause != effect:
+                links[effect] = cause
+    return links
+
+
+def _same_chapter(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and a.chapter == b.chapter
+
+
+def _place(x: np.ndarray) -> float:
+    """How much where a code is written says DP: conclusion rank, first motif, admission cue."""
+    w = 1.0
+    order = int(x[_F["conclusion_order"]])
+    if order < _NOT_IN_SECTION:
+        w *= _DP_CONCLUSION[min(order, len(_DP_CONCLUSION) - 1)]
+    if x[_F["motif_order"]] == 0:
+        w *= _DP_MOTIF_FIRST
+    if x[_F["admission_cue"]] > 0:
+        w *= _DP_ADMISSION
+    return w
+
+
 def _guide_dp_weights(
-    view: _StayView, space: LabelSpace, codes: Sequence[str], documented: set[str]
+    view: _StayView, space: LabelSpace, codes: Sequence[str], documented: set[str],
+    links: dict[str, str] | None = None,
 ) -> dict[str, float]:
+    """`links`: manifestation -> cause (`_causal_links`): the cause takes the manifestation's
+    place when it is the better one, the manifestation keeps none."""
     rows = view.rows(space, codes)
+    links = {e: c for e, c in (links or {}).items() if e in rows and c in rows}
     explained = any(c[:1] not in "RZ" and _stated(x) for c, x in rows.items())
+    place = {c: _place(x) for c, x in rows.items()}
+    for effect, cause in links.items():
+        place[cause] = max(place[cause], place[effect])
     weights: dict[str, float] = {}
     for code in codes:
         x = rows.get(code)
         if x is None:
             weights[code] = _DP_NOT_CANDIDATE
             continue
-        w = 1.0
-        order = int(x[_F["conclusion_order"]])
-        if order < _NOT_IN_SECTION:
-            w *= _DP_CONCLUSION[min(order, len(_DP_CONCLUSION) - 1)]
-        if x[_F["motif_order"]] == 0:
-            w *= _DP_MOTIF_FIRST
-        if x[_F["admission_cue"]] > 0:
-            w *= _DP_ADMISSION
-        if x[_F["n_still_current"]] > 0 and x[_F["section_antecedents"]] > 0:
+        w = 1.0 if code in links else place[code]
+        leads = place[code] >= _DP_CONCLUSION[0]  # the stay's subject: first in the conclusion
+        if x[_F["n_still_current"]] > 0 and x[_F["section_antecedents"]] > 0 and not leads:
             w *= _DP_CHRONIC_IN_HISTORY
         if code not in documented:
             w *= _DP_UNDOCUMENTED
-        if code[:1] == "R" and explained:
+        if code in links or (code[:1] == "R" and explained):
             w *= _DP_EXPLAINED_SYMPTOM
         if code[:1] == "Z" and not code.startswith("Z51"):
             w *= _DP_STATUS
@@ -679,6 +751,10 @@ class HybridScorer:
         from cimcoder.terminologies import load_terminology
 
         return load_terminology(self.label_space.terminology)
+
+    def concept(self, code: str) -> Any:
+        """The terminology's entry of a code (None: unknown to this edition)."""
+        return self._terminology().get(code)
 
     def _hier(self) -> _Hierarchy:
         if self._hierarchy is None:
