@@ -58,6 +58,7 @@ DP_LESS_PRECISE = 0.3  # DP weight of a code less precise than another suggestio
 FLAG_SYMPTOM = "symptôme : non codé s'il relève d'un diagnostic retenu (à vérifier)"
 FLAG_LESS_PRECISE = "moins précis qu'un autre code proposé de la même catégorie"
 FLAG_SUBDIVIDED = "subdivisé : l'ATIH a des codes plus précis, à choisir par le codeur"
+FLAG_EXPLAINED = "écrit avec sa cause, proposée aussi : la coder plutôt (à vérifier)"
 FLAG_MORE_PRECISE = "plus précis qu'un code « sans précision » proposé : écrit dans le texte"
 
 
@@ -457,6 +458,7 @@ class Predictor:
         decisions = self._refine_codable(np.asarray(decisions, dtype=object).copy(), probs)
         self._undocumented_rule(decisions, context)
         symptoms = self._symptom_rule(decisions, context)
+        explained = self._explained_rule(decisions, context)
         finer = self._finer_sibling_rule(decisions, probs, context)
         vague = self._unspecified_rule(decisions)
         subdivided = self._subdivided_rule(decisions)
@@ -501,6 +503,7 @@ class Predictor:
                     evidence=spans_of_code,
                     flags=self._flags(concept) + flags_of.get(code, [])
                     + ([FLAG_SYMPTOM] if j in symptoms else [])
+                    + ([FLAG_EXPLAINED] if j in explained - symptoms else [])
                     + ([FLAG_LESS_PRECISE] if j in vague else [])
                     + ([FLAG_SUBDIVIDED] if j in subdivided else [])
                     + ([FLAG_MORE_PRECISE] if j in finer else []),
@@ -572,6 +575,17 @@ class Predictor:
             if concluded and not context.concluded([self.labels[j]]):
                 decisions[j] = "reject"
         return set(symptoms)
+
+    def _explained_rule(self, decisions: np.ndarray, context: _Context | None) -> set[int]:
+        """A disease the report writes with its cause ("hypothyroïdie par thyroïdite
+        d'Hashimoto", "colique néphrétique secondaire à un calcul"), the cause suggested as
+        well: CIM-10 codes the cause, which usually includes it; the manifestation is sent to
+        review, not auto-coded, with a flag."""
+        if context is None:
+            return set()
+        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        explained = context.explained([self.labels[j] for j in suggested])
+        return _reviewed(decisions, {j for j in suggested if self.labels[j] in explained})
 
     def _finer_sibling_rule(
         self, decisions: np.ndarray, probs: np.ndarray, context: _Context | None
@@ -739,6 +753,10 @@ class _Context:
 
     def affirmed(self, codes: list[str]) -> set[str]:
         return self.index.affirmed(self.i, codes)
+
+    def explained(self, codes: list[str]) -> set[str]:
+        explained = getattr(self.index, "explained", None)
+        return set() if explained is None else explained(self.i, codes)
 
     def named(self, codes: list[str]) -> set[str]:
         """Codes an affirmed mention of the code itself supports."""

@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cimcoder.terminologies.errors import TerminologyFileError
 
@@ -334,6 +334,34 @@ def curated_entries(directory: str | Path = LEXICON_DIR) -> list[LexiconEntry]:
     return entries
 
 
+# CIM-10: "a fracture not indicated as closed or open should be classified as closed"; ATIH
+# splits each fracture category into a closed (5th character 0) and an open (1) code. Reports
+# write the clinician's phrase with or without the word: "fracture fermée du col fémoral".
+_FRACTURE = re.compile(r"(?i)^fractures?\s+(?!ferm|ouvert)(.+)$")
+
+
+def fracture_entries(entries: Iterable[LexiconEntry], terminology: Any) -> list[LexiconEntry]:
+    """"fracture fermée ..." and "fracture ouverte ..." spellings of the curated fracture
+    phrases ("fracture du col fémoral" -> S72.00, and S72.01 when said open)."""
+    out: list[LexiconEntry] = []
+    for entry in entries:
+        found = _FRACTURE.match(entry.term)
+        if len(entry.codes) != 1 or found is None:
+            continue
+        closed = terminology.get(entry.codes[0])
+        if closed is None or not closed.label.startswith("Fracture fermée"):
+            continue
+        rest = found.group(1)
+        out.append(LexiconEntry(entry.codes, f"fracture fermée {rest}", "variant", entry.match,
+                                f"{entry.source} (fracture fermée)", entry.note))
+        sibling = entry.codes[0][:-1] + "1"
+        opened = terminology.get(sibling)
+        if opened is not None and opened.label == closed.label.replace("fermée", "ouverte", 1):
+            out.append(LexiconEntry((sibling,), f"fracture ouverte {rest}", "variant", entry.match,
+                                    f"{entry.source} (fracture ouverte)", entry.note))
+    return out
+
+
 @functools.lru_cache(maxsize=4)
 def load_lexicon(
     terminology: str = "cim10", *, labels: bool = True, cim11_titles: bool = True
@@ -356,6 +384,7 @@ def load_lexicon(
         bad = {id(entry) for entry, _ in problems}
         curated = [e for e in curated if id(e) not in bad]
     entries: list[LexiconEntry] = list(curated)
+    entries.extend(fracture_entries(curated, cim10))
     if labels:
         entries.extend(label_entries("cim10"))
     if cim11_titles:

@@ -91,6 +91,18 @@ def test_spans_point_at_the_supporting_mention() -> None:
     assert "cardiaque" in mention or "icc" in mention
 
 
+def test_a_long_term_anticoagulant_is_coded_z92_1_at_the_drug() -> None:
+    # The PMSI codes long-term anticoagulation (Z92.1) as a DAS: a comorbidity's anticoagulant
+    # in the treatment at entry is coded, at the drug's name.
+    drugs = ("apixaban", "rivaroxaban", "dabigatran", "warfarine", "fluindione")
+    stays = [i.stay for i in iter_stays(300, seed=7)]
+    coded = [s for s in stays if "Z92.1" in s.codes]
+    assert len(coded) >= 10
+    for stay in coded:
+        [z] = [d for d in stay.diagnoses if d.code == "Z92.1"]
+        assert z.role == "DAS" and stay.text[z.span[0]:z.span[1]].startswith(drugs)
+
+
 def test_generation_is_deterministic_and_seeded() -> None:
     a = generate_stay(11, seed=5, n=50).stay
     b = generate_stay(11, seed=5, n=50).stay

@@ -246,6 +246,23 @@ def test_a_more_precise_code_the_report_names_is_suggested_and_takes_the_dp(hybr
     assert dp == precise
 
 
+def test_a_disease_written_with_its_cause_is_reviewed_not_auto_coded(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor, _Context
+
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    vague, cause = labels.index("J18.9"), labels.index("J13")
+    for text, expected in (
+        ("CONCLUSION : Pneumonie secondaire à une pneumopathie à pneumocoque.\n", {vague}),
+        ("CONCLUSION : Pneumonie. Pneumopathie à pneumocoque.\n", set()),  # no link written
+    ):
+        _, index = hybrid.predict_scores_with_evidence([text])
+        decisions = np.full(len(labels), "reject", dtype=object)
+        decisions[[vague, cause]] = "auto"
+        assert predictor._explained_rule(decisions, _Context.of(index, 0)) == expected
+        assert decisions[vague] == ("review" if expected else "auto") and decisions[cause] == "auto"
+
+
 def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:
     from cimcoder.inference.predictor import FLAG_SUBDIVIDED, Predictor
 

@@ -77,6 +77,19 @@ def test_synonym_variant_and_eponym_entries(extractor) -> None:
     assert "J44.1" in codes_of(extractor("BPCO exacerbée sur virose."))  # abbreviation + qualifier
 
 
+def test_a_fracture_is_found_said_closed_or_open(extractor) -> None:
+    # CIM-10: a fracture not said open is closed (S72.00); the clinician may say which.
+    assert "S72.00" in codes_of(extractor("Fracture du col fémoral gauche, Garden IV."))
+    assert "S72.00" in codes_of(extractor("Fracture fermée du col fémoral gauche (Garden IV)."))
+    assert "S72.01" in codes_of(extractor("Fracture ouverte du col fémoral droit."))
+    assert "S72.00" not in codes_of(extractor("Fracture ouverte du col fémoral droit."))
+
+
+def test_a_carotid_tia_is_the_carotid_syndrome(extractor) -> None:
+    assert "G45.1" in codes_of(extractor("AIT carotidien gauche sur sténose de la carotide interne."))
+    assert "G45.9" in codes_of(extractor("AIT il y a deux jours, bilan en cours."))
+
+
 def test_label_variants_unfold_brackets_and_cut_tails() -> None:
     got = label_variants("Fibrillation auriculaire chronique [permanente]")
     assert "Fibrillation auriculaire permanente" in got

@@ -8,8 +8,9 @@ What a stay holds:
   clinique, examens complémentaires, évolution, conclusion, traitement de sortie), and a
   compte rendu opératoire for surgical scenarios;
 - a DP (and a DR when the DP is a session code such as Z51.1 chemotherapy, Z51.5 palliative
-  care or Z49.1 dialysis), DAS from treated comorbidities, complications of the stay and
-  scenario-specific associated diagnoses: codes checked against the CIM-10 FR restrictions;
+  care or Z49.1 dialysis), DAS from treated comorbidities, complications of the stay,
+  scenario-specific associated diagnoses and long-term treatments the PMSI codes (an
+  anticoagulant: Z92.1): codes checked against the CIM-10 FR restrictions;
 - mentions that must NOT be coded: negated ("Pas d'HTA connue"), suspected then ruled out
   ("suspicion d'EP éliminée par l'angioscanner"), family history ("Père diabétique"), past
   resolved history ("Appendicectomie dans l'enfance"); they are returned in
@@ -48,6 +49,7 @@ from cimcoder.training.corpora.synth_scenarios import (
     COMORBIDITIES,
     COMPLICATIONS,
     FAMILY,
+    LONG_TERM_TREATMENTS,
     NEGATED,
     PAST_RESOLVED,
     RULED_OUT,
@@ -334,9 +336,17 @@ def generate_stay(index: int, seed: int = 0, n: int = 1) -> SynthStay:
     w.heading("life")
     w.plain(rng.choice(_LIFE if age >= 18 else _LIFE[5:6]))
     treatments = [t for k in comorbid for t in COMORBIDITIES[k].treatments[:1]]
+    long_term = [code for code, drugs in LONG_TERM_TREATMENTS.items() if code not in coded
+                 and any(t.lower().startswith(drugs) for t in treatments)]
     if treatments:
         w.heading("entry")
-        out.add("\n".join(f"- {t}" for t in treatments))
+        for i, t in enumerate(treatments):
+            out.add("\n- " if i else "- ")
+            code = next((c for c in long_term if t.lower().startswith(LONG_TERM_TREATMENTS[c])), None)
+            if code is None:
+                out.add(t)
+            else:
+                out.mention(t, code)
     w.heading("hdm")
     w.render(rng.choice(scenario.hdm), marks)
     for sentence, code in negated[:1]:
@@ -398,6 +408,7 @@ def generate_stay(index: int, seed: int = 0, n: int = 1) -> SynthStay:
     if "DR" in marks:
         roles.append((marks["DR"][0], "DR"))
     roles += [(COMORBIDITIES[k].code, "DAS") for k in comorbid]
+    roles += [(code, "DAS") for code in long_term]
     roles += [(e.code, "DAS") for e in extras]
     for code, role in roles:
         diagnoses.append(Diagnosis(code=code, role=role, source_code=code, span=out.spans.get(code)))

@@ -88,6 +88,12 @@ COMORBIDITIES: dict[str, Condition] = {
 }
 
 # Complications discovered during the stay, written in the course section: coded as DAS.
+# A long-term treatment the PMSI codes itself, as a DAS, when the stay's treatment lists it
+# (ATIH: Z92.1, long-term use of anticoagulants).
+LONG_TERM_TREATMENTS: dict[str, Phrases] = {
+    "Z92.1": ("apixaban", "rivaroxaban", "dabigatran", "édoxaban", "warfarine", "fluindione"),
+}
+
 COMPLICATIONS: dict[str, Extra] = {
     "hypok": Extra("E87.68", ("une hypokaliémie", "une hypokaliémie modérée"),
                    ("Survenue d'[M] à 3,1 mmol/l, supplémentée per os.", "Le bilan retrouve [M] à 3,2 mmol/l, corrigée par KCl.")),

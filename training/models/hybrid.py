@@ -549,6 +549,11 @@ class HybridEvidence:
         by_code = self.views[i].by_code
         return {c for c in codes if any(m.affirmed for m in by_code.get(c, ()))}
 
+    def explained(self, i: int, codes: Sequence[str]) -> set[str]:
+        """Codes among `codes` the report writes with their cause, also among them
+        ("hypothyroïdie par thyroïdite d'Hashimoto": E03.9 explained by E06.3)."""
+        return set(_causal_links(self.views[i], codes, self.scorer.concept))
+
     def flags(self, i: int, codes: Sequence[str]) -> dict[str, list[str]]:
         """French flags: why a code's mentions do not count (all qualified away), or that no
         mention supports it (suggested by similar coded reports only)."""
