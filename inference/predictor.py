@@ -59,6 +59,8 @@ FLAG_SYMPTOM = "symptôme : non codé s'il relève d'un diagnostic retenu (à v�
 FLAG_LESS_PRECISE = "moins précis qu'un autre code proposé de la même catégorie"
 FLAG_SUBDIVIDED = "subdivisé : l'ATIH a des codes plus précis, à choisir par le codeur"
 FLAG_EXPLAINED = "écrit avec sa cause, proposée aussi : la coder plutôt (à vérifier)"
+FLAG_COMBINED = "code combiné : la maladie et son germe écrits ensemble"
+FLAG_COMBINED_PART = "dit moins que le code combiné proposé (maladie + germe)"
 FLAG_MORE_PRECISE = "plus précis qu'un code « sans précision » proposé : écrit dans le texte"
 
 
@@ -460,6 +462,7 @@ class Predictor:
         symptoms = self._symptom_rule(decisions, context)
         explained = self._explained_rule(decisions, context)
         finer = self._finer_sibling_rule(decisions, probs, context)
+        combined, parts = self._combination_rule(decisions, context)
         vague = self._unspecified_rule(decisions)
         subdivided = self._subdivided_rule(decisions)
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
@@ -474,7 +477,7 @@ class Predictor:
         ranked = [int(j) for j in order if keep[j]]
 
         suggested = [j for j in ranked if decisions[j] != "reject"]
-        dp, dr = self._principal(suggested or ranked, probs, context, vague, finer)
+        dp, dr = self._principal(suggested or ranked, probs, context, vague | parts, finer | combined)
 
         spans: Spans = {}
         if suggested and spans_of is not None:
@@ -506,7 +509,9 @@ class Predictor:
                     + ([FLAG_EXPLAINED] if j in explained - symptoms else [])
                     + ([FLAG_LESS_PRECISE] if j in vague else [])
                     + ([FLAG_SUBDIVIDED] if j in subdivided else [])
-                    + ([FLAG_MORE_PRECISE] if j in finer else []),
+                    + ([FLAG_MORE_PRECISE] if j in finer else [])
+                    + ([FLAG_COMBINED] if j in combined else [])
+                    + ([FLAG_COMBINED_PART] if j in parts else []),
                 )
             )
         read = self._read_extent(item.text)
@@ -612,6 +617,30 @@ class Predictor:
                 decisions[k] = "review"
                 out[k] = j
         return out
+
+    def _combination_rule(
+        self, decisions: np.ndarray, context: _Context | None
+    ) -> tuple[dict[int, int], set[int]]:
+        """CIM-10 names some diseases with their agent in one code (J13 "pneumonie due à
+        Streptococcus pneumoniae", A41.0 "sepsis à staphylocoques dorés"): where the report
+        writes a suggested disease "sans précision" with its agent (`terminologies/
+        combinations.py`), the combination code is sent to review and competes for the DP
+        with the disease's probability and place; the disease and the agent, which say less,
+        are not auto-coded. ({combination: disease}, {disease, agent}) back."""
+        if context is None:
+            return {}, set()
+        suggested = [self.labels[int(j)] for j in np.flatnonzero(decisions != "reject")]
+        combined: dict[int, int] = {}
+        parts: set[int] = set()
+        for code, (disease, agent) in context.combined(suggested).items():
+            k = self._label_index.get(code)
+            if k is None or not self._codable[k]:
+                continue
+            if decisions[k] == "reject":
+                decisions[k] = "review"
+            combined[k] = self._label_index[disease]
+            parts |= {j for c in (disease, agent) if (j := self._label_index.get(c)) is not None}
+        return combined, _reviewed(decisions, parts - set(combined))
 
     def _unspecified_rule(self, decisions: np.ndarray) -> set[int]:
         """A "sans précision" code and a more precise code of the same category cannot both be
@@ -753,6 +782,10 @@ class _Context:
 
     def affirmed(self, codes: list[str]) -> set[str]:
         return self.index.affirmed(self.i, codes)
+
+    def combined(self, codes: list[str]) -> dict[str, tuple[str, str]]:
+        combined = getattr(self.index, "combined", None)
+        return {} if combined is None else combined(self.i, codes)
 
     def explained(self, codes: list[str]) -> set[str]:
         explained = getattr(self.index, "explained", None)

@@ -263,6 +263,26 @@ def test_a_disease_written_with_its_cause_is_reviewed_not_auto_coded(hybrid: Hyb
         assert decisions[vague] == ("review" if expected else "auto") and decisions[cause] == "auto"
 
 
+def test_a_disease_written_with_its_agent_gets_the_combination_code(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor, _Context
+
+    # CIM-10 codes "pneumonie ... à pneumocoque" J13, not J18.1 and B95.3.
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    lobar, combined = labels.index("J18.1"), labels.index("J13")
+    for text, expected in (
+        ("CONCLUSION : Pneumonie lobaire droite à pneumocoque, hémocultures positives.\n", {combined: lobar}),
+        ("CONCLUSION : Pneumonie lobaire droite. Portage de pneumocoque.\n", {}),  # not its agent
+    ):
+        _, index = hybrid.predict_scores_with_evidence([text])
+        decisions = np.full(len(labels), "reject", dtype=object)
+        decisions[lobar] = "auto"
+        found, parts = predictor._combination_rule(decisions, _Context.of(index, 0))
+        assert found == expected
+        assert decisions[combined] == ("review" if found else "reject")
+        assert decisions[lobar] == ("review" if found else "auto") and (lobar in parts) == bool(found)
+
+
 def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:
     from cimcoder.inference.predictor import FLAG_SUBDIVIDED, Predictor
 

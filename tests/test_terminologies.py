@@ -362,3 +362,23 @@ def test_crosswalk_coverage() -> None:
         == stats["cim10_codes"]
     )
     assert 0.5 < stats["cim11_coverage"] <= 1.0
+
+
+def test_combination_codes_file_is_valid_and_answers_pairs(tmp_path) -> None:
+    from cimcoder.terminologies.combinations import Combinations, check_combinations, combinations
+    from cimcoder.terminologies.errors import TerminologyFileError
+
+    assert check_combinations() == []
+    table = combinations("cim10")
+    assert table.combination("J18.9", "B95.3") == "J13"  # pneumonie à pneumocoque
+    assert table.combination("A41.9", "B96.2") == "A41.5"  # sepsis à E. coli
+    assert table.combination("N39.0", "B96.2") is None  # an urinary infection keeps its agent code
+    assert combinations("cim11").rules == ()
+    bad = tmp_path / "combinations.tsv"
+    bad.write_text("disease\tagent\tcode\tnote\nJ18\tB95.3\n", encoding="utf-8")
+    with pytest.raises(TerminologyFileError, match=":2:"):
+        Combinations.read(bad)
+    bad.write_text("disease\tagent\tcode\tnote\nJ18\tB95.3\tJ15\tcatégorie\nJ18\tB95.3\tZZZ.9\tinconnu\n",
+                   encoding="utf-8")
+    problems = check_combinations(bad)
+    assert any("J15 cannot be coded" in p for p in problems) and any("unknown code ZZZ.9" in p for p in problems)

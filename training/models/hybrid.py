@@ -549,6 +549,32 @@ class HybridEvidence:
         by_code = self.views[i].by_code
         return {c for c in codes if any(m.affirmed for m in by_code.get(c, ()))}
 
+    def combined(self, i: int, codes: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """CIM-10 combination codes the report writes: a disease among `codes` followed, in
+        the same sentence, by an affirmed mention of the agent that causes it ("pneumopathie
+        lobaire droite à Staphylococcus aureus": J15.2). {combination: (disease, agent)}."""
+        from cimcoder.terminologies.combinations import combinations
+
+        table = combinations(self.scorer.label_space.terminology)
+        agents = table.agents()
+        view = self.views[i]
+        diseases = sorted((m for m in view.mentions if m.affirmed and set(codes) & set(m.codes)),
+                          key=lambda m: m.start)
+        found = sorted((m for m in view.mentions if m.affirmed and agents & set(m.codes)),
+                       key=lambda m: m.start)
+        out: dict[str, tuple[str, str]] = {}
+        for d in diseases:
+            for a in found:
+                gap = view.text[d.end:a.start]
+                if a.start < d.end or len(gap) > _SAME_PHRASE_CHARS or _SENTENCE_END.search(gap):
+                    continue
+                for disease in (c for c in d.codes if c in codes):
+                    for agent in (c for c in a.codes if c in agents):
+                        combination = table.combination(disease, agent)
+                        if combination is not None:
+                            out.setdefault(combination, (disease, agent))
+        return out
+
     def explained(self, i: int, codes: Sequence[str]) -> set[str]:
         """Codes among `codes` the report writes with their cause, also among them
         ("hypothyroïdie par thyroïdite d'Hashimoto": E03.9 explained by E06.3)."""
@@ -623,6 +649,8 @@ def _stated(x: np.ndarray) -> bool:
 _CAUSAL = r"par|secondaires?\s+(?:à|a)|d[ûu]e?s?\s+(?:à|a)|d'origine|en\s+rapport\s+avec|li[ée]e?s?\s+(?:à|a)"
 _ANY_LINK = rf"{_CAUSAL}|sur|dans\s+le\s+cadre\s+d['eu]|compliquant|de|d'|du|des"
 _DETERMINER = r"(?:(?:une?|la|le|les|l')\s*)?"
+_SAME_PHRASE_CHARS = 80  # a disease and its agent: "pneumopathie lobaire droite à S. aureus"
+_SENTENCE_END = re.compile(r"[.;:\n]")
 _LINKED = {
     strict: re.compile(
         rf"(?i)^[^.;:\n]{{0,40}}?(?<![\w'])(?:{links})\s*{_DETERMINER}$"
