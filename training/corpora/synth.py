@@ -342,11 +342,11 @@ def generate_stay(index: int, seed: int = 0, n: int = 1) -> SynthStay:
         w.heading("entry")
         for i, t in enumerate(treatments):
             out.add("\n- " if i else "- ")
-            code = next((c for c in long_term if t.lower().startswith(LONG_TERM_TREATMENTS[c])), None)
-            if code is None:
+            treated = next((c for c in long_term if t.lower().startswith(LONG_TERM_TREATMENTS[c])), None)
+            if treated is None:
                 out.add(t)
             else:
-                out.mention(t, code)
+                out.mention(t, treated)
     w.heading("hdm")
     w.render(rng.choice(scenario.hdm), marks)
     for sentence, code in negated[:1]:
