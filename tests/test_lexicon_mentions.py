@@ -155,6 +155,27 @@ def test_qualified_mentions(extractor, sentence: str, qualifier: str) -> None:
     assert all(m.reason() for m in mentions)
 
 
+@pytest.mark.parametrize(
+    ("sentence", "code"),
+    [
+        ("Pneumopathie lobaire droite non compliquée.", "J18.1"),
+        ("Embolie pulmonaire non grave, sans cœur pulmonaire aigu.", "I26.9"),
+        ("FA paroxystique non valvulaire.", "I48.0"),
+        ("Insuffisance cardiaque non ischémique.", "I50.9"),
+        ("Hypertension artérielle non contrôlée sous bithérapie.", "I10"),
+    ],
+)
+def test_non_before_a_qualifier_denies_the_qualifier_not_the_diagnosis(extractor, sentence, code) -> None:
+    # edsnlp reads a "non" written after a term as its negation; "non compliquée", "non
+    # valvulaire" qualify the diagnosis just named.
+    assert code in codes_of(extractor(sentence), negated=False)
+
+
+def test_non_before_a_diagnosis_still_denies_it(extractor) -> None:
+    assert "I48.0" in codes_of(extractor("Patient non connu pour une FA paroxystique."), negated=True)
+    assert "I26.9" in codes_of(extractor("Embolie pulmonaire : non."), negated=True)
+
+
 def test_affirmed_mention_has_no_reason(extractor) -> None:
     mentions = extractor("Embolie pulmonaire bilatérale confirmée.")
     assert mentions and all(m.affirmed and m.reason() is None for m in mentions)

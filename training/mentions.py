@@ -281,7 +281,9 @@ class MentionExtractor:
             ))
         getter = {SPAN_GROUP: True}
         factories = {
-            "negation": lambda: eds.negation(span_getter=getter, following=_negation_following()),
+            "negation": lambda: eds.negation(
+                span_getter=getter, following=_negation_following(), pseudo=_negation_pseudo()
+            ),
             "hypothesis": lambda: eds.hypothesis(span_getter=getter),
             "family": lambda: eds.family(span_getter=getter, use_sections=True),
             "history": lambda: eds.history(span_getter=getter, use_sections=True),
@@ -387,6 +389,36 @@ class MentionExtractor:
                     if codes and (lo is None or value >= lo) and (hi is None or value < hi):
                         yield Mention(codes, match.start(), match.end(), "measurement",
                                       section=_section_at(sections, match.start()))
+
+
+# "Diverticulite non compliquée", "fracture non déplacée", "infarctus non Q", "lymphome non
+# hodgkinien": "non" denies the qualifier written after the diagnosis, not the diagnosis
+# (edsnlp reads a following "non" as a negation). Only words that name no diagnosis themselves
+# ("non diabétique", "non fumeur" still deny).
+_NOT_A_DENIAL = (
+    *(f"{w}{e}" for w in ("compliqué", "déplacé", "perforé", "équilibré", "contrôlé", "traité",
+                          "opéré", "infecté", "rompu", "thrombosé", "ulcéré", "suppuré", "stabilisé",
+                          "métastasé", "insulinotraité", "insulino-traité")
+      for e in ("", "e", "s", "es")),
+    *(f"{w}{e}" for w in ("évolutif", "obstructif", "invasif", "occlusif", "érosif")
+      for e in ("", "s")),
+    *(f"{w}{e}" for w in ("évolutive", "obstructive", "invasive", "occlusive", "érosive", "sévère",
+                          "grave", "toxique", "hémorragique", "valvulaire", "métastatique",
+                          "spécifique", "ischémique", "allergique", "traumatique", "chirurgicale")
+      for e in ("", "s")),
+    *(f"{w}{e}" for w in ("sécrétant", "sténosant", "oblitérant", "récidivant", "insulinorequérant",
+                          "insulinodépendant", "insulino-dépendant", "insulino-requérant")
+      for e in ("", "e", "s", "es")),
+    "rhumatismal", "rhumatismale", "fonctionnel", "fonctionnelle", "chirurgical", "hodgkinien",
+    "hodgkinienne", "hodgkiniens", "à petites cellules", "Q", "ST+", "ST", "aigu", "aiguë",
+)
+
+
+def _negation_pseudo() -> list[str]:
+    """edsnlp's pseudo-negations, and "non" + a qualifier of the diagnosis just named."""
+    from edsnlp.pipes.qualifiers.negation import patterns
+
+    return [*patterns.pseudo, *(f"non {w}" for w in _NOT_A_DENIAL), *(f"non-{w}" for w in _NOT_A_DENIAL)]
 
 
 def _negation_following() -> list[str]:
