@@ -90,6 +90,13 @@ def test_a_carotid_tia_is_the_carotid_syndrome(extractor) -> None:
     assert "G45.9" in codes_of(extractor("AIT il y a deux jours, bilan en cours."))
 
 
+def test_a_stage_written_after_the_disease_names_its_code(extractor) -> None:
+    assert codes_of(extractor("Escarre sacrée de stade IV.")) == {"L89.3"}
+    assert codes_of(extractor("Insuffisance rénale chronique modérée, stade 4.")) == {"N18.4"}
+    assert "L89.2" in codes_of(extractor("Pas d'escarre sacrée de stade III."), negated=True)
+    assert "L89.9" in codes_of(extractor("Escarre. Cancer du sein stade 2."))  # another sentence
+
+
 def test_label_variants_unfold_brackets_and_cut_tails() -> None:
     got = label_variants("Fibrillation auriculaire chronique [permanente]")
     assert "Fibrillation auriculaire permanente" in got

@@ -14,6 +14,7 @@ the evidence a DIM coder sees.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -354,6 +355,8 @@ class MentionExtractor:
             key = (codes, mention.start, mention.end)
             if key not in found or _KIND_RANK.get(kind, 9) < _KIND_RANK.get(found[key].kind, 9):
                 found[key] = mention
+        for m in _staged(text, list(found.values())):
+            found.setdefault((m.codes, m.start, m.end), m)
         found = _longest(found)
         if self.measurements:
             named = [m for m in found.values() if m.affirmed]
@@ -434,6 +437,31 @@ def _negation_following() -> list[str]:
     ]
     return [*patterns.following, *ruled_out, "infirmé", "infirmée", "infirmés", "infirmées"]
 
+
+
+# A stage written after the disease names its code: "escarre sacrée de stade IV" (L89.3),
+# "maladie rénale chronique stade 4" (N18.4). The staged mention spans the stage words and
+# keeps the disease's qualifiers ("pas d'escarre de stade II" stays denied).
+_STAGES: dict[str, dict[int, str]] = {
+    "L89.9": {1: "L89.0", 2: "L89.1", 3: "L89.2", 4: "L89.3"},
+    **{c: {n: f"N18.{n}" for n in range(1, 6)} for c in ("N18", "N18.9")},
+}
+_STAGE = re.compile(r"(?i)[^.;:\n]{0,30}?\bstade\s+(IV|V|I{1,3}|[1-5])(?:\s?[ab])?\b")
+_ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5}
+
+
+def _staged(text: str, mentions: Sequence[Mention]) -> Iterator[Mention]:
+    for m in mentions:
+        stages = _STAGES.get(m.codes[0]) if len(m.codes) == 1 else None
+        if stages is None:
+            continue
+        found = _STAGE.match(text, m.end)
+        if found is None:
+            continue
+        raw = found.group(1).upper()
+        code = stages.get(_ROMAN[raw] if raw in _ROMAN else int(raw))
+        if code is not None:
+            yield dataclasses.replace(m, codes=(code,), end=found.end())
 
 
 def _narrowed(measured: Iterable[Mention], named: Sequence[Mention]) -> Iterator[Mention]:
