@@ -61,6 +61,7 @@ FLAG_SUBDIVIDED = "subdivisé : l'ATIH a des codes plus précis, à choisir par 
 FLAG_EXPLAINED = "écrit avec sa cause, proposée aussi : la coder plutôt (à vérifier)"
 FLAG_COMBINED = "code combiné : la maladie et son germe écrits ensemble"
 FLAG_COMBINED_PART = "dit moins que le code combiné proposé (maladie + germe)"
+FLAG_STATED = "retenu dans la conclusion ou le motif du séjour : proposé malgré un score bas"
 FLAG_MORE_PRECISE = "plus précis qu'un code « sans précision » proposé : écrit dans le texte"
 
 
@@ -459,9 +460,10 @@ class Predictor:
         """One stay's answer; `spans_of(codes)` gives the evidence of codes (None: none)."""
         decisions = self._refine_codable(np.asarray(decisions, dtype=object).copy(), probs)
         self._undocumented_rule(decisions, context)
+        finer = self._finer_sibling_rule(decisions, probs, context)
+        stated = self._stated_rule(decisions, context)
         symptoms = self._symptom_rule(decisions, context)
         explained = self._explained_rule(decisions, context)
-        finer = self._finer_sibling_rule(decisions, probs, context)
         combined, parts = self._combination_rule(decisions, context)
         vague = self._unspecified_rule(decisions)
         subdivided = self._subdivided_rule(decisions)
@@ -505,6 +507,7 @@ class Predictor:
                     cim11=self.cim11_for(code),
                     evidence=spans_of_code,
                     flags=self._flags(concept) + flags_of.get(code, [])
+                    + ([FLAG_STATED] if j in stated else [])
                     + ([FLAG_SYMPTOM] if j in symptoms else [])
                     + ([FLAG_EXPLAINED] if j in explained - symptoms else [])
                     + ([FLAG_LESS_PRECISE] if j in vague else [])
@@ -556,6 +559,23 @@ class Predictor:
         for j in suggested:
             if self.labels[j] in undocumented:
                 decisions[j] = "reject"
+
+    def _stated_rule(self, decisions: np.ndarray, context: _Context | None) -> set[int]:
+        """ATIH guide: the diagnoses the report retains are those its conclusion states, and
+        the reason given for the stay. A diagnosis (not a symptom, not a status Z code) that
+        an affirmed phrase of its own states there is sent to review even when the model
+        ranks it low (a code rare in the training stays: a GEU, a péricardite aiguë); never
+        auto-coded on that ground. The codes it adds back."""
+        if context is None:
+            return set()
+        rejected = [int(j) for j in np.flatnonzero(decisions == "reject")
+                    if self.labels[j][:1] not in "RZ" and self._codable[j]]
+        codes = [self.labels[j] for j in rejected]
+        stated = context.concluded(codes) & context.named(codes)
+        added = {j for j in rejected if self.labels[j] in stated}
+        for j in added:
+            decisions[j] = "review"
+        return added
 
     def _symptom_rule(self, decisions: np.ndarray, context: _Context | None) -> set[int]:
         """ATIH guide: a symptom (chapter XVIII, R codes) is not coded when a diagnosis

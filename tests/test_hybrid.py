@@ -283,6 +283,26 @@ def test_a_disease_written_with_its_agent_gets_the_combination_code(hybrid: Hybr
         assert decisions[lobar] == ("review" if found else "auto") and (lobar in parts) == bool(found)
 
 
+def test_a_diagnosis_the_conclusion_states_is_reviewed_however_low_it_ranks(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor, _Context
+
+    # ATIH guide: the conclusion states the diagnoses retained; a code rare in the training
+    # stays, ranked low, still reaches the coder when the conclusion names it.
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    lobar, fever = labels.index("J18.1"), labels.index("R50.9")
+    for text, expected in (
+        ("CONCLUSION : Pneumopathie lobaire droite. Fièvre.\n", {lobar}),  # no symptom
+        ("ÉVOLUTION : pneumopathie lobaire droite.\n", set()),  # not retained as a conclusion
+        ("CONCLUSION : Pas de pneumopathie lobaire.\n", set()),  # denied
+    ):
+        _, index = hybrid.predict_scores_with_evidence([text])
+        decisions = np.full(len(labels), "reject", dtype=object)
+        assert predictor._stated_rule(decisions, _Context.of(index, 0)) == expected
+        assert set(np.flatnonzero(decisions == "review")) == expected
+        assert decisions[fever] == "reject"
+
+
 def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:
     from cimcoder.inference.predictor import FLAG_SUBDIVIDED, Predictor
 

@@ -545,9 +545,17 @@ class HybridEvidence:
         return out
 
     def named(self, i: int, codes: Sequence[str]) -> set[str]:
-        """Codes an affirmed mention of the code itself supports (not a relative's)."""
-        by_code = self.views[i].by_code
-        return {c for c in codes if any(m.affirmed for m in by_code.get(c, ()))}
+        """Codes an affirmed mention of the code itself supports (not a relative's), by a
+        phrase that says which: one naming every site of M05.9x names none of them."""
+        view = self.views[i]
+        span_codes: dict[tuple[int, int], set[str]] = defaultdict(set)
+        for m in view.mentions:
+            span_codes[(m.start, m.end)].update(m.codes)
+
+        def says_which(m: Mention, code: str) -> bool:
+            return sum(c[:3] == code[:3] for c in span_codes[(m.start, m.end)]) <= _MAX_CODES_NAMED
+
+        return {c for c in codes if any(m.affirmed and says_which(m, c) for m in view.by_code.get(c, ()))}
 
     def combined(self, i: int, codes: Sequence[str]) -> dict[str, tuple[str, str]]:
         """CIM-10 combination codes the report writes: a disease among `codes` followed, in
