@@ -97,6 +97,19 @@ def test_a_stage_written_after_the_disease_names_its_code(extractor) -> None:
     assert "L89.9" in codes_of(extractor("Escarre. Cancer du sein stade 2."))  # another sentence
 
 
+def test_a_qualifier_written_further_on_makes_the_diagnosis_precise(extractor) -> None:
+    # French puts qualifiers after the noun, often several: the head of the mention and a
+    # later word of the clause form the lexicon's more precise term.
+    assert codes_of(extractor("FA rapide paroxystique.")) == {"I48.0"}
+    assert codes_of(extractor("Pneumopathie aiguë communautaire lobaire inférieure droite.")) == {"J18.1"}
+    assert "I63.4" in codes_of(extractor("Infarctus cérébral sylvien gauche d'origine cardio-embolique."))
+    # denied qualifiers, another clause, or a vaguer code leave the diagnosis as written
+    assert codes_of(extractor("Pneumopathie aiguë communautaire non lobaire.")) == {"J18.9"}
+    assert codes_of(extractor("FA rapide. Paroxystique selon le patient.")) == {"I48.9"}
+    [m] = extractor("Pas de FA rapide paroxystique.")
+    assert m.codes == ("I48.0",) and m.negated
+
+
 def test_label_variants_unfold_brackets_and_cut_tails() -> None:
     got = label_variants("Fibrillation auriculaire chronique [permanente]")
     assert "Fibrillation auriculaire permanente" in got
@@ -170,6 +183,8 @@ def test_qualified_mentions(extractor, sentence: str, qualifier: str) -> None:
         ("FA paroxystique non valvulaire.", "I48.0"),
         ("Insuffisance cardiaque non ischémique.", "I50.9"),
         ("Hypertension artérielle non contrôlée sous bithérapie.", "I10"),
+        ("Embolie pulmonaire sur FA paroxystique non anticoagulée.", "I26.9"),
+        ("Pneumopathie lobaire à germe non identifié.", "J18.1"),
     ],
 )
 def test_non_before_a_qualifier_denies_the_qualifier_not_the_diagnosis(extractor, sentence, code) -> None:

@@ -18,6 +18,8 @@ import dataclasses
 import logging
 import re
 import time
+import unicodedata
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -233,6 +235,10 @@ class MentionExtractor:
         self._keys: dict[str, tuple[tuple[str, ...], str]] = {}
         self._still = still_current(lexicon.terminology)
         self._insulin_sibling = _insulin_siblings(lexicon.terminology)
+        self._folded: dict[str, list[tuple[tuple[str, ...], str]]] | None = None
+        from cimcoder.terminologies import load_terminology
+
+        self._terminology = load_terminology(lexicon.terminology)
         codes = set(_terminology_codes(lexicon.terminology))
         self._measures = [
             (m, tuple((lo, hi, tuple(c for p in pats for c in (_measure_codes(codes, p) if "x" in p else (p,)) if c in codes)) for lo, hi, pats in m.rules))
@@ -355,7 +361,7 @@ class MentionExtractor:
             key = (codes, mention.start, mention.end)
             if key not in found or _KIND_RANK.get(kind, 9) < _KIND_RANK.get(found[key].kind, 9):
                 found[key] = mention
-        for m in _staged(text, list(found.values())):
+        for m in [*_staged(text, list(found.values())), *self._completed(text, list(found.values()))]:
             found.setdefault((m.codes, m.start, m.end), m)
         found = _longest(found)
         if self.measurements:
@@ -365,6 +371,49 @@ class MentionExtractor:
             for m in self._insulin_treated(text, list(found.values())):
                 found.setdefault((m.codes, m.start, m.end), m)
         return sorted(found.values(), key=lambda m: (m.start, m.end, m.codes))
+
+    def _completed(self, text: str, mentions: Sequence[Mention]) -> Iterator[Mention]:
+        """French writes a diagnosis' qualifiers after it, often with others between: "FA
+        rapide paroxystique", "pneumopathie aiguë communautaire lobaire inférieure droite",
+        "infarctus cérébral sylvien gauche d'origine cardio-embolique". The head of a mention
+        (its first one or two words) followed by a later word of the same clause that the
+        lexicon knows as a more precise code of the same category ("FA paroxystique": I48.0
+        beside "FA rapide": I48.9) is a mention of that code, over the whole phrase, with the
+        first mention's qualifiers."""
+        terms = self._folded_terms()
+        for m in mentions:
+            if len(m.codes) != 1:
+                continue
+            precision = self._precision(m.codes[0])
+            clause = _CLAUSE.match(text, m.end)
+            words = list(_WORD.finditer(text, m.end, clause.end() if clause else m.end))[:_COMPLETION_WORDS]
+            head = text[m.start:m.end].split()
+            for n in (1, 2)[: len(head)]:
+                for before, w in zip([None, *words], words, strict=False):
+                    if before is not None and _fold(before.group()) in _DENYING:
+                        continue  # "non compliquée", "sans complication": not said
+                    for codes, kind in terms.get(_fold(" ".join([*head[:n], w.group()])), ()):
+                        code = codes[0]
+                        if code[:3] == m.codes[0][:3] and self._precision(code) > precision:
+                            yield dataclasses.replace(m, codes=codes, end=w.end(), kind=kind)
+
+    def _precision(self, code: str) -> int:
+        """0 for a category (or an unknown code), then 1 to 3: a subdivision, not "sans
+        précision", a fourth character other than 9 (I48.9 1, J18.1 "pneumopathie lobaire,
+        sans précision" 2, I48.0 3)."""
+        concept = self._terminology.get(code)
+        key = code.replace(".", "")
+        if concept is None or len(key) < 4:
+            return 0
+        return 1 + int(not concept.unspecified) + int(key[3] != "9")
+
+    def _folded_terms(self) -> dict[str, list[tuple[tuple[str, ...], str]]]:
+        if self._folded is None:
+            self._folded = defaultdict(list)
+            for e in self.lexicon.entries:
+                if len(e.codes) == 1 and e.kind not in ("learned", "treatment"):
+                    self._folded[_fold(e.term)].append((e.codes, e.kind))
+        return self._folded
 
     def _insulin_treated(self, text: str, mentions: list[Mention]) -> Iterable[Mention]:
         """The drugs say what the words do not (ATIH: E11.x0 insulinotraité / E11.x8 non
@@ -401,7 +450,9 @@ class MentionExtractor:
 _NOT_A_DENIAL = (
     *(f"{w}{e}" for w in ("compliqué", "déplacé", "perforé", "équilibré", "contrôlé", "traité",
                           "opéré", "infecté", "rompu", "thrombosé", "ulcéré", "suppuré", "stabilisé",
-                          "métastasé", "insulinotraité", "insulino-traité")
+                          "métastasé", "insulinotraité", "insulino-traité", "anticoagulé", "appareillé",
+                          "substitué", "dialysé", "supplémenté", "transfusé", "documenté", "identifié",
+                          "précisé", "exploré", "étiqueté", "daté", "typé")
       for e in ("", "e", "s", "es")),
     *(f"{w}{e}" for w in ("évolutif", "obstructif", "invasif", "occlusif", "érosif")
       for e in ("", "s")),
@@ -437,6 +488,18 @@ def _negation_following() -> list[str]:
     ]
     return [*patterns.following, *ruled_out, "infirmé", "infirmée", "infirmés", "infirmées"]
 
+
+
+_CLAUSE = re.compile(r"[^.;:()\n]{0,60}")
+_WORD = re.compile(r"[\w'’+-]+")
+_COMPLETION_WORDS = 6
+_DENYING = {"non", "sans", "pas", "ni", "aucun", "aucune"}
+
+
+def _fold(text: str) -> str:
+    """Case, accents and spacing ignored (the lexicon's `fold` match)."""
+    text = unicodedata.normalize("NFKD", text.replace("’", "'"))
+    return " ".join("".join(c for c in text if not unicodedata.combining(c)).lower().split())
 
 
 # A stage written after the disease names its code: "escarre sacrée de stade IV" (L89.3),
