@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cimcoder.terminologies.errors import TerminologyFileError
+from cimcoder.terminologies.lexicon import read_curated_table
 
 COMBINATIONS_FILE = Path(__file__).parent / "data" / "combinations.tsv"
 COLUMNS = ["disease", "agent", "code", "note"]
@@ -38,18 +39,8 @@ class Combinations:
 
     @classmethod
     def read(cls, path: str | Path = COMBINATIONS_FILE) -> Combinations:
-        path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TerminologyFileError(f"cannot read {path}: {exc}") from None
-        if not lines or lines[0].split("\t") != COLUMNS:
-            raise TerminologyFileError(f"{path}: the header must be {' / '.join(COLUMNS)}")
         rules: list[tuple[str, str, str]] = []
-        for line_no, line in enumerate(lines[1:], start=2):
-            if not line.strip():
-                continue
-            cells = line.split("\t")
+        for line_no, cells in read_curated_table(path, COLUMNS):
             if len(cells) != 4 or not cells[0].split() or not cells[1].split() or len(cells[2].split()) != 1:
                 raise TerminologyFileError(
                     f"{path}:{line_no}: expected disease codes, agent codes, one code, a note"

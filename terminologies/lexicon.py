@@ -263,6 +263,19 @@ def check_entries(
 
 # ----------------------------------------------------------------------------- still current
 
+def read_curated_table(path: str | Path, columns: list[str]) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of each non-blank line of a curated TSV file whose header is
+    `columns`; an unreadable file or another header is a `TerminologyFileError`."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TerminologyFileError(f"cannot read {path}: {exc}") from None
+    if not lines or lines[0].split("\t") != columns:
+        raise TerminologyFileError(f"{path}: the header must be {' / '.join(columns)}")
+    return [(n, line.split("\t")) for n, line in enumerate(lines[1:], start=2) if line.strip()]
+
+
 STILL_CURRENT_FILE = Path(__file__).parent / "data" / "still_current.tsv"
 STILL_CURRENT_QUALIFIERS = ("history", "family")
 
@@ -289,18 +302,8 @@ class StillCurrent:
 
     @classmethod
     def read(cls, path: str | Path = STILL_CURRENT_FILE) -> StillCurrent:
-        path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TerminologyFileError(f"cannot read {path}: {exc}") from None
-        if not lines or lines[0].split("\t") != ["codes", "qualifier", "note"]:
-            raise TerminologyFileError(f"{path}: the header must be codes / qualifier / note")
         out: dict[str, list[str]] = {q: [] for q in STILL_CURRENT_QUALIFIERS}
-        for line_no, line in enumerate(lines[1:], start=2):
-            if not line.strip():
-                continue
-            cells = line.split("\t")
+        for line_no, cells in read_curated_table(path, ["codes", "qualifier", "note"]):
             if len(cells) != 3 or cells[1] not in out or not cells[0].split():
                 raise TerminologyFileError(
                     f"{path}:{line_no}: expected codes, one of {'/'.join(out)}, a note"

@@ -37,7 +37,7 @@ CASES: list[tuple[str, list[str]]] = [
 @pytest.fixture(scope="module")
 def space() -> LabelSpace:
     return LabelSpace.from_code_sets(
-        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2", "J18.9", "J18.1"]
+        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2", "J18.9", "J18.1", "Z92.1"]
     )
 
 
@@ -91,6 +91,13 @@ def test_garbage_is_never_auto_coded(hybrid: HybridScorer) -> None:
     scores, vetoes = hybrid.predict_scores_and_vetoes(["zzzz qqqq xxxx 12345 ###", "\x00\x00\x00"])
     assert vetoes.all()
     assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
+
+
+def test_a_status_read_from_a_drug_is_never_auto_coded(hybrid: HybridScorer) -> None:
+    # apixaban -> Z92.1 (long-term anticoagulation): the DIM decides whether the PMSI codes it.
+    _, vetoes = hybrid.predict_scores_and_vetoes(["FA paroxystique sous apixaban 5 mg x2."])
+    labels = hybrid.labels
+    assert vetoes[0, labels.index("Z92.1")] and not vetoes[0, labels.index("I48.0")]
 
 
 def test_dp_weights_follow_the_conclusion_and_demote_explained_symptoms(hybrid: HybridScorer) -> None:

@@ -373,6 +373,11 @@ def candidates_and_features(
             )
         else:
             veto[r] = bool(related) and not related_affirmed
+        if code[:1] == "Z" and related_affirmed and all(m.kind == "treatment" for m in related_affirmed):
+            # A status read from a drug's name (apixaban -> Z92.1, long-term anticoagulation):
+            # whether the PMSI codes it is the DIM's call (long-term or not, relevant to the
+            # stay), never the model's alone.
+            veto[r] = True
     if not affirmed_codes:  # nothing affirmed in the whole report: nothing is auto-coded
         veto[:] = True
     return cols, x, veto
