@@ -310,6 +310,21 @@ def test_a_diagnosis_the_conclusion_states_is_reviewed_however_low_it_ranks(hybr
         assert decisions[fever] == "reject"
 
 
+def test_the_dp_is_where_the_report_puts_it_not_how_sure_the_model_is(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor, _Context
+
+    # A diagnosis rare in the training stays ranks low; the conclusion opens with it.
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    lobar, embolism = labels.index("J18.1"), labels.index("I26.9")
+    _, index = hybrid.predict_scores_with_evidence(
+        ["CONCLUSION : Pneumopathie lobaire droite. Embolie pulmonaire.\n"])
+    probs = np.zeros(len(labels))
+    probs[lobar], probs[embolism] = 0.05, 0.95
+    assert predictor._principal([embolism, lobar], probs, _Context.of(index, 0))[0] == lobar
+    assert predictor._principal([embolism, lobar], probs, None)[0] == embolism  # no places: probability
+
+
 def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:
     from cimcoder.inference.predictor import FLAG_SUBDIVIDED, Predictor
 
