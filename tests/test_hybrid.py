@@ -51,6 +51,14 @@ def hybrid(space: LabelSpace) -> HybridScorer:
     return model.fit([t for t, _ in CASES], [c for _, c in CASES])
 
 
+def probabilities(labels: list[str], values: dict[str, float]) -> np.ndarray:
+    """A probability vector over `labels`: `values` where given, 0 elsewhere."""
+    probs = np.zeros(len(labels))
+    for code, p in values.items():
+        probs[labels.index(code)] = p
+    return probs
+
+
 def top(model: HybridScorer, text: str, k: int = 2) -> list[str]:
     scores = model.predict_scores([text])[0]
     return [model.labels[j] for j in np.argsort(-scores, kind="stable")[:k]]
@@ -209,8 +217,7 @@ def test_the_dp_goes_to_the_specified_sibling_not_the_unspecified_code(hybrid: H
     predictor = Predictor(hybrid, name="hybrid-test")
     labels = predictor.labels
     vague, precise = labels.index("E11.98"), labels.index("E11.90")
-    probs = np.zeros(len(labels))
-    probs[vague], probs[precise] = 0.9, 0.5
+    probs = probabilities(labels, {"E11.98": 0.9, "E11.90": 0.5})
     pool = [vague, precise]
     assert predictor._principal(pool, probs, None)[0] == vague
     decisions = np.full(len(labels), "reject", dtype=object)
@@ -227,8 +234,7 @@ def test_a_more_precise_code_the_report_names_is_suggested_and_takes_the_dp(hybr
     predictor = Predictor(hybrid, name="hybrid-test")
     labels = predictor.labels
     vague, precise = labels.index("J18.9"), labels.index("J18.1")
-    probs = np.zeros(len(labels))
-    probs[vague], probs[precise] = 0.9, 0.05
+    probs = probabilities(labels, {"J18.9": 0.9, "J18.1": 0.05})
     for text, expected in (
         ("CONCLUSION : Pneumopathie lobaire droite. HTA.\n", {precise: vague}),
         ("CONCLUSION : Pneumopathie droite. HTA.\n", {}),  # nothing more precise written
@@ -319,8 +325,7 @@ def test_the_dp_is_where_the_report_puts_it_not_how_sure_the_model_is(hybrid: Hy
     lobar, embolism = labels.index("J18.1"), labels.index("I26.9")
     _, index = hybrid.predict_scores_with_evidence(
         ["CONCLUSION : Pneumopathie lobaire droite. Embolie pulmonaire.\n"])
-    probs = np.zeros(len(labels))
-    probs[lobar], probs[embolism] = 0.05, 0.95
+    probs = probabilities(labels, {"J18.1": 0.05, "I26.9": 0.95})
     assert predictor._principal([embolism, lobar], probs, _Context.of(index, 0))[0] == lobar
     assert predictor._principal([embolism, lobar], probs, None)[0] == embolism  # no places: probability
 
