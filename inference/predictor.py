@@ -64,6 +64,7 @@ FLAG_EXPLAINED = "écrit avec sa cause, proposée aussi : la coder plutôt (à v
 FLAG_COMBINED = "code combiné : la maladie et son germe écrits ensemble"
 FLAG_COMBINED_PART = "dit moins que le code combiné proposé (maladie + germe)"
 FLAG_STATED = "retenu dans la conclusion ou le motif du séjour : proposé malgré un score bas"
+FLAG_COMPLICATED_DELIVERY = "accouchement avec un autre code obstétrical : O80 est l'accouchement sans complication"
 FLAG_MORE_PRECISE = "plus précis qu'un code « sans précision » proposé : écrit dans le texte"
 
 
@@ -468,6 +469,7 @@ class Predictor:
         explained = self._explained_rule(decisions, context)
         combined, parts = self._combination_rule(decisions, context)
         vague = self._unspecified_rule(decisions)
+        normal_delivery = self._delivery_rule(decisions)
         subdivided = self._subdivided_rule(decisions)
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
         # the ties, so the ranking keeps all the model's information.
@@ -481,7 +483,9 @@ class Predictor:
         ranked = [int(j) for j in order if keep[j]]
 
         suggested = [j for j in ranked if decisions[j] != "reject"]
-        dp, dr = self._principal(suggested or ranked, probs, context, vague | parts, finer | combined)
+        dp, dr = self._principal(
+            suggested or ranked, probs, context, vague | parts | normal_delivery, finer | combined
+        )
 
         spans: Spans = {}
         if suggested and spans_of is not None:
@@ -516,7 +520,8 @@ class Predictor:
                     + ([FLAG_SUBDIVIDED] if j in subdivided else [])
                     + ([FLAG_MORE_PRECISE] if j in finer else [])
                     + ([FLAG_COMBINED] if j in combined else [])
-                    + ([FLAG_COMBINED_PART] if j in parts else []),
+                    + ([FLAG_COMBINED_PART] if j in parts else [])
+                    + ([FLAG_COMPLICATED_DELIVERY] if j in normal_delivery else []),
                 )
             )
         read = self._read_extent(item.text)
@@ -663,6 +668,16 @@ class Predictor:
             combined[k] = self._label_index[disease]
             parts |= {j for c in (disease, agent) if (j := self._label_index.get(c)) is not None}
         return combined, _reviewed(decisions, parts - set(combined))
+
+    def _delivery_rule(self, decisions: np.ndarray) -> set[int]:
+        """CIM-10: O80 is the delivery without complication ("accouchement unique et
+        spontané"). Beside another code of chapter XV (a perineal tear O70, a pre-eclampsia
+        O14, a gestational diabetes O24.4), the delivery was not that: O80 goes to review, not
+        auto, and is no DP (the complication is)."""
+        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        normal = {j for j in suggested if self.labels[j].startswith("O80")}
+        others = [j for j in suggested if self.labels[j][:1] == "O" and j not in normal]
+        return _reviewed(decisions, normal) if others else set()
 
     def _unspecified_rule(self, decisions: np.ndarray) -> set[int]:
         """A "sans précision" code and a more precise code of the same category cannot both be

@@ -37,7 +37,7 @@ CASES: list[tuple[str, list[str]]] = [
 @pytest.fixture(scope="module")
 def space() -> LabelSpace:
     return LabelSpace.from_code_sets(
-        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2", "J18.9", "J18.1", "Z92.1"]
+        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2", "J18.9", "J18.1", "Z92.1", "O80.0", "O70.1"]
     )
 
 
@@ -328,6 +328,23 @@ def test_the_dp_is_where_the_report_puts_it_not_how_sure_the_model_is(hybrid: Hy
     probs = probabilities(labels, {"J18.1": 0.05, "I26.9": 0.95})
     assert predictor._principal([embolism, lobar], probs, _Context.of(index, 0))[0] == lobar
     assert predictor._principal([embolism, lobar], probs, None)[0] == embolism  # no places: probability
+
+
+def test_a_normal_delivery_code_beside_a_complication_is_neither_auto_nor_dp(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor
+
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    delivery, tear = labels.index("O80.0"), labels.index("O70.1")
+    decisions = np.full(len(labels), "reject", dtype=object)
+    decisions[[delivery, tear]] = "auto"
+    normal = predictor._delivery_rule(decisions)
+    assert normal == {delivery} and decisions[delivery] == "review" and decisions[tear] == "auto"
+    probs = probabilities(labels, {"O80.0": 0.9, "O70.1": 0.4})
+    assert predictor._principal([delivery, tear], probs, None, normal)[0] == tear
+    alone = np.full(len(labels), "reject", dtype=object)
+    alone[delivery] = "auto"
+    assert predictor._delivery_rule(alone) == set() and alone[delivery] == "auto"
 
 
 def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:
