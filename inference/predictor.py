@@ -65,6 +65,8 @@ FLAG_COMBINED = "code combiné : la maladie et son germe écrits ensemble"
 FLAG_COMBINED_PART = "dit moins que le code combiné proposé (maladie + germe)"
 FLAG_STATED = "retenu dans la conclusion ou le motif du séjour : proposé malgré un score bas"
 FLAG_COMPLICATED_DELIVERY = "accouchement avec un autre code obstétrical : O80 est l'accouchement sans complication"
+FLAG_MULTIPLE_COMPLICATIONS = "diabète avec complications multiples : coder aussi chaque complication (astérisque)"
+FLAG_ONE_COMPLICATION = "une des complications du diabète : le code de complications multiples est proposé"
 FLAG_MORE_PRECISE = "plus précis qu'un code « sans précision » proposé : écrit dans le texte"
 
 
@@ -470,6 +472,7 @@ class Predictor:
         combined, parts = self._combination_rule(decisions, context)
         vague = self._unspecified_rule(decisions)
         normal_delivery = self._delivery_rule(decisions)
+        multiple, single = self._diabetes_rule(decisions, probs, context)
         subdivided = self._subdivided_rule(decisions)
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
         # the ties, so the ranking keeps all the model's information.
@@ -484,7 +487,8 @@ class Predictor:
 
         suggested = [j for j in ranked if decisions[j] != "reject"]
         dp, dr = self._principal(
-            suggested or ranked, probs, context, vague | parts | normal_delivery, finer | combined
+            suggested or ranked, probs, context, vague | parts | normal_delivery | single,
+            finer | combined | multiple,
         )
 
         spans: Spans = {}
@@ -521,7 +525,9 @@ class Predictor:
                     + ([FLAG_MORE_PRECISE] if j in finer else [])
                     + ([FLAG_COMBINED] if j in combined else [])
                     + ([FLAG_COMBINED_PART] if j in parts else [])
-                    + ([FLAG_COMPLICATED_DELIVERY] if j in normal_delivery else []),
+                    + ([FLAG_COMPLICATED_DELIVERY] if j in normal_delivery else [])
+                    + ([FLAG_MULTIPLE_COMPLICATIONS] if j in multiple else [])
+                    + ([FLAG_ONE_COMPLICATION] if j in single else []),
                 )
             )
         read = self._read_extent(item.text)
@@ -668,6 +674,42 @@ class Predictor:
             combined[k] = self._label_index[disease]
             parts |= {j for c in (disease, agent) if (j := self._label_index.get(c)) is not None}
         return combined, _reviewed(decisions, parts - set(combined))
+
+    def _diabetes_rule(
+        self, decisions: np.ndarray, probs: np.ndarray, context: _Context | None
+    ) -> tuple[dict[int, int], set[int]]:
+        """CIM-10: a diabetes with complications of two kinds or more (renal E1x.2, ocular .3,
+        neurological .4, peripheral vascular .5, other .6) is E1x.7, "avec complications
+        multiples", each complication coded besides by its asterisk code (N08.3, H36.0,
+        G63.2...). Where the suggestions or the report's own phrases name two kinds, E1x.7
+        (insulin-treated 0 or not 8, as the suggested codes say) is sent to review and competes
+        for the DP with their place; the single-kind codes and E1x.9 ("sans complication")
+        leave auto and the DP.
+        ({E1x.7: the most probable single-kind code}, {single-kind codes}) back."""
+        if context is None:
+            return {}, set()
+        suggested = {int(j) for j in np.flatnonzero(decisions != "reject")}
+        multiple: dict[int, int] = {}
+        single: set[int] = set()
+        for category in {self.labels[j][:3] for j in suggested} & _DIABETES:
+            kinds = [j for j in self._category[category] if self.labels[j][4:5] in "23456"]
+            named = context.named([self.labels[j] for j in kinds if j not in suggested])
+            found = [j for j in kinds if j in suggested or self.labels[j] in named]
+            if len({self.labels[j][4] for j in found}) < 2:
+                continue
+            insulin = any(self.labels[j][5:6] == "0" for j in suggested if self.labels[j][:3] == category)
+            target = next((self._label_index[c] for c in (f"{category}.7{'0' if insulin else '8'}", f"{category}.7")
+                           if c in self._label_index and self._codable[self._label_index[c]]), None)
+            if target is None:
+                continue
+            if decisions[target] == "reject":
+                decisions[target] = "review"
+            # the single kinds and the diabetes "sans complication" (E1x.9) say less or wrong
+            members = [j for j in suggested if self.labels[j][:3] == category
+                       and self.labels[j][4:5] in "234569" and j != target]
+            multiple[target] = max(members or found, key=lambda j: (j in suggested, probs[j]))
+            single |= set(members)
+        return multiple, _reviewed(decisions, single)
 
     def _delivery_rule(self, decisions: np.ndarray) -> set[int]:
         """CIM-10: O80 is the delivery without complication ("accouchement unique et
@@ -834,6 +876,9 @@ class _Context:
     def concluded(self, codes: list[str]) -> set[str]:
         concluded = getattr(self.index, "concluded", None)
         return set() if concluded is None else concluded(self.i, codes)
+
+
+_DIABETES = {"E10", "E11", "E12", "E13", "E14"}
 
 
 def _reviewed(decisions: np.ndarray, codes: set[int]) -> set[int]:

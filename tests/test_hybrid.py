@@ -37,7 +37,7 @@ CASES: list[tuple[str, list[str]]] = [
 @pytest.fixture(scope="module")
 def space() -> LabelSpace:
     return LabelSpace.from_code_sets(
-        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2", "J18.9", "J18.1", "Z92.1", "O80.0", "O70.1"]
+        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2", "J18.9", "J18.1", "Z92.1", "O80.0", "O70.1", "E11.28", "E11.38", "E11.78"]
     )
 
 
@@ -345,6 +345,28 @@ def test_a_normal_delivery_code_beside_a_complication_is_neither_auto_nor_dp(hyb
     alone = np.full(len(labels), "reject", dtype=object)
     alone[delivery] = "auto"
     assert predictor._delivery_rule(alone) == set() and alone[delivery] == "auto"
+
+
+def test_a_diabetes_with_two_kinds_of_complications_is_e11_7(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import Predictor, _Context
+
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    dt2, multiple = labels.index("E11.98"), labels.index("E11.78")
+    probs = probabilities(labels, {"E11.98": 0.9, "E11.78": 0.01})
+    for text, expected in (
+        ("CONCLUSION : DT2 avec néphropathie diabétique et rétinopathie diabétique.\n", {multiple: dt2}),
+        ("CONCLUSION : DT2 avec néphropathie diabétique.\n", {}),  # one kind: E11.28 says it
+    ):
+        _, index = hybrid.predict_scores_with_evidence([text])
+        decisions = np.full(len(labels), "reject", dtype=object)
+        decisions[dt2] = "auto"
+        found, single = predictor._diabetes_rule(decisions, probs, _Context.of(index, 0))
+        assert found == expected
+        assert (decisions[multiple], decisions[dt2]) == (("review", "review") if found else ("reject", "auto"))
+        if found:  # "sans complication" leaves the DP to the multiple-complications code
+            assert single == {dt2}
+            assert predictor._principal([dt2, multiple], probs, _Context.of(index, 0), single, found)[0] == multiple
 
 
 def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:

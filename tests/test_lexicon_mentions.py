@@ -320,3 +320,13 @@ def test_huge_report_is_read_in_segments_with_true_offsets(extractor) -> None:
     assert len(text) > m.MAX_SEGMENT_CHARS
     found = [x for x in extractor(text) if "I26.9" in x.codes]
     assert found and all(text[x.start:x.end].lower() == "embolie pulmonaire" for x in found)
+
+
+def test_the_lexicon_label_space_holds_what_the_mentions_and_rules_derive() -> None:
+    from cimcoder.terminologies import load_terminology
+    from cimcoder.training.data import lexicon_codes
+
+    codes = set(lexicon_codes(load_terminology("cim10")))
+    assert {"E11.38", "E11.2"} <= codes  # a curated code and its parent
+    assert {"E11.30", "E11.70"} <= codes  # insulin-treated siblings (insulin in the report)
+    assert {"J15.3", "A41.3"} <= codes  # combination codes (disease + agent)

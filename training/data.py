@@ -169,12 +169,17 @@ def prepare_data(config: RunConfig) -> TrainingData:
 def lexicon_codes(term: Any) -> list[str]:
     """Codes of the curated lexicon in `term`'s terminology, with their parents and codable
     children (a mention of "diabète de type 2" may be coded E11.9 by one corpus, E11.98 by
-    a DIM)."""
+    a DIM), and the codes the mention layer and the predictor derive from them: the
+    insulin-treated sibling of a diabetes code (E11.38 -> E11.30) and the CIM-10 combination
+    codes (J13, A41.0)."""
+    from cimcoder.terminologies.combinations import combinations
     from cimcoder.terminologies.lexicon import load_lexicon
+    from cimcoder.training.mentions import insulin_siblings
 
     # Without labels and CIM-11 titles the lexicon holds the curated entries alone.
     lexicon = load_lexicon(term.name, labels=False, cim11_titles=False)
     curated = {c for e in lexicon.entries for c in e.codes}
+    curated |= {code for _, _, code in combinations(term.name).rules}
     out: set[str] = set()
     for code in curated:
         if code not in term:
@@ -182,4 +187,6 @@ def lexicon_codes(term: Any) -> list[str]:
         out.add(code)
         out.update(a for a in term.ancestors(code) if "-" not in a and any(ch.isdigit() for ch in a))
         out.update(term.children(code))
+    siblings = insulin_siblings(term.name)
+    out |= {siblings[c] for c in out if c in siblings}
     return sorted(out)

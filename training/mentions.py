@@ -15,6 +15,7 @@ the evidence a DIM coder sees.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import time
@@ -234,7 +235,7 @@ class MentionExtractor:
         self._nlp: Any = None
         self._keys: dict[str, tuple[tuple[str, ...], str]] = {}
         self._still = still_current(lexicon.terminology)
-        self._insulin_sibling = _insulin_siblings(lexicon.terminology)
+        self._insulin_sibling = insulin_siblings(lexicon.terminology)
         self._folded: dict[str, list[tuple[tuple[str, ...], str]]] | None = None
         from cimcoder.terminologies import load_terminology
 
@@ -582,7 +583,8 @@ def _insulin_given(text: str, match: re.Match[str]) -> bool:
     return not denied and _INSULIN_TRANSIENT.match(text[end : end + 60]) is None
 
 
-def _insulin_siblings(terminology: str) -> dict[str, str]:
+@functools.lru_cache(maxsize=2)
+def insulin_siblings(terminology: str) -> dict[str, str]:
     """CIM-10 FR codes "... non insulinotraité ou sans précision" -> their "insulinotraité"
     sibling (E11.98 -> E11.90), read from the labels."""
     if terminology != "cim10":
