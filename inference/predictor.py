@@ -67,6 +67,7 @@ FLAG_STATED = "retenu dans la conclusion ou le motif du séjour : proposé malgr
 FLAG_COMPLICATED_DELIVERY = "accouchement avec un autre code obstétrical : O80 est l'accouchement sans complication"
 FLAG_MULTIPLE_COMPLICATIONS = "diabète avec complications multiples : coder aussi chaque complication (astérisque)"
 FLAG_ONE_COMPLICATION = "une des complications du diabète : le code de complications multiples est proposé"
+FLAG_DIABETES_TYPED = "diabète dont le type est écrit : E14 ne s'emploie que sans type"
 FLAG_MORE_PRECISE = "plus précis qu'un code « sans précision » proposé : écrit dans le texte"
 
 
@@ -472,6 +473,7 @@ class Predictor:
         combined, parts = self._combination_rule(decisions, context)
         vague = self._unspecified_rule(decisions)
         normal_delivery = self._delivery_rule(decisions)
+        untyped = self._untyped_diabetes_rule(decisions)
         multiple, single = self._diabetes_rule(decisions, probs, context)
         subdivided = self._subdivided_rule(decisions)
         # Calibration maps many raw scores to one value (isotonic steps): the raw score breaks
@@ -527,7 +529,8 @@ class Predictor:
                     + ([FLAG_COMBINED_PART] if j in parts else [])
                     + ([FLAG_COMPLICATED_DELIVERY] if j in normal_delivery else [])
                     + ([FLAG_MULTIPLE_COMPLICATIONS] if j in multiple else [])
-                    + ([FLAG_ONE_COMPLICATION] if j in single else []),
+                    + ([FLAG_ONE_COMPLICATION] if j in single else [])
+                    + ([FLAG_DIABETES_TYPED] if j in untyped else []),
                 )
             )
         read = self._read_extent(item.text)
@@ -674,6 +677,18 @@ class Predictor:
             combined[k] = self._label_index[disease]
             parts |= {j for c in (disease, agent) if (j := self._label_index.get(c)) is not None}
         return combined, _reviewed(decisions, parts - set(combined))
+
+    def _untyped_diabetes_rule(self, decisions: np.ndarray) -> set[int]:
+        """CIM-10: E14 is the diabetes whose type is not said. Beside a suggested E10-E13
+        (type 1, type 2...), an E14 code ("néphropathie diabétique" names both E11.28 and
+        E14.2) is rejected, its flag saying why."""
+        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        if not any(self.labels[j][:3] in _DIABETES - {"E14"} for j in suggested):
+            return set()
+        untyped = {j for j in suggested if self.labels[j][:3] == "E14"}
+        for j in untyped:
+            decisions[j] = "reject"
+        return untyped
 
     def _diabetes_rule(
         self, decisions: np.ndarray, probs: np.ndarray, context: _Context | None

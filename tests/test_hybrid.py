@@ -37,7 +37,7 @@ CASES: list[tuple[str, list[str]]] = [
 @pytest.fixture(scope="module")
 def space() -> LabelSpace:
     return LabelSpace.from_code_sets(
-        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2", "J18.9", "J18.1", "Z92.1", "O80.0", "O70.1", "E11.28", "E11.38", "E11.78"]
+        [c for _, c in CASES], terminology="cim10", extra_codes=["I26.0", "I48.1", "E11.90", "R50.9", "F10.2", "J18.9", "J18.1", "Z92.1", "O80.0", "O70.1", "E11.28", "E11.38", "E11.78", "E14.2"]
     )
 
 
@@ -367,6 +367,22 @@ def test_a_diabetes_with_two_kinds_of_complications_is_e11_7(hybrid: HybridScore
         if found:  # "sans complication" leaves the DP to the multiple-complications code
             assert single == {dt2}
             assert predictor._principal([dt2, multiple], probs, _Context.of(index, 0), single, found)[0] == multiple
+
+
+def test_an_untyped_diabetes_code_beside_a_typed_one_is_rejected(hybrid: HybridScorer) -> None:
+    from cimcoder.inference.predictor import FLAG_DIABETES_TYPED, Predictor
+
+    predictor = Predictor(hybrid, name="hybrid-test")
+    labels = predictor.labels
+    typed, untyped = labels.index("E11.28"), labels.index("E14.2")
+    decisions = np.full(len(labels), "reject", dtype=object)
+    decisions[[typed, untyped]] = "review"
+    assert predictor._untyped_diabetes_rule(decisions) == {untyped}
+    assert decisions[untyped] == "reject" and decisions[typed] == "review"
+    alone = np.full(len(labels), "reject", dtype=object)
+    alone[untyped] = "review"
+    assert predictor._untyped_diabetes_rule(alone) == set() and alone[untyped] == "review"
+    assert "E14" in FLAG_DIABETES_TYPED
 
 
 def test_a_code_the_atih_subdivides_is_sent_to_review_not_auto_coded(hybrid: HybridScorer) -> None:
