@@ -185,6 +185,7 @@ def test_qualified_mentions(extractor, sentence: str, qualifier: str) -> None:
         ("Hypertension artérielle non contrôlée sous bithérapie.", "I10"),
         ("Embolie pulmonaire sur FA paroxystique non anticoagulée.", "I26.9"),
         ("Pneumopathie lobaire à germe non identifié.", "J18.1"),
+        ("Rétinopathie diabétique non proliférante modérée.", "H36.0"),
     ],
 )
 def test_non_before_a_qualifier_denies_the_qualifier_not_the_diagnosis(extractor, sentence, code) -> None:

@@ -453,7 +453,7 @@ _NOT_A_DENIAL = (
                           "opéré", "infecté", "rompu", "thrombosé", "ulcéré", "suppuré", "stabilisé",
                           "métastasé", "insulinotraité", "insulino-traité", "anticoagulé", "appareillé",
                           "substitué", "dialysé", "supplémenté", "transfusé", "documenté", "identifié",
-                          "précisé", "exploré", "étiqueté", "daté", "typé")
+                          "précisé", "exploré", "étiqueté", "daté", "typé", "réalisé")
       for e in ("", "e", "s", "es")),
     *(f"{w}{e}" for w in ("évolutif", "obstructif", "invasif", "occlusif", "érosif")
       for e in ("", "s")),
@@ -461,7 +461,7 @@ _NOT_A_DENIAL = (
                           "grave", "toxique", "hémorragique", "valvulaire", "métastatique",
                           "spécifique", "ischémique", "allergique", "traumatique", "chirurgicale")
       for e in ("", "s")),
-    *(f"{w}{e}" for w in ("sécrétant", "sténosant", "oblitérant", "récidivant", "insulinorequérant",
+    *(f"{w}{e}" for w in ("sécrétant", "sténosant", "oblitérant", "récidivant", "proliférant", "insulinorequérant",
                           "insulinodépendant", "insulino-dépendant", "insulino-requérant")
       for e in ("", "e", "s", "es")),
     "rhumatismal", "rhumatismale", "fonctionnel", "fonctionnelle", "chirurgical", "hodgkinien",
