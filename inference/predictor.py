@@ -14,7 +14,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -493,6 +493,14 @@ class Predictor:
             finer | combined | multiple,
         )
 
+        # Why each rule moved a code, in the order a coder reads them.
+        rule_flags: list[tuple[Collection[int], str]] = [
+            (stated, FLAG_STATED), (symptoms, FLAG_SYMPTOM), (explained - symptoms, FLAG_EXPLAINED),
+            (vague, FLAG_LESS_PRECISE), (subdivided, FLAG_SUBDIVIDED), (finer, FLAG_MORE_PRECISE),
+            (combined, FLAG_COMBINED), (parts, FLAG_COMBINED_PART),
+            (normal_delivery, FLAG_COMPLICATED_DELIVERY), (multiple, FLAG_MULTIPLE_COMPLICATIONS),
+            (single, FLAG_ONE_COMPLICATION), (untyped, FLAG_DIABETES_TYPED),
+        ]
         spans: Spans = {}
         if suggested and spans_of is not None:
             spans = spans_of([self.labels[j] for j in suggested])
@@ -519,18 +527,7 @@ class Predictor:
                     cim11=self.cim11_for(code),
                     evidence=spans_of_code,
                     flags=self._flags(concept) + flags_of.get(code, [])
-                    + ([FLAG_STATED] if j in stated else [])
-                    + ([FLAG_SYMPTOM] if j in symptoms else [])
-                    + ([FLAG_EXPLAINED] if j in explained - symptoms else [])
-                    + ([FLAG_LESS_PRECISE] if j in vague else [])
-                    + ([FLAG_SUBDIVIDED] if j in subdivided else [])
-                    + ([FLAG_MORE_PRECISE] if j in finer else [])
-                    + ([FLAG_COMBINED] if j in combined else [])
-                    + ([FLAG_COMBINED_PART] if j in parts else [])
-                    + ([FLAG_COMPLICATED_DELIVERY] if j in normal_delivery else [])
-                    + ([FLAG_MULTIPLE_COMPLICATIONS] if j in multiple else [])
-                    + ([FLAG_ONE_COMPLICATION] if j in single else [])
-                    + ([FLAG_DIABETES_TYPED] if j in untyped else []),
+                    + [flag for members, flag in rule_flags if j in members],
                 )
             )
         read = self._read_extent(item.text)
