@@ -59,6 +59,19 @@ def probabilities(labels: list[str], values: dict[str, float]) -> np.ndarray:
     return probs
 
 
+def context_of(model: HybridScorer, text: str):
+    """What the predictor's rules read of one report (its mentions, where they are written)."""
+    from cimcoder.inference.predictor import _Context
+
+    _, index = model.predict_scores_with_evidence([text])
+    return _Context.of(index, 0)
+
+
+def rejected(labels: list[str]) -> np.ndarray:
+    """A decision vector with every code rejected."""
+    return np.full(len(labels), "reject", dtype=object)
+
+
 def top(model: HybridScorer, text: str, k: int = 2) -> list[str]:
     scores = model.predict_scores([text])[0]
     return [model.labels[j] for j in np.argsort(-scores, kind="stable")[:k]]
@@ -239,9 +252,8 @@ def test_a_more_precise_code_the_report_names_is_suggested_and_takes_the_dp(hybr
         ("CONCLUSION : Pneumopathie lobaire droite. HTA.\n", {precise: vague}),
         ("CONCLUSION : Pneumopathie droite. HTA.\n", {}),  # nothing more precise written
     ):
-        _, index = hybrid.predict_scores_with_evidence([text])
-        context = _Context.of(index, 0)
-        decisions = np.full(len(labels), "reject", dtype=object)
+        context = context_of(hybrid, text)
+        decisions = rejected(labels)
         decisions[vague] = "auto"
         finer = predictor._finer_sibling_rule(decisions, probs, context)
         assert finer == expected
@@ -260,7 +272,7 @@ def test_a_more_precise_code_the_report_names_is_suggested_and_takes_the_dp(hybr
 
 
 def test_a_disease_written_with_its_cause_is_reviewed_not_auto_coded(hybrid: HybridScorer) -> None:
-    from cimcoder.inference.predictor import Predictor, _Context
+    from cimcoder.inference.predictor import Predictor
 
     predictor = Predictor(hybrid, name="hybrid-test")
     labels = predictor.labels
@@ -269,15 +281,15 @@ def test_a_disease_written_with_its_cause_is_reviewed_not_auto_coded(hybrid: Hyb
         ("CONCLUSION : Pneumonie secondaire à une pneumopathie à pneumocoque.\n", {vague}),
         ("CONCLUSION : Pneumonie. Pneumopathie à pneumocoque.\n", set()),  # no link written
     ):
-        _, index = hybrid.predict_scores_with_evidence([text])
-        decisions = np.full(len(labels), "reject", dtype=object)
+        context = context_of(hybrid, text)
+        decisions = rejected(labels)
         decisions[[vague, cause]] = "auto"
-        assert predictor._explained_rule(decisions, _Context.of(index, 0)) == expected
+        assert predictor._explained_rule(decisions, context) == expected
         assert decisions[vague] == ("review" if expected else "auto") and decisions[cause] == "auto"
 
 
 def test_a_disease_written_with_its_agent_gets_the_combination_code(hybrid: HybridScorer) -> None:
-    from cimcoder.inference.predictor import Predictor, _Context
+    from cimcoder.inference.predictor import Predictor
 
     # CIM-10 codes "pneumonie ... à pneumocoque" J13, not J18.1 and B95.3.
     predictor = Predictor(hybrid, name="hybrid-test")
@@ -287,17 +299,17 @@ def test_a_disease_written_with_its_agent_gets_the_combination_code(hybrid: Hybr
         ("CONCLUSION : Pneumonie lobaire droite à pneumocoque, hémocultures positives.\n", {combined: lobar}),
         ("CONCLUSION : Pneumonie lobaire droite. Portage de pneumocoque.\n", {}),  # not its agent
     ):
-        _, index = hybrid.predict_scores_with_evidence([text])
-        decisions = np.full(len(labels), "reject", dtype=object)
+        context = context_of(hybrid, text)
+        decisions = rejected(labels)
         decisions[lobar] = "auto"
-        found, parts = predictor._combination_rule(decisions, _Context.of(index, 0))
+        found, parts = predictor._combination_rule(decisions, context)
         assert found == expected
         assert decisions[combined] == ("review" if found else "reject")
         assert decisions[lobar] == ("review" if found else "auto") and (lobar in parts) == bool(found)
 
 
 def test_a_diagnosis_the_conclusion_states_is_reviewed_however_low_it_ranks(hybrid: HybridScorer) -> None:
-    from cimcoder.inference.predictor import Predictor, _Context
+    from cimcoder.inference.predictor import Predictor
 
     # ATIH guide: the conclusion states the diagnoses retained; a code rare in the training
     # stays, ranked low, still reaches the coder when the conclusion names it.
@@ -309,9 +321,9 @@ def test_a_diagnosis_the_conclusion_states_is_reviewed_however_low_it_ranks(hybr
         ("ÉVOLUTION : pneumopathie lobaire droite.\n", set()),  # not retained as a conclusion
         ("CONCLUSION : Pas de pneumopathie lobaire.\n", set()),  # denied
     ):
-        _, index = hybrid.predict_scores_with_evidence([text])
-        decisions = np.full(len(labels), "reject", dtype=object)
-        assert predictor._stated_rule(decisions, _Context.of(index, 0)) == expected
+        context = context_of(hybrid, text)
+        decisions = rejected(labels)
+        assert predictor._stated_rule(decisions, context) == expected
         assert set(np.flatnonzero(decisions == "review")) == expected
         assert decisions[fever] == "reject"
 
@@ -348,7 +360,7 @@ def test_a_normal_delivery_code_beside_a_complication_is_neither_auto_nor_dp(hyb
 
 
 def test_a_diabetes_with_two_kinds_of_complications_is_e11_7(hybrid: HybridScorer) -> None:
-    from cimcoder.inference.predictor import Predictor, _Context
+    from cimcoder.inference.predictor import Predictor
 
     predictor = Predictor(hybrid, name="hybrid-test")
     labels = predictor.labels
@@ -358,15 +370,15 @@ def test_a_diabetes_with_two_kinds_of_complications_is_e11_7(hybrid: HybridScore
         ("CONCLUSION : DT2 avec néphropathie diabétique et rétinopathie diabétique.\n", {multiple: dt2}),
         ("CONCLUSION : DT2 avec néphropathie diabétique.\n", {}),  # one kind: E11.28 says it
     ):
-        _, index = hybrid.predict_scores_with_evidence([text])
-        decisions = np.full(len(labels), "reject", dtype=object)
+        context = context_of(hybrid, text)
+        decisions = rejected(labels)
         decisions[dt2] = "auto"
-        found, single = predictor._diabetes_rule(decisions, probs, _Context.of(index, 0))
+        found, single = predictor._diabetes_rule(decisions, probs, context)
         assert found == expected
         assert (decisions[multiple], decisions[dt2]) == (("review", "review") if found else ("reject", "auto"))
         if found:  # "sans complication" leaves the DP to the multiple-complications code
             assert single == {dt2}
-            assert predictor._principal([dt2, multiple], probs, _Context.of(index, 0), single, found)[0] == multiple
+            assert predictor._principal([dt2, multiple], probs, context, single, found)[0] == multiple
 
 
 def test_an_untyped_diabetes_code_beside_a_typed_one_is_rejected(hybrid: HybridScorer) -> None:
