@@ -543,7 +543,7 @@ class Predictor:
         suggestion to its most probable codable descendant in the label space: a DIM codes
         E11.98, never E11.9. The descendant is at most sent to review unless the policy
         auto-codes it itself."""
-        for j in np.flatnonzero(decisions != "reject"):
+        for j in _suggested(decisions):
             concept = self._concepts[j]
             r = getattr(concept, "restrictions", None)
             if r is None or r.codable:
@@ -565,7 +565,7 @@ class Predictor:
         was noise: on data/hospital-dev, 76 such suggestions, 2 in the DIM's coding."""
         if context is None:
             return
-        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        suggested = _suggested(decisions)
         if not suggested:
             return
         undocumented = context.flags([self.labels[j] for j in suggested])
@@ -599,7 +599,7 @@ class Predictor:
         hybrid's suggestions were symptoms outside the DIM's coding, 3 were in it)."""
         if context is None:
             return set()
-        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        suggested = _suggested(decisions)
         symptoms = [j for j in suggested if self.labels[j][:1] == "R"]
         if not symptoms:
             return set()
@@ -621,7 +621,7 @@ class Predictor:
         review, not auto-coded, with a flag."""
         if context is None:
             return set()
-        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        suggested = _suggested(decisions)
         explained = context.explained([self.labels[j] for j in suggested])
         return _reviewed(decisions, {j for j in suggested if self.labels[j] in explained})
 
@@ -635,7 +635,7 @@ class Predictor:
         the DP with the probability of the code it makes precise. {finer: vaguer} back."""
         if context is None:
             return {}
-        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        suggested = _suggested(decisions)
         out: dict[int, int] = {}
         for j in (j for j in suggested if self._unspecified[j]):
             siblings = [
@@ -662,7 +662,7 @@ class Predictor:
         are not auto-coded. ({combination: disease}, {disease, agent}) back."""
         if context is None:
             return {}, set()
-        suggested = [self.labels[int(j)] for j in np.flatnonzero(decisions != "reject")]
+        suggested = [self.labels[j] for j in _suggested(decisions)]
         combined: dict[int, int] = {}
         parts: set[int] = set()
         for code, (disease, agent) in context.combined(suggested).items():
@@ -679,7 +679,7 @@ class Predictor:
         """CIM-10: E14 is the diabetes whose type is not said. Beside a suggested E10-E13
         (type 1, type 2...), an E14 code ("néphropathie diabétique" names both E11.28 and
         E14.2) is rejected, its flag saying why."""
-        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        suggested = _suggested(decisions)
         if not any(self.labels[j][:3] in _DIABETES - {"E14"} for j in suggested):
             return set()
         untyped = {j for j in suggested if self.labels[j][:3] == "E14"}
@@ -700,7 +700,7 @@ class Predictor:
         ({E1x.7: the most probable single-kind code}, {single-kind codes}) back."""
         if context is None:
             return {}, set()
-        suggested = {int(j) for j in np.flatnonzero(decisions != "reject")}
+        suggested = set(_suggested(decisions))
         multiple: dict[int, int] = {}
         single: set[int] = set()
         for category in {self.labels[j][:3] for j in suggested} & _DIABETES:
@@ -728,7 +728,7 @@ class Predictor:
         spontané"). Beside another code of chapter XV (a perineal tear O70, a pre-eclampsia
         O14, a gestational diabetes O24.4), the delivery was not that: O80 goes to review, not
         auto, and is no DP (the complication is)."""
-        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        suggested = _suggested(decisions)
         normal = {j for j in suggested if self.labels[j].startswith("O80")}
         others = [j for j in suggested if self.labels[j][:1] == "O" and j not in normal]
         return _reviewed(decisions, normal) if others else set()
@@ -740,7 +740,7 @@ class Predictor:
         reads the label ("sans précision") and CIM-10's fourth character 9 ("unspecified"):
         J18.9 "pneumopathie, sans précision" is vaguer than J18.1 "pneumopathie lobaire, sans
         précision" (of the germ)."""
-        suggested = [int(j) for j in np.flatnonzero(decisions != "reject")]
+        suggested = _suggested(decisions)
         by_category: dict[str, list[int]] = {}
         for j in suggested:
             by_category.setdefault(self.labels[j][:3], []).append(j)
@@ -753,9 +753,9 @@ class Predictor:
         return _reviewed(decisions, out)
 
     def _precision(self, j: int) -> int:
-        """0 to 2: "sans précision" in the label, then a fourth character 9, lower it."""
-        code = self.labels[j].replace(".", "")
-        return int(not self._unspecified[j]) + int(len(code) < 4 or code[3] != "9")
+        """`Concept.precision` (0 for a code the terminology does not know)."""
+        concept = self._concepts[j]
+        return 0 if concept is None else concept.precision
 
     def _subdivided_rule(self, decisions: np.ndarray) -> set[int]:
         """A code the PMSI still accepts although CIM-10 FR subdivides it (F10.2 beside the
@@ -763,7 +763,7 @@ class Predictor:
         does: a DIM codes at the finest level the record supports, so such a code is sent to
         review, not auto-coded (on data/hospital-dev, the hybrid auto-coded 6 of them, all
         where the DIM coded a subdivision)."""
-        out = {int(j) for j in np.flatnonzero(decisions != "reject") if self._subdivided(int(j))}
+        out = {j for j in _suggested(decisions) if self._subdivided(j)}
         return _reviewed(decisions, out)
 
     def _subdivided(self, j: int) -> bool:
@@ -891,6 +891,11 @@ class _Context:
 
 
 _DIABETES = {"E10", "E11", "E12", "E13", "E14"}
+
+
+def _suggested(decisions: np.ndarray) -> list[int]:
+    """Columns sent to auto or review."""
+    return [int(j) for j in np.flatnonzero(decisions != "reject")]
 
 
 def _reviewed(decisions: np.ndarray, codes: set[int]) -> set[int]:

@@ -155,6 +155,16 @@ class Concept:
         """An unspecified form ("sans précision" in the label: I48.9, E03.9, N23)."""
         return "sans précision" in (self.label or "").lower()
 
+    @property
+    def precision(self) -> int:
+        """How much the code says, to compare codes of one category: 0 for the category, then
+        1 to 3: a subdivision, not "sans précision", a fourth character other than 9 (I48.9 1,
+        J18.1 "pneumopathie lobaire, sans précision" 2, I48.0 3)."""
+        key = self.code.replace(".", "")
+        if len(key) < 4:
+            return 0
+        return 1 + int(not self.unspecified) + int(key[3] != "9")
+
     def to_dict(self) -> dict[str, object]:
         data: dict[str, object] = {
             "code": self.code,

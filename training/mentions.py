@@ -399,14 +399,8 @@ class MentionExtractor:
                             yield dataclasses.replace(m, codes=codes, end=w.end(), kind=kind)
 
     def _precision(self, code: str) -> int:
-        """0 for a category (or an unknown code), then 1 to 3: a subdivision, not "sans
-        précision", a fourth character other than 9 (I48.9 1, J18.1 "pneumopathie lobaire,
-        sans précision" 2, I48.0 3)."""
         concept = self._terminology.get(code)
-        key = code.replace(".", "")
-        if concept is None or len(key) < 4:
-            return 0
-        return 1 + int(not concept.unspecified) + int(key[3] != "9")
+        return 0 if concept is None else concept.precision
 
     def _folded_terms(self) -> dict[str, list[tuple[tuple[str, ...], str]]]:
         if self._folded is None:

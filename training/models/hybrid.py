@@ -240,6 +240,20 @@ _NOT_IN_SECTION = 9.0  # order feature of a code not written in that section
 _MAX_CODES_NAMED = 2  # codes of one category a phrase may name and still say which (a pair)
 
 
+def _span_codes(mentions: Sequence[Mention]) -> dict[tuple[int, int], set[str]]:
+    """Every code named on each span (a phrase may name several: dagger and asterisk, sites)."""
+    out: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for m in mentions:
+        out[(m.start, m.end)].update(m.codes)
+    return out
+
+
+def _says_which(span_codes: dict[tuple[int, int], set[str]], m: Mention, code: str) -> bool:
+    """The phrase of `m` names at most `_MAX_CODES_NAMED` codes of `code`'s category: "chute"
+    names all twenty W19.xx, and so none of them."""
+    return sum(c[:3] == code[:3] for c in span_codes[(m.start, m.end)]) <= _MAX_CODES_NAMED
+
+
 def _admission_cue(text: str, start: int) -> bool:
     return _ADMISSION.search(text, max(0, start - 140), start) is not None
 
@@ -288,9 +302,7 @@ def candidates_and_features(
     affirmed_codes = {c for c, ms in by_code.items() if any(m.affirmed for m in ms)}
     # Hospital letters have headed sections (motif, antécédents, conclusion); case reports not.
     n_sections = len({m.section for ms in by_code.values() for m in ms} - {"autre"})
-    span_codes: dict[tuple[int, int], set[str]] = defaultdict(set)
-    for m in view.mentions:
-        span_codes[(m.start, m.end)].update(m.codes)
+    span_codes = _span_codes(view.mentions)
 
     conclusion = _section_order(view.mentions, "conclusion")
     motif = _section_order(view.mentions, "motif")
@@ -367,10 +379,7 @@ def candidates_and_features(
             # Auto-coding needs the code itself (or a more specific one) written, by a phrase
             # that says which: "chute" names W19, or all twenty W19.xx (place, activity) at
             # once, and so none of them.
-            veto[r] = not any(
-                m.affirmed and sum(c[:3] == category for c in span_codes[(m.start, m.end)]) <= _MAX_CODES_NAMED
-                for m in direct + desc
-            )
+            veto[r] = not any(m.affirmed and _says_which(span_codes, m, code) for m in direct + desc)
         else:
             veto[r] = bool(related) and not related_affirmed
         if code[:1] == "Z" and related_affirmed and all(m.kind == "treatment" for m in related_affirmed):
@@ -553,14 +562,9 @@ class HybridEvidence:
         """Codes an affirmed mention of the code itself supports (not a relative's), by a
         phrase that says which: one naming every site of M05.9x names none of them."""
         view = self.views[i]
-        span_codes: dict[tuple[int, int], set[str]] = defaultdict(set)
-        for m in view.mentions:
-            span_codes[(m.start, m.end)].update(m.codes)
-
-        def says_which(m: Mention, code: str) -> bool:
-            return sum(c[:3] == code[:3] for c in span_codes[(m.start, m.end)]) <= _MAX_CODES_NAMED
-
-        return {c for c in codes if any(m.affirmed and says_which(m, c) for m in view.by_code.get(c, ()))}
+        span_codes = _span_codes(view.mentions)
+        return {c for c in codes
+                if any(m.affirmed and _says_which(span_codes, m, c) for m in view.by_code.get(c, ()))}
 
     def combined(self, i: int, codes: Sequence[str]) -> dict[str, tuple[str, str]]:
         """CIM-10 combination codes the report writes: a disease among `codes` followed, in
@@ -578,8 +582,7 @@ class HybridEvidence:
         out: dict[str, tuple[str, str]] = {}
         for d in diseases:
             for a in found:
-                gap = view.text[d.end:a.start]
-                if a.start < d.end or len(gap) > _SAME_PHRASE_CHARS or _SENTENCE_END.search(gap):
+                if not _follows_in_sentence(view.text, d, a, _SAME_PHRASE_CHARS):
                     continue
                 for disease in (c for c in d.codes if c in codes):
                     for agent in (c for c in a.codes if c in agents):
@@ -663,7 +666,14 @@ _CAUSAL = r"par|secondaires?\s+(?:à|a)|d[ûu]e?s?\s+(?:à|a)|d'origine|en\s+rap
 _ANY_LINK = rf"{_CAUSAL}|sur|dans\s+le\s+cadre\s+d['eu]|compliquant|de|d'|du|des"
 _DETERMINER = r"(?:(?:une?|la|le|les|l')\s*)?"
 _SAME_PHRASE_CHARS = 80  # a disease and its agent: "pneumopathie lobaire droite à S. aureus"
+_CAUSE_GAP_CHARS = 60  # a manifestation and its cause: "hypothyroïdie profonde par thyroïdite"
 _SENTENCE_END = re.compile(r"[.;:\n]")
+
+
+def _follows_in_sentence(text: str, a: Mention, b: Mention, max_gap: int) -> bool:
+    """`b` starts after `a` ends, at most `max_gap` characters on, in the same sentence."""
+    gap = text[a.end:b.start]
+    return b.start >= a.end and len(gap) <= max_gap and not _SENTENCE_END.search(gap)
 _LINKED = {
     strict: re.compile(
         rf"(?i)^[^.;:\n]{{0,40}}?(?<![\w'])(?:{links})\s*{_DETERMINER}$"
@@ -685,9 +695,9 @@ def _causal_links(
     )
     links: dict[str, str] = {}
     for a, b in itertools.pairwise(mentions):
-        gap = view.text[a.end:b.start]
-        if b.start < a.end or len(gap) > 60:
+        if not _follows_in_sentence(view.text, a, b, _CAUSE_GAP_CHARS):
             continue
+        gap = view.text[a.end:b.start]
         causes = [c for c in b.codes if c in wanted and c[:1] not in "RZ"]
         for effect in (c for c in a.codes if c in wanted and c not in links):
             symptom = effect[:1] == "R"
